@@ -1,0 +1,64 @@
+"""tsh-py: a Python client for Teleport-style proxies, driving OpenSSH.
+
+The public library surface is re-exported here; everything in ``_``-modules is
+private. The `tsh` command line (``tsh.cli``) is a thin layer over it.
+
+Names other than the exceptions are loaded on first use (PEP 562), so that
+importing ``tsh.cli`` for a quick command costs only what that command needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._exceptions import (
+    AccessDeniedError,
+    AgentError,
+    CertificateError,
+    InvalidNameError,
+    NotLoggedInError,
+    ProfileError,
+    ProxyConnectionError,
+    ProxyError,
+    ProxyResponseError,
+    ProxyTLSError,
+    SSHError,
+    TshError,
+    UsageError,
+)
+from ._version import __version__
+
+#: public name -> private module that defines it
+_LAZY = {
+    "Profile": "._profile",
+    "ProfilePaths": "._profile",
+    "ProfileStore": "._store",
+}
+
+__all__ = [
+    "__version__",
+    *_LAZY,
+    "TshError",
+    "UsageError",
+    "InvalidNameError",
+    "NotLoggedInError",
+    "ProfileError",
+    "ProxyError",
+    "ProxyConnectionError",
+    "ProxyTLSError",
+    "ProxyResponseError",
+    "AccessDeniedError",
+    "CertificateError",
+    "AgentError",
+    "SSHError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tsh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,99 @@
+"""Errors raised by the tsh library.
+
+Every error carries a one-line, user-facing message (``str(err)``) and the
+exit status the command line uses for it. The library never prints; the CLI
+layer prints ``error: <message>`` on stderr and exits with ``exit_code``.
+
+    TshError
+    ├── UsageError              bad input from the user (exit 2)
+    │   └── InvalidNameError    a name that cannot be written safely into
+    │                           ssh_config or known_hosts
+    ├── NotLoggedInError        no profile, or its certificate has expired
+    ├── ProfileError            a profile on disk is missing, corrupt or unsafe
+    ├── ProxyError              the proxy's web API could not be used
+    │   ├── ProxyConnectionError    unreachable, refused, timed out
+    │   ├── ProxyTLSError           TLS verification failed
+    │   ├── ProxyResponseError      not a Teleport proxy, or a malformed answer
+    │   └── AccessDeniedError       wrong user name, password or OTP (HTTP 403)
+    ├── CertificateError        a certificate failed the client's own checks
+    ├── AgentError              the ssh-agent could not be used
+    └── SSHError                the SSH proxy refused or dropped a connection
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TshError",
+    "UsageError",
+    "InvalidNameError",
+    "NotLoggedInError",
+    "ProfileError",
+    "ProxyError",
+    "ProxyConnectionError",
+    "ProxyTLSError",
+    "ProxyResponseError",
+    "AccessDeniedError",
+    "CertificateError",
+    "AgentError",
+    "SSHError",
+]
+
+
+class TshError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(TshError):
+    """The user gave an argument that cannot work."""
+
+    exit_code = 2
+
+
+class InvalidNameError(UsageError):
+    """A cluster, host, login or path that is unsafe to write into OpenSSH files."""
+
+
+class NotLoggedInError(TshError):
+    """There is no usable profile (never logged in, logged out, or expired)."""
+
+
+class ProfileError(TshError):
+    """A profile on disk is missing, corrupt, or stored unsafely (e.g. via a symlink)."""
+
+
+class ProxyError(TshError):
+    """The proxy's HTTPS API could not be used."""
+
+
+class ProxyConnectionError(ProxyError):
+    """The proxy could not be reached."""
+
+
+class ProxyTLSError(ProxyError):
+    """The proxy's TLS certificate could not be verified."""
+
+
+class ProxyResponseError(ProxyError):
+    """The proxy answered with something that is not a valid Teleport response."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class AccessDeniedError(ProxyResponseError):
+    """The proxy refused the credentials (HTTP 403)."""
+
+
+class CertificateError(TshError):
+    """A certificate from the proxy failed the client's checks."""
+
+
+class AgentError(TshError):
+    """The ssh-agent refused or could not hold a key."""
+
+
+class SSHError(TshError):
+    """An SSH connection to the proxy failed."""

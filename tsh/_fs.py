@@ -1,0 +1,105 @@
+"""Small, careful file primitives: private directories, atomic writes, locks.
+
+Everything tsh stores goes through here, so that every file is written
+atomically (a reader sees the old or the new content, never half of it),
+private files are 0600 in 0700 directories whatever the umask, and nothing is
+ever written through a symbolic link an attacker (or a confused user) planted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ._exceptions import ProfileError
+
+__all__ = ["ensure_private_dir", "atomic_write", "read_text", "locked", "remove_file"]
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` (and missing parents) as real directories with ``mode``.
+
+    Raises ProfileError if ``path`` exists and is a symlink or not a directory.
+    Existing directories keep their mode unless it is wider than ``mode``.
+    """
+    if path.exists() or path.is_symlink():
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise ProfileError(f"refusing to use {path}: not a real directory")
+        if stat.S_IMODE(st.st_mode) & ~mode:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+        return
+    if not path.parent.exists():
+        ensure_private_dir(path.parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return ensure_private_dir(path, mode)
+    os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically with permission bits ``mode``.
+
+    The content goes to a temporary file in the same directory, is fsynced and
+    then renamed over ``path``. A symlink at ``path`` is refused, not followed.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    _refuse_symlink(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_text(path: Path) -> str:
+    """Read a file tsh wrote, refusing to follow a symlink planted in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ProfileError(f"refusing to read {path}: it is a symbolic link") from None
+        raise
+    with os.fdopen(fd, encoding="utf-8") as f:
+        return f.read()
+
+
+def remove_file(path: Path) -> bool:
+    """Remove ``path`` if it exists (a symlink itself, never its target)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (created 0600) for the block."""
+    _refuse_symlink(lock_path)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise ProfileError(f"refusing to write {path}: it is a symbolic link")

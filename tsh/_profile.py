@@ -1,0 +1,187 @@
+"""Profiles: what `tsh login` leaves behind for one proxy and user (pure, no I/O).
+
+A profile is stored as ``<home>/<proxyhost>.yaml``. We write it as JSON, which
+is also valid YAML, so tools that read tsh profiles can read ours while we
+parse it with the standard library (start-up time: `tsh status` must not pay
+for a YAML parser).
+
+The on-disk layout mirrors real tsh's ``~/.tsh`` (Teleport's keypaths), so the
+paths that `tsh config` puts into ssh_config look like real tsh's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ProfileError
+
+__all__ = ["Profile", "ProfilePaths", "split_host_port"]
+
+#: Principals Teleport adds for its own use; never shown as logins.
+INTERNAL_PRINCIPAL_PREFIXES = ("-teleport-internal-join", "-teleport-nologin-")
+
+
+def split_host_port(addr: str, default_port: int) -> tuple[str, int]:
+    """Split ``host[:port]`` or ``[v6]:port`` into host and port.
+
+    Raises ValueError for an empty host or a port that is not 1-65535.
+    """
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest.removeprefix(":")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"invalid address {addr!r}")
+    elif addr.count(":") == 1:
+        host, _, port = addr.partition(":")
+    else:  # a bare host name, or a bare IPv6 address
+        host, port = addr, ""
+    if not host:
+        raise ValueError(f"missing host in {addr!r}")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port in {addr!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One logged-in proxy and user.
+
+    The certificate facts (validity, principals, extensions, roles) are those of
+    ``<user>-ssh/<cluster>-cert.pub``, recorded when login checked that
+    certificate, so that status and config need no certificate parser at start-up.
+    """
+
+    web_proxy_addr: str
+    ssh_proxy_addr: str
+    user: str
+    cluster: str
+    root_cluster: str = ""
+    #: Root cluster first, then every leaf cluster whose host CA the proxy sent.
+    clusters: tuple[str, ...] = ()
+    valid_after: int = 0
+    valid_before: int = 0
+    principals: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    #: "disk": private key under keys/; "agent": `-k only`, key in agent and keyring.
+    key_storage: str = "disk"
+    server_version: str = ""
+    private_key_policy: str = "none"
+    piv_slot: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def proxy_host(self) -> str:
+        """Host part of the web proxy address; also the profile's name."""
+        return split_host_port(self.web_proxy_addr, 3080)[0]
+
+    @property
+    def name(self) -> str:
+        return self.proxy_host
+
+    @property
+    def logins(self) -> tuple[str, ...]:
+        """Principals a user may log in as (Teleport-internal ones removed)."""
+        return tuple(
+            p for p in self.principals if not p.startswith(INTERNAL_PRINCIPAL_PREFIXES)
+        )
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        return json.dumps({**extra, **data}, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "profile") -> Profile:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ProfileError(f"{source} is not a profile written by tsh-py") from None
+        if not isinstance(data, dict):
+            raise ProfileError(f"{source} is not a profile written by tsh-py")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in data and f.name != "extra":
+                value = data[f.name]
+                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        try:
+            return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+        except TypeError:
+            raise ProfileError(f"{source} lacks required fields") from None
+
+
+@dataclass(frozen=True)
+class ProfilePaths:
+    """Where one profile's files live, following real tsh's ~/.tsh layout."""
+
+    home: Path
+    proxy_host: str
+    user: str
+
+    @property
+    def profile_file(self) -> Path:
+        return self.home / f"{self.proxy_host}.yaml"
+
+    @property
+    def current_profile(self) -> Path:
+        return self.home / "current-profile"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / "known_hosts"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.home / ".lock"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys" / self.proxy_host
+
+    @property
+    def private_key(self) -> Path:
+        return self.keys_dir / self.user
+
+    @property
+    def public_key(self) -> Path:
+        return self.keys_dir / f"{self.user}.pub"
+
+    @property
+    def tls_key(self) -> Path:
+        """v17+: the separate TLS private key."""
+        return self.keys_dir / f"{self.user}.key"
+
+    @property
+    def tls_cert(self) -> Path:
+        """v17+ name of the TLS client certificate."""
+        return self.keys_dir / f"{self.user}.crt"
+
+    @property
+    def tls_cert_legacy(self) -> Path:
+        """Up to v16: TLS client certificate for the single key."""
+        return self.keys_dir / f"{self.user}-x509.pem"
+
+    @property
+    def ssh_cert_dir(self) -> Path:
+        return self.keys_dir / f"{self.user}-ssh"
+
+    def ssh_cert(self, cluster: str) -> Path:
+        return self.ssh_cert_dir / f"{cluster}-cert.pub"
+
+    @property
+    def cas_dir(self) -> Path:
+        return self.keys_dir / "cas"
+
+    def tls_ca(self, cluster: str) -> Path:
+        return self.cas_dir / f"{cluster}.pem"
+
+    @property
+    def certs_pem(self) -> Path:
+        return self.keys_dir / "certs.pem"

@@ -1,0 +1,92 @@
+"""The profile store: tsh's home directory on disk.
+
+Home is ``$TELEPORT_HOME`` if set, else platformdirs' user data directory for
+``tsh-py``. Reads never take the lock (every file is replaced atomically);
+writers hold ``<home>/.lock`` for the whole multi-file update.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import _fs
+from ._exceptions import ProfileError
+from ._profile import Profile, ProfilePaths
+
+__all__ = ["ProfileStore", "default_home"]
+
+
+def default_home() -> Path:
+    """``$TELEPORT_HOME``, else the platform's per-user data directory for tsh-py."""
+    env = os.environ.get("TELEPORT_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    import platformdirs  # only when needed: it costs start-up time
+
+    return Path(platformdirs.user_data_dir("tsh-py", appauthor=False))
+
+
+class ProfileStore:
+    """Profiles, keys and certificates under one tsh home directory."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+
+    def paths(self, proxy_host: str, user: str) -> ProfilePaths:
+        return ProfilePaths(self.home, proxy_host, user)
+
+    def paths_for(self, profile: Profile) -> ProfilePaths:
+        return self.paths(profile.proxy_host, profile.user)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the store's write lock; create home (0700) first if needed."""
+        _fs.ensure_private_dir(self.home)
+        with _fs.locked(self.home / ".lock"):
+            yield
+
+    def current_name(self) -> str | None:
+        """Name of the current profile, or None."""
+        try:
+            name = _fs.read_text(self.home / "current-profile").strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def load(self, proxy_host: str) -> Profile:
+        """Load the profile named ``proxy_host``; ProfileError if missing or corrupt."""
+        path = self.home / f"{proxy_host}.yaml"
+        try:
+            text = _fs.read_text(path)
+        except FileNotFoundError:
+            raise ProfileError(f"no profile for {proxy_host}") from None
+        return Profile.from_json(text, source=str(path))
+
+    def current(self) -> Profile | None:
+        """The current profile, or None when not logged in."""
+        name = self.current_name()
+        if name is None:
+            return None
+        try:
+            return self.load(name)
+        except ProfileError:
+            return None
+
+    def list(self) -> list[Profile]:
+        """Every loadable profile, the current one first, then by name."""
+        if not self.home.is_dir():
+            return []
+        current = self.current_name()
+        profiles = []
+        for path in sorted(self.home.glob("*.yaml")):
+            if path.is_symlink():
+                continue
+            try:
+                profiles.append(Profile.from_json(_fs.read_text(path), source=str(path)))
+            except (ProfileError, OSError):
+                continue
+        profiles.sort(key=lambda p: (p.name != current, p.name))
+        return profiles

@@ -1,0 +1,60 @@
+"""The `tsh` command line: a thin typer layer over the tsh library.
+
+One module per subcommand, each a small action that parses options, calls the
+library and renders the result. Modules here import only typer and the
+standard library at import time; the library's heavy dependencies (asyncssh,
+httpx, keyring) are imported inside the actions that use them, so that
+`tsh version`, `tsh status` and `tsh config` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .._exceptions import TshError
+from . import version
+
+app = typer.Typer(
+    name="tsh",
+    help="Log in to a Teleport-style proxy and use OpenSSH through it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Log in to a Teleport-style proxy and use OpenSSH through it."""
+
+
+app.command("version", help="Print the client version.")(version.version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status instead of raising.
+
+    Library errors become one line on stderr and their exit code, never a traceback.
+    """
+    try:
+        app(args=argv, prog_name="tsh", standalone_mode=False)
+    except TshError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # click's usage errors
+        show = getattr(e, "show", None)
+        if show is None:
+            raise
+        show()
+        return getattr(e, "exit_code", 2)
+    return 0
