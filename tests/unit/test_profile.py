@@ -1,0 +1,107 @@
+"""tsh._profile and tsh._store: profile data, layout, and loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tsh import Profile, ProfileError, ProfileStore
+from tsh._fs import atomic_write
+from tsh._profile import split_host_port
+
+
+def make_profile(**kw) -> Profile:
+    base = dict(
+        web_proxy_addr="proxy.example.com:3080",
+        ssh_proxy_addr="proxy.example.com:3023",
+        user="joe",
+        cluster="example.com",
+        root_cluster="example.com",
+        clusters=("example.com", "leaf.example.com"),
+        principals=("root", "joe", "-teleport-internal-join"),
+        valid_before=2_000_000_000,
+    )
+    base.update(kw)
+    return Profile(**base)
+
+
+@pytest.mark.parametrize(
+    "addr, host, port",
+    [
+        ("proxy.example.com", "proxy.example.com", 3080),
+        ("proxy.example.com:443", "proxy.example.com", 443),
+        ("127.0.0.1:1", "127.0.0.1", 1),
+        ("[::1]:3080", "::1", 3080),
+        ("[::1]", "::1", 3080),
+        ("::1", "::1", 3080),
+    ],
+)
+def test_split_host_port(addr, host, port):
+    assert split_host_port(addr, 3080) == (host, port)
+
+
+@pytest.mark.parametrize("addr", ["", ":443", "host:0", "host:65536", "host:x", "[::1]x"])
+def test_split_host_port_rejects(addr):
+    with pytest.raises(ValueError):
+        split_host_port(addr, 3080)
+
+
+def test_profile_round_trip_and_is_valid_yaml():
+    profile = make_profile()
+    text = profile.to_json()
+    assert Profile.from_json(text) == profile
+    # The file is named .yaml like real tsh's: it must parse as YAML to the same mapping.
+    assert yaml.safe_load(text) == json.loads(text)
+    assert yaml.safe_load(text)["web_proxy_addr"] == "proxy.example.com:3080"
+
+
+def test_profile_keeps_unknown_keys():
+    data = json.loads(make_profile().to_json())
+    data["future_field"] = {"x": 1}
+    profile = Profile.from_json(json.dumps(data))
+    assert json.loads(profile.to_json())["future_field"] == {"x": 1}
+
+
+def test_logins_hide_internal_principals():
+    profile = make_profile(principals=("root", "-teleport-internal-join", "-teleport-nologin-1"))
+    assert profile.logins == ("root",)
+    assert profile.name == profile.proxy_host == "proxy.example.com"
+
+
+@pytest.mark.parametrize("text", ["", "[1]", "{", '{"user": "x"}'])
+def test_corrupt_profile_is_a_profile_error(text):
+    with pytest.raises(ProfileError):
+        Profile.from_json(text)
+
+
+def test_store_lists_current_first_and_skips_garbage(tmp_path):
+    store = ProfileStore(tmp_path)
+    assert store.list() == [] and store.current() is None
+    with store.transaction():
+        for host in ("a.example.com", "b.example.com"):
+            p = make_profile(web_proxy_addr=f"{host}:443")
+            atomic_write(store.paths(host, "joe").profile_file, p.to_json())
+        atomic_write(tmp_path / "garbage.yaml", "not json")
+        atomic_write(tmp_path / "current-profile", "b.example.com\n")
+    assert [p.name for p in store.list()] == ["b.example.com", "a.example.com"]
+    assert store.current().name == "b.example.com"
+    with pytest.raises(ProfileError, match="no profile"):
+        store.load("c.example.com")
+
+
+def test_paths_follow_real_tsh_layout(tmp_path):
+    paths = ProfileStore(tmp_path).paths("proxy.example.com", "joe")
+    keys = tmp_path / "keys" / "proxy.example.com"
+    assert paths.private_key == keys / "joe"
+    assert paths.public_key == keys / "joe.pub"
+    assert paths.ssh_cert("leaf") == keys / "joe-ssh" / "leaf-cert.pub"
+    assert paths.tls_ca("root") == keys / "cas" / "root.pem"
+    assert paths.known_hosts == tmp_path / "known_hosts"
+    assert paths.profile_file == tmp_path / "proxy.example.com.yaml"
+
+
+def test_default_home_uses_teleport_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("TELEPORT_HOME", str(tmp_path / "th"))
+    assert ProfileStore().home == tmp_path / "th"
