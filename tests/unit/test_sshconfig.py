@@ -1,0 +1,178 @@
+"""tsh._sshconfig: golden renderings, refused names, and the --update merge."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from tsh import InvalidNameError, UsageError
+from tsh._sshconfig import SSHConfigParams, merge, parse_openssh_version, render
+
+GOLDEN = Path(__file__).parent / "golden" / "sshconfig"
+
+BASE = SSHConfigParams(
+    proxy_host="proxy.example.com",
+    proxy_port=443,
+    ssh_proxy_host="proxy.example.com",
+    ssh_proxy_port=3023,
+    clusters=("example.com",),
+    known_hosts="/home/alice/.tsh/known_hosts",
+    identity_file="/home/alice/.tsh/keys/proxy.example.com/bob",
+    certificate_file="/home/alice/.tsh/keys/proxy.example.com/bob-ssh/example.com-cert.pub",
+    executable=("/usr/local/bin/tsh",),
+    ssh_version=(9, 2),
+)
+
+CASES = {
+    "single_cluster": BASE,
+    "single_cluster_with_login_and_port": dataclasses.replace(BASE, login="testuser", port=3232),
+    "multiple_clusters": dataclasses.replace(BASE, clusters=("root", "leaf")),
+    "multiple_clusters_with_login": dataclasses.replace(
+        BASE, clusters=("root", "leaf"), login="testuser"
+    ),
+    "legacy_openssh": dataclasses.replace(BASE, ssh_version=(7, 4)),
+    "unknown_openssh": dataclasses.replace(BASE, ssh_version=None),
+    "python_module": dataclasses.replace(
+        BASE, executable=("/opt/venv with space/bin/python3", "-m", "tsh")
+    ),
+    "openssh_proxy_command": dataclasses.replace(
+        BASE, clusters=("root", "leaf"), proxy_command="openssh", login="root"
+    ),
+    "agent_only": dataclasses.replace(
+        BASE,
+        identity_file="/home/alice/.tsh/keys/proxy.example.com/bob.pub",
+        identities_only=True,
+    ),
+    "agent_only_openssh": dataclasses.replace(
+        BASE,
+        identity_file="/home/alice/.tsh/keys/proxy.example.com/bob.pub",
+        identities_only=True,
+        proxy_command="openssh",
+    ),
+    "ipv6_proxy": dataclasses.replace(BASE, proxy_host="::1", ssh_proxy_host="::1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    got = render(CASES[case])
+    path = GOLDEN / f"{case}.golden"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(got)
+    assert got == path.read_text()
+
+
+def test_matches_real_tsh_shape() -> None:
+    """Teleport's own golden (modern, username, custom port), minus HostKeyAlgorithms."""
+    p = dataclasses.replace(
+        BASE,
+        clusters=("example.com",),
+        identity_file="/home/alice/.tsh/keys/example.com/bob",
+        certificate_file="/home/alice/.tsh/keys/example.com/bob-ssh/example.com-cert.pub",
+        executable=("/tmp/tsh",),
+        login="testuser",
+        port=3232,
+    )
+    assert render(p) == (
+        "# Begin generated Teleport configuration for proxy.example.com by tsh\n\n"
+        "# Common flags for all example.com hosts\n"
+        "Host *.example.com proxy.example.com\n"
+        '    UserKnownHostsFile "/home/alice/.tsh/known_hosts"\n'
+        '    IdentityFile "/home/alice/.tsh/keys/example.com/bob"\n'
+        '    CertificateFile "/home/alice/.tsh/keys/example.com/bob-ssh/example.com-cert.pub"\n'
+        '    User "testuser"\n\n'
+        "# Flags for all example.com hosts except the proxy\n"
+        "Host *.example.com !proxy.example.com\n"
+        "    Port 3232\n"
+        '    ProxyCommand "/tmp/tsh" proxy ssh --cluster=example.com '
+        "--proxy=proxy.example.com:443 %r@%h:%p\n"
+        '    User "testuser"\n\n'
+        "# End generated Teleport configuration\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"clusters": ("root", "evil\nHost *")},
+        {"clusters": ("*",)},
+        {"proxy_host": "proxy example"},
+        {"proxy_host": "!proxy"},
+        {"ssh_proxy_host": "a;b"},
+        {"login": 'x" ProxyCommand "y'},
+        {"login": "a%h"},
+        {"known_hosts": '/a"b'},
+        {"identity_file": "relative"},
+        {"certificate_file": "/a%d"},
+        {"executable": ("/bin/ts$h",)},
+        {"port": 0},
+    ],
+)
+def test_unsafe_values_are_refused(change: dict) -> None:
+    with pytest.raises(InvalidNameError):
+        render(dataclasses.replace(BASE, **change))
+
+
+def test_other_usage_errors() -> None:
+    with pytest.raises(UsageError, match="no cluster"):
+        render(dataclasses.replace(BASE, clusters=()))
+    with pytest.raises(UsageError, match="proxy-command"):
+        render(dataclasses.replace(BASE, proxy_command="nc"))
+    with pytest.raises(UsageError, match="executable"):
+        render(dataclasses.replace(BASE, executable=()))
+    with pytest.raises(UsageError):
+        render(dataclasses.replace(BASE, executable=("/usr/bin/python3", "-c", "x;y")))
+
+
+def test_parse_openssh_version() -> None:
+    assert parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.11") == (9, 2)
+    assert parse_openssh_version("OpenSSH_7.4p1, OpenSSL 1.0.2k-fips") == (7, 4)
+    assert parse_openssh_version("OpenSSH_for_Windows_8.1p1, LibreSSL 3.0.2") == (8, 1)
+    assert parse_openssh_version("Sun_SSH_1.1") is None
+
+
+BLOCK = render(BASE)
+OTHER = render(dataclasses.replace(BASE, proxy_host="other.example.com", ssh_proxy_host="o"))
+
+
+def test_merge_into_empty_file() -> None:
+    assert merge("", BLOCK, "proxy.example.com") == BLOCK
+
+
+def test_merge_appends_once_and_keeps_the_rest() -> None:
+    before = "Host github.com\n    User git\n"
+    once = merge(before, BLOCK, "proxy.example.com")
+    assert once == before + "\n" + BLOCK
+    assert merge(once, BLOCK, "proxy.example.com") == once
+
+
+def test_merge_file_without_final_newline() -> None:
+    once = merge("Host a\n  Port 1", BLOCK, "proxy.example.com")
+    assert once == "Host a\n  Port 1\n\n" + BLOCK
+
+
+def test_merge_replaces_in_place() -> None:
+    head = "# mine\r\nHost a\n    Port 1\n\n"
+    tail = "\nHost *\n    ServerAliveInterval 30\n"
+    old = head + BLOCK.replace("Port 3022", "Port 9") + tail
+    new = merge(old, BLOCK, "proxy.example.com")
+    assert new == head + BLOCK + tail
+    assert merge(new, BLOCK, "proxy.example.com") == new
+
+
+def test_merge_leaves_other_proxies_alone() -> None:
+    text = OTHER + "\n" + BLOCK.replace("Port 3022", "Port 9")
+    new = merge(text, BLOCK, "proxy.example.com")
+    assert new == OTHER + "\n" + BLOCK
+    assert merge(new, render(dataclasses.replace(BASE, proxy_host="third")), "third").startswith(
+        new
+    )
+
+
+def test_merge_refuses_unterminated_block() -> None:
+    broken = BLOCK.replace("# End generated Teleport configuration\n", "")
+    with pytest.raises(UsageError, match="no '# End"):
+        merge("x\n" + broken, BLOCK, "proxy.example.com")

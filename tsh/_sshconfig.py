@@ -1,0 +1,231 @@
+"""The OpenSSH client configuration `tsh config` prints (pure, no I/O).
+
+The text follows real tsh's current template (Teleport's
+lib/config/openssh): a header, then per cluster (root first, then leaves) a
+``Host *.<cluster> <proxyhost>`` block with the files to authenticate with and
+a ``Host *.<cluster> !<proxyhost>`` block with the node port and ProxyCommand,
+then a footer. The local OpenSSH version is passed in (``ssh_version``), so
+tests need no ``ssh -V``.
+
+Every interpolated value is validated here again (tsh._names): the renderer
+never trusts its caller to have done it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._exceptions import UsageError
+from ._names import (
+    validate_cluster_name,
+    validate_host,
+    validate_login,
+    validate_path,
+    validate_port,
+)
+
+__all__ = [
+    "BEGIN_MARKER",
+    "END_MARKER",
+    "DEFAULT_NODE_PORT",
+    "SSHConfigParams",
+    "render",
+    "merge",
+    "parse_openssh_version",
+]
+
+BEGIN_MARKER = "# Begin generated Teleport configuration for "
+END_MARKER = "# End generated Teleport configuration"
+DEFAULT_NODE_PORT = 3022
+PROXY_COMMANDS = ("tsh", "openssh")
+
+#: OpenSSH older than 7.8 must be told to ask nodes for their certificate.
+_LEGACY_HOST_KEY_ALGORITHMS = "ssh-rsa-cert-v01@openssh.com"
+
+
+@dataclass(frozen=True)
+class SSHConfigParams:
+    """Everything the configuration text depends on.
+
+    Attributes:
+        proxy_host: host of the web proxy address (the profile's name).
+        proxy_port: port of the web proxy address (443, 3080, ...).
+        ssh_proxy_host: host of the SSH proxy (``openssh`` form only).
+        ssh_proxy_port: port of the SSH proxy, usually 3023 (``openssh`` form only).
+        clusters: root cluster first, then leaf clusters.
+        known_hosts: absolute path of tsh's known_hosts.
+        identity_file: private key, or the public key when ``identities_only``.
+        certificate_file: the root cluster's SSH certificate (used for all clusters).
+        executable: how to run tsh: ``("/abs/tsh",)`` or ``("/abs/python", "-m", "tsh")``.
+        port: node port (``Port``), default 3022.
+        login: optional ``User``.
+        proxy_command: ``"tsh"`` (tsh proxy ssh) or ``"openssh"`` (ssh -s proxy:...).
+        identities_only: the private key lives only in the agent (``-k only``):
+            point IdentityFile at the public key and add ``IdentitiesOnly yes``.
+        ssh_version: local OpenSSH (major, minor), or None if unknown.
+    """
+
+    proxy_host: str
+    proxy_port: int
+    ssh_proxy_host: str
+    ssh_proxy_port: int
+    clusters: Sequence[str]
+    known_hosts: str
+    identity_file: str
+    certificate_file: str
+    executable: Sequence[str] = ()
+    port: int = DEFAULT_NODE_PORT
+    login: str | None = None
+    proxy_command: str = "tsh"
+    identities_only: bool = False
+    ssh_version: tuple[int, int] | None = None
+
+
+def parse_openssh_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from ``ssh -V`` output such as ``OpenSSH_9.2p1 Debian...``."""
+    m = re.search(r"OpenSSH_(?:for_Windows_)?(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check(p: SSHConfigParams) -> None:
+    if not p.clusters:
+        raise UsageError("the profile knows no cluster; log in again")
+    for c in p.clusters:
+        validate_cluster_name(c)
+    validate_host(p.proxy_host, "proxy host")
+    validate_host(p.ssh_proxy_host, "SSH proxy host")
+    for port in (p.proxy_port, p.ssh_proxy_port, p.port):
+        validate_port(port)
+    for path in (p.known_hosts, p.identity_file, p.certificate_file):
+        validate_path(path)
+    if p.login is not None:
+        validate_login(p.login)
+    if p.proxy_command not in PROXY_COMMANDS:
+        raise UsageError(
+            f"invalid --proxy-command {p.proxy_command!r}: use one of {', '.join(PROXY_COMMANDS)}"
+        )
+    if p.proxy_command == "tsh":
+        if not p.executable:
+            raise UsageError("cannot find the tsh executable for ProxyCommand")
+        validate_path(p.executable[0])
+        for word in p.executable[1:]:  # e.g. "-m", "tsh"
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", word):
+                raise UsageError(f"unexpected word {word!r} in the tsh command")
+
+
+def _tsh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
+    exe = " ".join([f'"{p.executable[0]}"', *p.executable[1:]])
+    return (
+        f"{exe} proxy ssh --cluster={cluster} "
+        f"--proxy={_addr(p.proxy_host, p.proxy_port)} %r@%h:%p"
+    )
+
+
+def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
+    # OpenSSH runs ProxyCommand through the user's shell, which may not be
+    # POSIX, so the logic is a single-quoted `sh -c` script. ssh's %r %h %p are
+    # passed as positional arguments, never spliced into the script text, and so
+    # are the paths (the options ssh parses from -o need their inner quotes).
+    # ssh turns "%%" into "%": the script sees ${2%.<suffix>} (strip a suffix).
+    # %h arrives lower-cased (ssh lower-cases host names), hence .lower().
+    opts = [
+        "-o ForwardAgent=yes",
+        "-o BatchMode=yes",
+        "-o StrictHostKeyChecking=yes",
+        "-o GlobalKnownHostsFile=/dev/null",
+        '-o "$4"',
+        '-o "$5"',
+        '-i "$6"',
+    ]
+    if p.identities_only:
+        opts.append("-o IdentitiesOnly=yes")
+    script = (
+        f"h=${{2%%.{p.proxy_host.lower()}}}; "
+        f"exec ssh {' '.join(opts)} -p {p.ssh_proxy_port} -l \"$1\" "
+        f"-s {p.ssh_proxy_host} \"proxy:${{h%%.{cluster.lower()}}}:$3@{cluster}\""
+    )
+    args = [
+        "%r",
+        "%h",
+        "%p",
+        f"'UserKnownHostsFile \"{p.known_hosts}\"'",
+        f"'CertificateFile \"{p.certificate_file}\"'",
+        f"'{p.identity_file}'",
+    ]
+    return f"sh -c '{script}' tsh-proxy {' '.join(args)}"
+
+
+def render(p: SSHConfigParams) -> str:
+    """Render the configuration text for ``p``.
+
+    Raises:
+        InvalidNameError: a name or path could inject a directive or widen a pattern.
+        UsageError: no cluster, an unknown ProxyCommand form, or no tsh executable.
+    """
+    _check(p)
+    user = f'    User "{p.login}"\n' if p.login is not None else ""
+    algorithms = ""
+    if p.ssh_version is not None and p.ssh_version < (7, 8):
+        algorithms = f"    HostKeyAlgorithms {_LEGACY_HOST_KEY_ALGORITHMS}\n"
+    identities_only = "    IdentitiesOnly yes\n" if p.identities_only else ""
+    out = [f"{BEGIN_MARKER}{p.proxy_host} by tsh\n\n"]
+    for cluster in p.clusters:
+        if p.proxy_command == "tsh":
+            command = _tsh_proxy_command(p, cluster)
+        else:
+            command = _openssh_proxy_command(p, cluster)
+        out.append(
+            f"# Common flags for all {cluster} hosts\n"
+            f"Host *.{cluster} {p.proxy_host}\n"
+            f'    UserKnownHostsFile "{p.known_hosts}"\n'
+            f'    IdentityFile "{p.identity_file}"\n'
+            f"{identities_only}"
+            f'    CertificateFile "{p.certificate_file}"\n'
+            f"{algorithms}"
+            f"{user}"
+            "\n"
+            f"# Flags for all {cluster} hosts except the proxy\n"
+            f"Host *.{cluster} !{p.proxy_host}\n"
+            f"    Port {p.port}\n"
+            f"    ProxyCommand {command}\n"
+            f"{user}"
+        )
+    out.append(f"\n{END_MARKER}\n")
+    return "".join(out)
+
+
+def merge(existing: str, block: str, proxy_host: str) -> str:
+    """Put ``block`` into the ssh_config text ``existing``.
+
+    The previously generated block for ``proxy_host`` (from its begin marker
+    line to the next end marker line) is replaced in place; without one,
+    ``block`` is appended after a blank line. Everything else stays byte for
+    byte, so merging the same block twice is a no-op.
+
+    Raises:
+        UsageError: a begin marker without an end marker (a hand-edited file).
+    """
+    begin = f"{BEGIN_MARKER}{proxy_host} by tsh"
+    lines = existing.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == begin), None)
+    if start is None:
+        if not existing:
+            return block
+        sep = "" if existing.endswith("\n") else "\n"
+        return f"{existing}{sep}\n{block}"
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].rstrip("\r\n") == END_MARKER),
+        None,
+    )
+    if end is None:
+        raise UsageError(
+            f"the generated block for {proxy_host} has no {END_MARKER!r} line; "
+            "fix the file by hand"
+        )
+    return "".join(lines[:start]) + block + "".join(lines[end + 1 :])
