@@ -14,7 +14,7 @@ import sys
 import typer
 
 from .._exceptions import TshError
-from . import version
+from . import config, proxy, version
 
 app = typer.Typer(
     name="tsh",
@@ -32,6 +32,10 @@ def _root() -> None:
 
 
 app.command("version", help="Print the client version.")(version.version)
+app.command("config", help="Print an OpenSSH configuration for the proxy's clusters.")(
+    config.config
+)
+app.add_typer(proxy.app, name="proxy")
 
 
 def main(argv: list[str] | None = None) -> int:

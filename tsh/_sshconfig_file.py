@@ -1,0 +1,148 @@
+"""`tsh config`: gather the facts for the configuration text, and write it.
+
+The text itself is rendered by the pure tsh._sshconfig; this module does the
+I/O around it: the current profile, the local ``ssh -V``, where the tsh
+executable is, and the in-place ``--update`` of an ssh_config file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from . import _fs
+from ._exceptions import NotLoggedInError, ProfileError, UsageError
+from ._profile import Profile, split_host_port
+from ._sshconfig import DEFAULT_NODE_PORT, SSHConfigParams, merge, parse_openssh_version, render
+from ._store import ProfileStore
+
+__all__ = ["ssh_config", "openssh_version", "tsh_executable", "update_ssh_config", "load_profile"]
+
+
+def openssh_version(ssh: str = "ssh") -> tuple[int, int] | None:
+    """The local OpenSSH client's (major, minor), or None if it cannot be told."""
+    try:
+        out = subprocess.run(
+            [ssh, "-V"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_openssh_version(out.stderr + out.stdout)
+
+
+def tsh_executable() -> tuple[str, ...]:
+    """How OpenSSH should start this tsh: its absolute path, or ``python -m tsh``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0.endswith("__main__.py") or argv0 in ("-m", "-c", ""):
+        return (sys.executable, "-m", "tsh")
+    found = argv0 if os.sep in argv0 else shutil.which(argv0)
+    if found and os.access(found, os.X_OK) and Path(found).is_file():
+        return (str(Path(found).absolute()),)
+    found = shutil.which("tsh")
+    if found:
+        return (str(Path(found).absolute()),)
+    return (sys.executable, "-m", "tsh")
+
+
+def load_profile(store: ProfileStore, proxy: str | None) -> Profile:
+    """The profile for ``proxy`` (``HOST[:PORT]``), else the current one.
+
+    Raises:
+        NotLoggedInError: no such profile.
+    """
+    if proxy:
+        try:
+            host, _ = split_host_port(proxy, 3080)
+        except ValueError as e:
+            raise UsageError(f"invalid --proxy: {e}") from None
+        try:
+            return store.load(host)
+        except ProfileError:
+            raise NotLoggedInError(
+                f"not logged in to {host}; run: tsh login --proxy={proxy}"
+            ) from None
+    profile = store.current()
+    if profile is None:
+        raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
+    return profile
+
+
+def ssh_config(
+    profile: Profile,
+    store: ProfileStore,
+    *,
+    port: int | None = None,
+    login: str | None = None,
+    proxy_command: str = "tsh",
+    ssh_version: tuple[int, int] | None = None,
+    executable: tuple[str, ...] | None = None,
+) -> str:
+    """Render the OpenSSH configuration for ``profile``.
+
+    Raises:
+        InvalidNameError: a name or path of the profile is unsafe in ssh_config.
+        UsageError: bad option values.
+    """
+    paths = store.paths_for(profile)
+    root = profile.root_cluster or profile.cluster
+    clusters = tuple(profile.clusters) or (root,)
+    agent_only = profile.key_storage == "agent"
+    try:
+        web_host, web_port = split_host_port(profile.web_proxy_addr, 3080)
+        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
+    except ValueError as e:
+        raise ProfileError(f"profile {profile.name}: {e}") from None
+    params = SSHConfigParams(
+        proxy_host=web_host,
+        proxy_port=web_port,
+        ssh_proxy_host=ssh_host,
+        ssh_proxy_port=ssh_port,
+        clusters=clusters,
+        known_hosts=str(paths.known_hosts.absolute()),
+        identity_file=str((paths.public_key if agent_only else paths.private_key).absolute()),
+        certificate_file=str(paths.ssh_cert(root).absolute()),
+        executable=executable if executable is not None else tsh_executable(),
+        port=DEFAULT_NODE_PORT if port is None else port,
+        login=login,
+        proxy_command=proxy_command,
+        identities_only=agent_only,
+        ssh_version=ssh_version,
+    )
+    return render(params)
+
+
+def update_ssh_config(path: Path, block: str, proxy_host: str) -> tuple[bool, Path | None]:
+    """Replace or append ``block`` in the ssh_config file ``path``.
+
+    The file's other bytes and its mode are kept; the new content is written
+    atomically after the old one is saved as ``<file>.tsh-backup``. A symlinked
+    config (dotfile repositories) is updated at its target. Returns whether
+    the file changed and the backup's path (None for a new file).
+
+    Raises:
+        UsageError: the file has a begin marker without an end marker, or is not
+            a regular file.
+    """
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        _fs.ensure_private_dir(target.parent)
+        _fs.atomic_write(target, block, mode=0o600)
+        return True, None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path} is not a regular file")
+    # surrogateescape: bytes that are not UTF-8 survive the round trip unchanged.
+    old = target.read_bytes().decode("utf-8", "surrogateescape")
+    new = merge(old, block, proxy_host)
+    if new == old:
+        return False, None
+    mode = stat.S_IMODE(st.st_mode)
+    backup = target.with_name(target.name + ".tsh-backup")
+    _fs.atomic_write(backup, old.encode("utf-8", "surrogateescape"), mode=mode)
+    _fs.atomic_write(target, new.encode("utf-8", "surrogateescape"), mode=mode)
+    return True, backup

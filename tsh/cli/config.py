@@ -1,0 +1,79 @@
+"""`tsh config`: print (or install) the OpenSSH configuration for the proxy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def config(
+    proxy: Optional[str] = typer.Option(
+        None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
+    ),
+    port: Optional[int] = typer.Option(
+        None, "-p", "--port", help="SSH port of the nodes (default 3022)."
+    ),
+    login: Optional[str] = typer.Option(
+        None, "-l", "--login", help="Remote login to put into the configuration as User."
+    ),
+    proxy_command: str = typer.Option(
+        "tsh",
+        "--proxy-command",
+        metavar="tsh|openssh",
+        help="ProxyCommand form: 'tsh' (tsh proxy ssh) or 'openssh' (plain ssh, no Python).",
+    ),
+    update: bool = typer.Option(
+        False, "--update", help="Write into ~/.ssh/config instead of printing."
+    ),
+    update_file: Optional[Path] = typer.Option(
+        None,
+        "--update-file",
+        metavar="PATH",
+        help="Like --update, for another ssh_config file.",
+    ),
+) -> None:
+    """Print an OpenSSH client configuration for the proxy's clusters.
+
+    Append it to ~/.ssh/config (`tsh config >> ~/.ssh/config`), or let
+    `--update` replace the block tsh wrote before. Stdout carries only the
+    configuration.
+    """
+    # Imported here: the CLI module must not pay for them at start-up.
+    from .._sshconfig_file import load_profile, openssh_version, ssh_config, update_ssh_config
+    from .._store import ProfileStore
+
+    store = ProfileStore()
+    profile = load_profile(store, proxy)
+    text = ssh_config(
+        profile,
+        store,
+        port=port,
+        login=login,
+        proxy_command=proxy_command,
+        ssh_version=openssh_version(),
+    )
+    _warn_if_expired(profile.valid_before)
+    if not update and update_file is None:
+        sys.stdout.write(text)
+        return
+    target = (update_file or Path.home() / ".ssh" / "config").expanduser()
+    changed, backup = update_ssh_config(target, text, profile.proxy_host)
+    if not changed:
+        print(f"{target} is up to date.", file=sys.stderr)
+    elif backup is None:
+        print(f"Wrote {target}.", file=sys.stderr)
+    else:
+        print(f"Updated {target} (previous version: {backup}).", file=sys.stderr)
+
+
+def _warn_if_expired(valid_before: int) -> None:
+    import time
+
+    if valid_before and valid_before < time.time():
+        print(
+            "warning: the certificate has expired; run tsh login before using ssh",
+            file=sys.stderr,
+        )

@@ -1,0 +1,35 @@
+"""`tsh proxy ssh`: the ProxyCommand helper that `tsh config` writes into ssh_config."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="proxy",
+    help="Run local proxies for other programs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command("ssh")
+def ssh(
+    target: str = typer.Argument(..., metavar="[USER@]HOST:PORT"),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Cluster of the node (default: the profile's root cluster)."
+    ),
+    proxy: Optional[str] = typer.Option(
+        None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
+    ),
+) -> None:
+    """Connect stdin/stdout to a node's SSH port through the proxy (for ProxyCommand).
+
+    Only the node's SSH bytes go to stdout; messages go to stderr.
+    """
+    from .._proxycmd import proxy_ssh  # the data path imports asyncssh only here
+
+    status = proxy_ssh(target, cluster=cluster, proxy=proxy)
+    if status:
+        raise typer.Exit(status)
