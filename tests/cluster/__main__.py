@@ -1,0 +1,186 @@
+"""Command line of the test cluster: ``python -m tests.cluster <command> ...``.
+
+    start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
+          [--second-factor off|otp] [--recording node|proxy|off]
+    users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
+    auth export --type=user|host
+    auth sign --host=a,b,c --format=openssh --out=PATH
+    nodes add NAME HOST:PORT
+    nodes ls
+    demo
+
+Admin commands take ``--data-dir DIR`` and work on a running cluster (it
+re-reads its files) or on a stopped data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
+from ._duration import NS_PER_S, parse_duration
+from ._state import ClusterState, StateError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    dd = argparse.ArgumentParser(add_help=False)
+    dd.add_argument("--data-dir", type=Path, required=True, help="the cluster's state directory")
+
+    s = sub.add_parser("start", parents=[dd], help="run the cluster in the foreground")
+    s.add_argument("--name", default=None, help="cluster name (default example.test)")
+    s.add_argument("--web-port", type=int, default=0, help="HTTPS port (0 = free port)")
+    s.add_argument("--ssh-port", type=int, default=0, help="SSH proxy port (0 = free port)")
+    s.add_argument("--server-version", default="17.0.0")
+    s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
+    s.add_argument("--recording", choices=RECORDING_MODES, default="node")
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    ua = users.add_parser("add", parents=[dd], help="add a user; password = first stdin line")
+    ua.add_argument("user")
+    ua.add_argument("--logins", required=True, help="comma-separated OS logins")
+    ua.add_argument("--ttl", default=None, help="maximum certificate TTL, e.g. 30h")
+    ua.add_argument("--otp", action="store_true", help="enrol TOTP; prints the base32 secret")
+    ua.add_argument("--roles", default="access", help=argparse.SUPPRESS)
+
+    auth = sub.add_parser("auth", help="CA operations").add_subparsers(dest="action", required=True)
+    ae = auth.add_parser("export", parents=[dd], help="print a CA public key")
+    ae.add_argument("--type", choices=("user", "host"), required=True)
+    asg = auth.add_parser("sign", parents=[dd], help="make a host key + host certificate")
+    asg.add_argument("--host", required=True, help="comma-separated principals")
+    asg.add_argument("--format", choices=("openssh",), required=True)
+    asg.add_argument("--out", type=Path, required=True)
+    asg.add_argument("--ttl", default="8760h", help="validity (default one year)")
+
+    nodes = sub.add_parser("nodes", help="manage nodes").add_subparsers(dest="action", required=True)
+    na = nodes.add_parser("add", parents=[dd], help="register a node")
+    na.add_argument("name")
+    na.add_argument("addr", metavar="HOST:PORT")
+    nodes.add_parser("ls", parents=[dd], help="list registered nodes")
+
+    sub.add_parser("demo", help="cluster + real sshd + the OpenSSH flow, then stop")
+    return p
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    try:
+        parse_version(args.server_version)
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    for port in (args.web_port, args.ssh_port):
+        if not 0 <= port < 65536:
+            raise StateError(f"invalid port {port}")
+    state = ClusterState.init(args.data_dir, args.name)
+    config = ServerConfig(
+        cluster=state.name,
+        server_version=args.server_version,
+        second_factor=args.second_factor,
+        recording=args.recording,
+    )
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    from ._server import serve
+
+    asyncio.run(serve(state, config, args.web_port, args.ssh_port))
+    return 0
+
+
+def _cmd_users_add(args: argparse.Namespace) -> int:
+    state = ClusterState.open(args.data_dir)
+    password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        ttl = parse_duration(args.ttl) if args.ttl else None
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    logins = [x.strip() for x in args.logins.split(",") if x.strip()]
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) or ("access",)
+    user = state.add_user(args.user, password, logins, ttl, otp=args.otp, roles=roles)
+    if user.otp_secret:
+        print(user.otp_secret)
+    else:
+        print(f"user {user.name!r} added", file=sys.stderr)
+    return 0
+
+
+def _cmd_auth_export(args: argparse.Namespace) -> int:
+    from ._ca import Authority
+
+    authority = Authority.load(ClusterState.open(args.data_dir))
+    sys.stdout.write(authority.export_user() if args.type == "user" else authority.export_host())
+    return 0
+
+
+def _cmd_auth_sign(args: argparse.Namespace) -> int:
+    from tsh._fs import atomic_write
+
+    from ._ca import Authority
+
+    principals = [h.strip() for h in args.host.split(",") if h.strip()]
+    if not principals:
+        raise StateError("--host needs at least one principal")
+    try:
+        ttl_s = parse_duration(args.ttl) // NS_PER_S
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    if not args.out.parent.is_dir():
+        raise StateError(f"directory {args.out.parent} does not exist")
+    authority = Authority.load(ClusterState.open(args.data_dir))
+    key = authority.new_host_key()
+    cert = authority.sign_host(key, principals, principals[0], ttl_s)
+    atomic_write(args.out, key.export_private_key("openssh"), 0o600)
+    atomic_write(Path(f"{args.out}-cert.pub"), cert.export_certificate("openssh"), 0o644)
+    print(f"wrote {args.out} and {args.out}-cert.pub", file=sys.stderr)
+    return 0
+
+
+def _cmd_nodes_add(args: argparse.Namespace) -> int:
+    node = ClusterState.open(args.data_dir).add_node(args.name, args.addr)
+    print(f"node {node.name} registered at {node.addr}", file=sys.stderr)
+    return 0
+
+
+def _cmd_nodes_ls(args: argparse.Namespace) -> int:
+    for node in sorted(ClusterState.open(args.data_dir).nodes().values(), key=lambda n: n.name):
+        print(f"{node.name} {node.addr}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo()
+
+
+_COMMANDS = {
+    ("start", None): _cmd_start,
+    ("users", "add"): _cmd_users_add,
+    ("auth", "export"): _cmd_auth_export,
+    ("auth", "sign"): _cmd_auth_sign,
+    ("nodes", "add"): _cmd_nodes_add,
+    ("nodes", "ls"): _cmd_nodes_ls,
+    ("demo", None): _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = _COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return handler(args)
+    except (StateError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

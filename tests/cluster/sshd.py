@@ -1,0 +1,200 @@
+"""Launch a real OpenSSH ``sshd`` as a node of the test cluster.
+
+Configured the way the seed page ("Using Teleport with OpenSSH") says:
+``TrustedUserCAKeys`` from ``auth export --type=user`` (minus the leading
+``cert-authority``), ``HostKey`` + ``HostCertificate`` from ``auth sign``. It
+listens on a free 127.0.0.1 port, is ready once it sends its ``SSH-2.0-``
+banner, and is registered with ``nodes add``. Used by the pytest fixtures
+and by ``python -m tests.cluster demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SSHD", "SSHDNode", "SSHDError", "find_sshd", "start_sshd", "start_node"]
+
+SSHD = "/usr/sbin/sshd"
+_READY_TIMEOUT_S = 10.0
+_supports_penalties: dict[str, bool] = {}
+
+
+class SSHDError(Exception):
+    """sshd could not be configured or started (the message includes its log tail)."""
+
+
+def find_sshd() -> str | None:
+    """Absolute path of sshd (Debian's /usr/sbin/sshd first), or None."""
+    if os.access(SSHD, os.X_OK):
+        return SSHD
+    return shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin:" + os.environ.get("PATH", ""))
+
+
+@dataclass
+class SSHDNode:
+    """A running sshd. ``stop()`` (or leaving the ``with`` block) ends it."""
+
+    name: str
+    host: str
+    port: int
+    workdir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> SSHDNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config_text(port: int, workdir: Path, host_key: Path, host_cert: Path, user_ca: Path,
+                 penalties: bool) -> str:
+    lines = [
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {host_key}",
+        f"HostCertificate {host_cert}",
+        f"TrustedUserCAKeys {user_ca}",
+        f"PidFile {workdir / 'sshd.pid'}",
+        "AuthorizedKeysFile none",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",  # test dirs live under /tmp
+        "PermitRootLogin prohibit-password",
+        "AllowAgentForwarding yes",
+        "AllowTcpForwarding yes",
+        "X11Forwarding no",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "LogLevel VERBOSE",
+        "MaxStartups 100:30:200",
+        "Subsystem sftp internal-sftp",
+    ]
+    if penalties:
+        lines.append("PerSourcePenalties no")  # OpenSSH >= 9.8 would throttle test reconnects
+    return "\n".join(lines) + "\n"
+
+
+def _supports_per_source_penalties(sshd: str, workdir: Path) -> bool:
+    """Does this sshd know PerSourcePenalties (OpenSSH >= 9.8)? Asked once per binary."""
+    if sshd not in _supports_penalties:
+        probe = workdir / "probe_config"
+        probe.write_text("PerSourcePenalties no\n")
+        r = subprocess.run([sshd, "-t", "-f", str(probe)], capture_output=True, text=True)
+        _supports_penalties[sshd] = "Bad configuration option: PerSourcePenalties" not in r.stderr
+        probe.unlink()
+    return _supports_penalties[sshd]
+
+
+def start_sshd(
+    name: str,
+    workdir: Path,
+    host_key: Path,
+    host_cert: Path,
+    user_ca: Path,
+    sshd: str = SSHD,
+) -> SSHDNode:
+    """Start sshd with these key files on a free 127.0.0.1 port; return once it is ready."""
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+    penalties = _supports_per_source_penalties(sshd, workdir)
+    last_error = ""
+    for _ in range(5):  # another process may grab the port between probe and bind
+        port = _free_port()
+        config = workdir / "sshd_config"
+        config.write_text(_config_text(port, workdir, host_key, host_cert, user_ca, penalties))
+        log_path = workdir / "sshd.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        node = SSHDNode(name, "127.0.0.1", port, workdir, log_path, proc)
+        if _wait_banner(node):
+            return node
+        node.stop()
+        last_error = node.log()
+        if "Address already in use" not in last_error:
+            break
+    raise SSHDError(f"sshd for node {name} did not start: {last_error.strip()[-2000:]}")
+
+
+def _wait_banner(node: SSHDNode) -> bool:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if node.proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((node.host, node.port), timeout=2) as s:
+                if s.recv(64).startswith(b"SSH-2.0-"):
+                    return True
+        except OSError:
+            time.sleep(0.02)  # not listening yet: sshd is still starting
+    return False
+
+
+def start_node(
+    admin: Callable[..., str],
+    cluster: str,
+    name: str,
+    workdir: Path,
+    sshd: str = SSHD,
+    register: bool = True,
+) -> SSHDNode:
+    """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it."""
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    export = admin("auth", "export", "--type=user")
+    user_ca = workdir / "teleport_user_ca.pub"
+    # the seed page's `sed s/cert-authority\ //`
+    user_ca.write_text("".join(line.replace("cert-authority ", "", 1) + "\n"
+                               for line in export.splitlines() if line.strip()))
+    host_key = workdir / "ssh_host_key"
+    admin(
+        "auth", "sign", f"--host={name},{name}.{cluster},localhost,127.0.0.1",
+        "--format=openssh", f"--out={host_key}",
+    )
+    node = start_sshd(name, workdir, host_key, Path(f"{host_key}-cert.pub"), user_ca, sshd)
+    if register:
+        try:
+            admin("nodes", "add", name, node.addr)
+        except BaseException:
+            node.stop()
+            raise
+    return node
