@@ -19,7 +19,14 @@ from pathlib import Path
 
 from ._exceptions import ProfileError
 
-__all__ = ["ensure_private_dir", "atomic_write", "read_text", "locked", "remove_file"]
+__all__ = [
+    "ensure_private_dir",
+    "atomic_write",
+    "read_text",
+    "locked",
+    "remove_file",
+    "StagedFiles",
+]
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
@@ -65,6 +72,51 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class StagedFiles:
+    """A group of files written completely before any of them replaces its target.
+
+    ``stage()`` writes each file's content to a temporary file beside its
+    target (refusing a symlink at the target); ``commit()`` then renames them
+    all into place, ``discard()`` (or leaving a ``with`` block by an
+    exception) deletes them. A failure while staging -- disk full, a planted
+    symlink -- therefore leaves every existing file untouched.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+
+    def stage(self, path: Path, data: bytes | str, mode: int = 0o600) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        _refuse_symlink(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._staged.append((tmp, path))
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def commit(self) -> None:
+        for tmp, path in self._staged:
+            _refuse_symlink(path)
+        while self._staged:
+            tmp, path = self._staged.pop(0)
+            os.replace(tmp, path)
+
+    def discard(self) -> None:
+        while self._staged:
+            tmp, _ = self._staged.pop()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def read_text(path: Path) -> str:

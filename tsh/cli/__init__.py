@@ -14,7 +14,7 @@ import sys
 import typer
 
 from .._exceptions import TshError
-from . import config, proxy, version
+from . import config, login, logout, proxy, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -32,6 +32,13 @@ def _root() -> None:
 
 
 app.command("version", help="Print the client version.")(version.version)
+app.command("login", help="Log in to a proxy: certificates on disk and in the ssh-agent.")(
+    login.login
+)
+app.command("status", help="Show the profiles you are logged in with.")(status.status)
+app.command("logout", help="Remove keys and certificates (one user, or everything).")(
+    logout.logout
+)
 app.command("config", help="Print an OpenSSH configuration for the proxy's clusters.")(
     config.config
 )
@@ -44,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     Library errors become one line on stderr and their exit code, never a traceback.
     """
     try:
-        app(args=argv, prog_name="tsh", standalone_mode=False)
+        # Without standalone mode click returns (not raises) a typer.Exit's code.
+        rc = app(args=argv, prog_name="tsh", standalone_mode=False)
     except TshError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -61,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
             raise
         show()
         return getattr(e, "exit_code", 2)
-    return 0
+    return rc if isinstance(rc, int) else 0

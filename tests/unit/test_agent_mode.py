@@ -1,0 +1,45 @@
+"""tsh._agent's pure parts: mode resolution, the comment format, the gpg-agent heuristic."""
+
+from __future__ import annotations
+
+import pytest
+
+from tsh import UsageError
+from tsh._agent import agent_comment, parse_agent_comment, resolve_agent_mode, suspect_agent
+
+
+@pytest.mark.parametrize(
+    ("flag", "use_local", "env", "mode"),
+    [
+        (None, None, {}, "auto"),
+        ("yes", None, {"TELEPORT_ADD_KEYS_TO_AGENT": "no"}, "yes"),
+        (None, None, {"TELEPORT_ADD_KEYS_TO_AGENT": "only"}, "only"),
+        ("ONLY", None, {}, "only"),
+        ("yes", False, {}, "no"),
+        ("auto", None, {"TELEPORT_USE_LOCAL_SSH_AGENT": "false"}, "no"),
+        ("auto", True, {"TELEPORT_USE_LOCAL_SSH_AGENT": "false"}, "auto"),
+    ],
+)
+def test_resolve(flag, use_local, env, mode) -> None:  # type: ignore[no-untyped-def]
+    assert resolve_agent_mode(flag, use_local, env) == mode
+
+
+def test_resolve_rejects() -> None:
+    with pytest.raises(UsageError, match=r'invalid value "maybe", must be one of \[auto no yes only\]'):
+        resolve_agent_mode("maybe", None, {})
+    with pytest.raises(UsageError, match="only"):
+        resolve_agent_mode("only", False, {})
+
+
+def test_comment_round_trip() -> None:
+    c = agent_comment("proxy.test", "example.test", "alice")
+    assert c == "teleport:proxy.test:example.test:alice"
+    assert parse_agent_comment(c) == ("proxy.test", "example.test", "alice")
+    for other in ("teleport:alice", "me@laptop", "teleport:a:b:c:d", "teleport::c:u", ""):
+        assert parse_agent_comment(other) is None
+
+
+def test_gpg_heuristic() -> None:
+    assert suspect_agent("/run/user/1000/gnupg/S.gpg-agent.ssh")
+    assert suspect_agent("/tmp/gpg-agent.sock")
+    assert suspect_agent("/tmp/ssh-XXXX/agent.123") is None

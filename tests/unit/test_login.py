@@ -1,0 +1,261 @@
+"""tsh._login against an in-memory proxy: order, files, checks, and failure atomicity.
+
+The agent is off here (mode "no", empty environment); tests/integration covers
+the real ssh-agent, the keyring and the test cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import asyncssh
+import httpx
+import pytest
+from _login_fakes import FakeProxy, ScriptedPrompter, b64, sign_user_cert
+
+from tsh import (
+    AccessDeniedError,
+    CertificateError,
+    InvalidNameError,
+    ProfileError,
+    ProxyResponseError,
+    UsageError,
+)
+from tsh._login import LoginRequest, login
+from tsh._store import ProfileStore
+
+
+def _login(store: ProfileStore, proxy: FakeProxy, prompter: ScriptedPrompter | None = None,
+           **kw: object):  # type: ignore[no-untyped-def]
+    request = LoginRequest(proxy=str(kw.pop("addr", "proxy.test:3080")), user="alice",
+                           agent_mode="no", **kw)  # type: ignore[arg-type]
+    return login(request, prompter or ScriptedPrompter(), store=store,
+                 transport=proxy.transport, environ={})
+
+
+def snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
+    out = {}
+    for root, dirs, files in os.walk(home):
+        for name in files + dirs:
+            p = Path(root, name)
+            st = os.lstat(p)
+            data = p.read_bytes() if stat.S_ISREG(st.st_mode) and name != ".lock" else b""
+            out[str(p.relative_to(home))] = (data, stat.S_IMODE(st.st_mode))
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ProfileStore:
+    return ProfileStore(tmp_path / "tsh")
+
+
+def test_v17_login_layout_and_facts(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    old_umask = os.umask(0)
+    try:
+        result = _login(store, proxy)
+    finally:
+        os.umask(old_umask)
+    p = result.profile
+    assert (p.web_proxy_addr, p.ssh_proxy_addr) == ("proxy.test:3080", "proxy.test:3023")
+    assert (p.cluster, p.root_cluster, p.clusters) == ("example.test", "example.test", ("example.test",))
+    assert p.logins == ("root", "alice") and p.roles == ("access",)
+    assert p.valid_before - p.valid_after == 12 * 3600 + 60  # the proxy's default TTL
+    paths = store.paths("proxy.test", "alice")
+    key = asyncssh.read_private_key(paths.private_key)
+    cert = asyncssh.read_certificate(paths.ssh_cert("example.test"))
+    assert key.algorithm == b"ssh-ed25519" and cert.key.public_data == key.public_data
+    assert paths.tls_key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert paths.tls_cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert not paths.tls_cert_legacy.exists()
+    assert paths.tls_ca("example.test").read_text() == paths.certs_pem.read_text()
+    (line,) = paths.known_hosts.read_text().splitlines()
+    assert line.startswith("@cert-authority proxy.test,example.test,*.example.test ssh-ed25519 ")
+    assert store.current_name() == "proxy.test" and store.load("proxy.test") == p
+    for rel, (_, mode) in snapshot(store.home).items():
+        is_dir = (store.home / rel).is_dir()
+        assert mode == (0o700 if is_dir else 0o600), rel
+    body = proxy.login_bodies[0]
+    assert "pub_key" not in body and body["user"] == "alice" and body["otp_token"] == ""
+    assert "PRIVATE" not in json.dumps(body)
+
+
+def test_v16_login_uses_rsa_and_legacy_files(store: ProfileStore) -> None:
+    proxy = FakeProxy(server_version="16.4.2")
+    _login(store, proxy, ttl_minutes=30)
+    paths = store.paths("proxy.test", "alice")
+    key = asyncssh.read_private_key(paths.private_key)
+    assert key.algorithm == b"ssh-rsa" and key.pyca_key.key_size == 2048
+    assert paths.tls_cert_legacy.exists() and not paths.tls_key.exists()
+    body = proxy.login_bodies[0]
+    assert set(body) >= {"pub_key", "ttl"} and "ssh_pub_key" not in body
+    assert body["ttl"] == 30 * 60 * 10**9
+
+
+def test_otp_flow_prompts_for_both(store: ProfileStore) -> None:
+    prompter = ScriptedPrompter()
+    _login(store, FakeProxy(second_factor="otp"), prompter)
+    assert prompter.asked == ["password:alice", "otp"]
+    prompter = ScriptedPrompter()
+    _login(store, FakeProxy(), prompter)
+    assert prompter.asked == ["password:alice"]
+
+
+@pytest.mark.parametrize("factor", ["webauthn", "u2f"])
+def test_unsupported_second_factor_fails_before_prompt(store: ProfileStore, factor: str) -> None:
+    prompter = ScriptedPrompter()
+    with pytest.raises(UsageError, match="security key"):
+        _login(store, FakeProxy(second_factor=factor), prompter)
+    assert prompter.asked == []
+
+
+def test_not_a_proxy_fails_before_prompt(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    proxy.ping_raw = (200, b"<!doctype html><title>Login portal</title>", "text/html")
+    prompter = ScriptedPrompter()
+    with pytest.raises(ProxyResponseError, match="Teleport proxy"):
+        _login(store, proxy, prompter)
+    assert prompter.asked == [] and not store.home.exists()
+
+
+def test_port_fallback_443_then_3080(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.port in (None, 443):  # httpx drops the default port
+            raise httpx.ConnectError("Connection refused", request=request)
+        return proxy.handle(request)
+
+    request = LoginRequest(proxy="proxy.test", user="alice", agent_mode="no")
+    result = login(request, ScriptedPrompter(), store=store,
+                   transport=httpx.MockTransport(handler), environ={})
+    assert result.profile.web_proxy_addr == "proxy.test:3080"
+    assert [r.url.port for r in proxy.requests][:1] == [3080]
+
+
+def _other_key_cert(proxy: FakeProxy):  # type: ignore[no-untyped-def]
+    def hook(answer: dict, body: dict) -> None:
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+        answer["cert"] = b64(sign_user_cert(proxy.user_ca, other, "alice", ["root"],
+                                            0, 2**40))
+    return hook
+
+
+HOSTILE = {
+    "wrong password": (lambda p: None, ScriptedPrompter(password="nope"), AccessDeniedError,
+                       "invalid username or password"),
+    "wrong otp": (lambda p: setattr(p, "second_factor", "otp"), ScriptedPrompter(otp="000000"),
+                  AccessDeniedError, "second factor"),
+    "truncated json": (lambda p: setattr(p, "login_raw", (200, b'{"username": "alice", "ce',
+                                                          "application/json")),
+                       None, ProxyResponseError, "Teleport proxy"),
+    "html login": (lambda p: setattr(p, "login_raw", (502, b"<html>oops</html>", "text/html")),
+                   None, ProxyResponseError, "HTTP 502"),
+    "someone else's key": (lambda p: setattr(p, "login_hook", _other_key_cert(p)), None,
+                           CertificateError, "different key"),
+    "expired cert": (lambda p: setattr(p, "window", lambda now, ttl: (now - 7200, now - 3600)),
+                     None, CertificateError, "expired"),
+    "future cert": (lambda p: setattr(p, "window", lambda now, ttl: (now + 3600, now + 7200)),
+                    None, CertificateError, "clock"),
+    "hostile cluster name": (
+        lambda p: setattr(p, "login_hook",
+                          lambda a, b: a["host_signers"][0].update(domain_name="*")),
+        None, InvalidNameError, "cluster name"),
+    "no host signers": (
+        lambda p: setattr(p, "login_hook", lambda a, b: a.update(host_signers=[])),
+        None, ProxyResponseError, "host CA"),
+    "tls cert for another key": (
+        lambda p: setattr(p, "login_hook", lambda a, b: a.update(
+            tls_cert=b64(p.tls_ca.public_bytes(__import__("cryptography").hazmat.primitives
+                                                .serialization.Encoding.PEM)))),
+        None, CertificateError, "TLS certificate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_answers_leave_good_profile_untouched(store: ProfileStore, case: str) -> None:
+    proxy = FakeProxy(second_factor="off")
+    _login(store, proxy)
+    before = snapshot(store.home)
+    setup, prompter, error, needle = HOSTILE[case]
+    setup(proxy)
+    with pytest.raises(error) as e:
+        _login(store, proxy, prompter)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+    assert snapshot(store.home) == before
+
+
+def test_symlinked_key_path_is_refused(store: ProfileStore, tmp_path: Path) -> None:
+    proxy = FakeProxy()
+    _login(store, proxy)
+    paths = store.paths("proxy.test", "alice")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    paths.private_key.unlink()
+    paths.private_key.symlink_to(victim)
+    before = snapshot(store.home)
+    with pytest.raises(ProfileError, match="symbolic link"):
+        _login(store, proxy)
+    assert victim.read_text() == "precious\n"
+    assert snapshot(store.home) == before
+
+
+def test_symlinked_keys_dir_is_refused(store: ProfileStore, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store.home / "keys").mkdir(parents=True)
+    (store.home / "keys" / "proxy.test").symlink_to(elsewhere)
+    with pytest.raises(ProfileError):
+        _login(store, FakeProxy())
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_relogin_replaces_ca_lines_and_keys(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    _login(store, proxy)
+    paths = store.paths("proxy.test", "alice")
+    first_key = paths.private_key.read_bytes()
+    proxy2 = FakeProxy()  # a rotated host CA
+    _login(store, proxy2)
+    lines = paths.known_hosts.read_text().splitlines()
+    assert len(lines) == 1
+    from tsh._knownhosts import ca_lines
+    from _login_fakes import ssh_public_line
+
+    assert lines == ca_lines("proxy.test", "example.test",
+                             [ssh_public_line(proxy2.host_ca.public_key())])
+    assert paths.private_key.read_bytes() != first_key
+
+
+def test_v17_to_v16_switch_removes_stale_files(store: ProfileStore) -> None:
+    _login(store, FakeProxy())
+    _login(store, FakeProxy(server_version="16.0.0"))
+    paths = store.paths("proxy.test", "alice")
+    assert paths.tls_cert_legacy.exists()
+    assert not paths.tls_key.exists() and not paths.tls_cert.exists()
+
+
+@pytest.mark.parametrize("proxy_arg", ["http://proxy.test", "proxy.test:99999", "a b", "*:3080"])
+def test_bad_proxy_argument(store: ProfileStore, proxy_arg: str) -> None:
+    with pytest.raises(UsageError):
+        _login(store, FakeProxy(), addr=proxy_arg)
+
+
+@pytest.mark.parametrize("user", ["../x", "a/b", "a:b", "a b", ".."])
+def test_bad_user_name(store: ProfileStore, user: str) -> None:
+    request = LoginRequest(proxy="proxy.test:3080", user=user, agent_mode="no")
+    with pytest.raises(InvalidNameError):
+        login(request, ScriptedPrompter(), store=store, transport=FakeProxy().transport, environ={})
+
+
+def test_password_never_reaches_disk(store: ProfileStore) -> None:
+    sentinel = "S3NT1NEL-pw"
+    _login(store, FakeProxy(password=sentinel), ScriptedPrompter(password=sentinel))
+    for rel, (data, _) in snapshot(store.home).items():
+        assert sentinel.encode() not in data, rel
+    assert base64.b64encode(sentinel.encode()) not in b"".join(d for d, _ in snapshot(store.home).values())

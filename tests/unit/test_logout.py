@@ -1,0 +1,54 @@
+"""tsh._logout on disk (agent and keyring absent): what goes, what stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _login_fakes import FakeProxy, ScriptedPrompter
+
+from tsh._login import LoginRequest, login
+from tsh._logout import logout_all, logout_user
+from tsh._store import ProfileStore
+
+
+def _login(store: ProfileStore, host: str, user: str) -> None:
+    login(LoginRequest(proxy=f"{host}:3080", user=user, agent_mode="no"), ScriptedPrompter(),
+          store=store, transport=FakeProxy().transport, environ={})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ProfileStore:
+    return ProfileStore(tmp_path / "tsh")
+
+
+def test_logout_one_user(store: ProfileStore) -> None:
+    _login(store, "a.test", "alice")
+    _login(store, "b.test", "bob")
+    result = logout_user(store, "a.test", "alice", environ={})
+    assert result.removed and result.warnings == []
+    assert not (store.home / "keys" / "a.test").exists()
+    assert not (store.home / "a.test.yaml").exists()
+    assert [p.name for p in store.list()] == ["b.test"]
+    known = (store.home / "known_hosts").read_text()
+    assert "a.test," not in known and "@cert-authority b.test," in known
+    assert not logout_user(store, "a.test", "alice", environ={}).removed
+
+
+def test_logout_keeps_other_user_of_same_proxy(store: ProfileStore) -> None:
+    _login(store, "a.test", "bob")
+    _login(store, "a.test", "alice")  # the profile now names alice; bob's keys remain
+    assert logout_user(store, "a.test", "bob", environ={}).removed
+    assert store.current() is not None and store.current().user == "alice"
+    assert store.paths("a.test", "alice").private_key.exists()
+    assert "@cert-authority a.test," in (store.home / "known_hosts").read_text()
+
+
+def test_logout_all_keeps_config_dir(store: ProfileStore) -> None:
+    assert not logout_all(store, environ={}).removed
+    _login(store, "a.test", "alice")
+    (store.home / "config").mkdir()
+    (store.home / "config" / "config.yaml").write_text("x: 1\n")
+    assert logout_all(store, environ={}).removed
+    assert sorted(p.name for p in store.home.iterdir()) == [".lock", "config"]
+    assert not logout_all(store, environ={}).removed

@@ -1,0 +1,77 @@
+"""tsh._status: the text, JSON and YAML of `tsh status`."""
+
+from __future__ import annotations
+
+import json
+from datetime import timezone
+
+import yaml
+
+from tsh._profile import Profile
+from tsh._status import format_go_duration, render_json, render_status, render_yaml, status_data
+
+NOW = 1_700_000_000
+
+
+def _profile(host: str = "proxy.test", before: int = NOW + 43140) -> Profile:
+    return Profile(
+        web_proxy_addr=f"{host}:3080",
+        ssh_proxy_addr=f"{host}:3023",
+        user="alice",
+        cluster="example.test",
+        root_cluster="example.test",
+        clusters=("example.test",),
+        valid_after=NOW - 60,
+        valid_before=before,
+        principals=("root", "alice", "-teleport-internal-join", "-teleport-nologin-1234"),
+        extensions=("permit-agent-forwarding", "permit-pty"),
+        roles=("access", "editor"),
+    )
+
+
+def test_go_duration() -> None:
+    assert format_go_duration(43140) == "11h59m0s"
+    assert format_go_duration(43170) == "12h0m0s"
+    assert format_go_duration(299) == "5m0s"
+    assert format_go_duration(10) == "0s"
+
+
+def test_text_layout() -> None:
+    text = render_status([_profile("b.test"), _profile()], "proxy.test", NOW, tz=timezone.utc)
+    assert text == (
+        "> Profile URL:        https://proxy.test:3080\n"
+        "  Logged in as:       alice\n"
+        "  Cluster:            example.test\n"
+        "  Roles:              access, editor\n"
+        "  Logins:             root, alice\n"
+        "  Valid until:        2023-11-15 10:12:20 +0000 UTC [valid for 11h59m0s]\n"
+        "  Extensions:         permit-agent-forwarding, permit-pty\n"
+        "\n"
+        "  Profile URL:        https://b.test:3080\n"
+        "  Logged in as:       alice\n"
+        "  Cluster:            example.test\n"
+        "  Roles:              access, editor\n"
+        "  Logins:             root, alice\n"
+        "  Valid until:        2023-11-15 10:12:20 +0000 UTC [valid for 11h59m0s]\n"
+        "  Extensions:         permit-agent-forwarding, permit-pty\n"
+        "\n"
+    )
+
+
+def test_expired_and_empty() -> None:
+    assert "[EXPIRED]" in render_status([_profile(before=NOW)], "proxy.test", NOW, tz=timezone.utc)
+    assert render_status([], None, NOW) == "Not logged in.\n"
+
+
+def test_json_and_yaml_agree() -> None:
+    data = status_data([_profile("b.test"), _profile()], "proxy.test", NOW)
+    assert data["active"]["profile_url"] == "https://proxy.test:3080"
+    assert data["active"]["logins"] == ["root", "alice"]
+    assert [p["profile_url"] for p in data["profiles"]] == ["https://b.test:3080"]
+    assert json.loads(render_json(data)) == data
+    assert yaml.safe_load(render_yaml(data)) == data
+
+
+def test_yaml_quotes_what_needs_it() -> None:
+    data = {"a": "yes", "b": "1.5", "c": "x: y", "d": "-dash", "e": [], "f": None, "g": "#c", "h": "ok"}
+    assert yaml.safe_load(render_yaml(data)) == data

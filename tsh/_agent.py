@@ -1,0 +1,243 @@
+"""The local ssh-agent: load our key and certificate, replace and remove only ours.
+
+Keys are added through asyncssh's agent client with the comment
+``teleport:<proxy>:<cluster>:<user>`` (teleport-wire.md section 9) and a
+lifetime equal to the certificate's remaining validity, so the agent drops the
+key when the certificate expires. A re-login first removes the keys carrying
+the same comment; other keys are never touched.
+
+Some agents accept the add request but cannot hold certificates (gpg-agent,
+older gnome-keyring, some password managers). After adding we list the agent
+and check the certificate is really there. The caller turns AgentError into a
+warning: the agent never makes a login fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from ._exceptions import AgentError, UsageError
+
+if TYPE_CHECKING:
+    from ._profile import Profile
+    from ._store import ProfileStore
+
+__all__ = [
+    "AGENT_MODES",
+    "agent_comment",
+    "parse_agent_comment",
+    "resolve_agent_mode",
+    "suspect_agent",
+    "load_into_agent",
+    "remove_from_agent",
+    "ensure_agent_key",
+]
+
+AGENT_MODES = ("auto", "no", "yes", "only")
+#: Seconds any single agent conversation may take (a hung agent must not hang tsh).
+AGENT_TIMEOUT = 10.0
+FIX_HINT = "use --add-keys-to-agent=no, or run OpenSSH's ssh-agent"
+
+
+def resolve_agent_mode(
+    flag: str | None, use_local_agent: bool | None, environ: Mapping[str, str]
+) -> str:
+    """The effective ``--add-keys-to-agent`` mode (pure).
+
+    The flag wins over ``TELEPORT_ADD_KEYS_TO_AGENT``; ``auto`` is the default.
+    ``--no-use-local-ssh-agent`` or ``TELEPORT_USE_LOCAL_SSH_AGENT=false``
+    means no agent at all (mode ``no``); combined with ``only`` that leaves
+    nowhere for the key to live, which is a usage error.
+    """
+    mode = (flag or environ.get("TELEPORT_ADD_KEYS_TO_AGENT") or "auto").strip().lower()
+    if mode not in AGENT_MODES:
+        raise UsageError(f'invalid value "{mode}", must be one of [auto no yes only]')
+    if use_local_agent is None:
+        env = environ.get("TELEPORT_USE_LOCAL_SSH_AGENT", "").strip().lower()
+        use_local_agent = env not in ("false", "0", "no", "off")
+    if not use_local_agent:
+        if mode == "only":
+            raise UsageError(
+                "--add-keys-to-agent=only keeps the key in the ssh-agent, "
+                "but use of the local ssh-agent is turned off"
+            )
+        return "no"
+    return mode
+
+
+def agent_comment(proxy_host: str, cluster: str, user: str) -> str:
+    """The comment that marks our agent keys (cluster before user, as tsh does)."""
+    return f"teleport:{proxy_host}:{cluster}:{user}"
+
+
+def parse_agent_comment(comment: str) -> tuple[str, str, str] | None:
+    """(proxy, cluster, user) of a tsh agent comment, or None for anyone else's key."""
+    parts = comment.split(":")
+    if len(parts) != 4 or parts[0] != "teleport" or not all(parts[1:]):
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def suspect_agent(sock: str) -> str | None:
+    """Why the agent at ``sock`` probably cannot hold certificates, or None.
+
+    A heuristic (as real tsh's): gpg-agent's socket path names it.
+    """
+    if "gpg-agent" in sock or os.path.basename(sock) == "S.gpg-agent.ssh":
+        return "the agent at SSH_AUTH_SOCK looks like gpg-agent, which cannot hold SSH certificates"
+    return None
+
+
+def _run(coro_factory: Callable[[], object]) -> object:
+    async def bounded() -> object:
+        return await asyncio.wait_for(coro_factory(), AGENT_TIMEOUT)  # type: ignore[arg-type]
+
+    try:
+        return asyncio.run(bounded())
+    except asyncio.TimeoutError:
+        raise AgentError("the ssh-agent did not answer in time") from None
+
+
+async def _connect(sock: str):  # type: ignore[no-untyped-def]
+    import asyncssh
+
+    try:
+        return await asyncssh.connect_agent(sock)
+    except (OSError, ValueError) as e:
+        raise AgentError(f"cannot connect to the ssh-agent at {sock}: {e}") from None
+
+
+def load_into_agent(
+    sock: str,
+    private_key_pem: str,
+    cert_text: str,
+    comment: str,
+    valid_before: int,
+    now: float | None = None,
+) -> None:
+    """Replace our keys carrying ``comment`` with this key and certificate.
+
+    The lifetime constraint is the certificate's remaining validity. Raises
+    AgentError if the agent refuses the key or does not hold the certificate
+    afterwards; then no key with ``comment`` is left behind.
+    """
+    import asyncssh
+
+    lifetime = int(valid_before - (time.time() if now is None else now))
+    if lifetime <= 0:
+        raise AgentError("the certificate has expired; not adding it to the ssh-agent")
+    try:
+        key = asyncssh.import_private_key(private_key_pem)
+        cert = asyncssh.import_certificate(cert_text.strip())
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise AgentError(f"cannot load the key for the ssh-agent: {e}") from None
+    key.set_comment(comment)
+    cert.set_comment(comment)
+
+    async def run() -> None:
+        agent = await _connect(sock)
+        try:
+            await _remove(agent, lambda c: c == comment)
+            try:
+                await agent.add_keys([(key, cert)], lifetime=lifetime)
+            except ValueError as e:
+                raise AgentError(f"the ssh-agent at {sock} refused the certificate ({e})") from None
+            held = await agent.get_keys()
+            if not any(k.public_data == cert.public_data for k in held):
+                await _remove(agent, lambda c: c == comment)
+                raise AgentError(
+                    f"the ssh-agent at {sock} accepted the key but does not hold its certificate"
+                )
+        finally:
+            agent.close()
+            await agent.wait_closed()
+
+    _run(run)
+
+
+async def _remove(agent, match: Callable[[str], bool]) -> int:  # type: ignore[no-untyped-def]
+    """Remove the agent keys whose comment ``match`` accepts."""
+    doomed = [k for k in await agent.get_keys() if match(k.get_comment() or "")]
+    if doomed:
+        await agent.remove_keys(doomed)
+    return len(doomed)
+
+
+def remove_from_agent(sock: str, match: Callable[[str], bool]) -> int:
+    """Remove the keys whose comment ``match`` accepts; return how many were removed."""
+
+    async def run() -> int:
+        agent = await _connect(sock)
+        try:
+            return await _remove(agent, match)
+        except ValueError as e:
+            raise AgentError(f"the ssh-agent at {sock} refused to remove a key ({e})") from None
+        finally:
+            agent.close()
+            await agent.wait_closed()
+
+    result = _run(run)
+    assert isinstance(result, int)
+    return result
+
+
+def ensure_agent_key(
+    profile: Profile, store: ProfileStore | None = None, sock: str | None = None
+) -> str | None:
+    """Put a `-k only` profile's key back into the agent while its certificate is valid.
+
+    For profiles whose key is kept in the agent and the OS keyring (not on
+    disk): if the agent at ``sock`` (default ``$SSH_AUTH_SOCK``) lacks the
+    certificate, the key is read from the keyring and added again. Returns a
+    one-line warning when that was needed but impossible, else None.
+    """
+    if profile.key_storage != "agent" or profile.valid_before <= time.time():
+        return None
+    sock = sock if sock is not None else os.environ.get("SSH_AUTH_SOCK", "")
+    if not sock:
+        return "no ssh-agent is running (SSH_AUTH_SOCK is not set); run `tsh login` again"
+    from . import _fs, _secrets
+    from ._store import ProfileStore
+
+    store = store or ProfileStore()
+    paths = store.paths_for(profile)
+    try:
+        cert_text = _fs.read_text(paths.ssh_cert(profile.cluster))
+    except OSError:
+        return f"the certificate of {profile.name} is missing; run `tsh login` again"
+    import asyncssh
+
+    try:
+        cert = asyncssh.import_certificate(cert_text.strip())
+    except (asyncssh.KeyImportError, ValueError):
+        return f"the certificate of {profile.name} is unreadable; run `tsh login` again"
+
+    async def held() -> bool:
+        agent = await _connect(sock)
+        try:
+            return any(k.public_data == cert.public_data for k in await agent.get_keys())
+        finally:
+            agent.close()
+            await agent.wait_closed()
+
+    try:
+        if _run(held):
+            return None
+        pem = _secrets.load_key(profile.proxy_host, profile.user, profile.cluster)
+        if pem is None:
+            return (
+                f"the key of {profile.name} is neither in the ssh-agent nor in the OS keyring; "
+                "run `tsh login` again"
+            )
+        load_into_agent(
+            sock, pem, cert_text,
+            agent_comment(profile.proxy_host, profile.cluster, profile.user),
+            profile.valid_before,
+        )
+    except AgentError as e:
+        return str(e)
+    return None

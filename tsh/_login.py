@@ -1,0 +1,372 @@
+"""`tsh login`: ping, prompt, key generation, certificate request, checks, storage, agent.
+
+The order matters and is the point of this module:
+
+1. ping the proxy over verified TLS, so that a wrong address, an untrusted
+   certificate or something that is not a Teleport proxy fails before any
+   password is asked;
+2. prompt for the password (and OTP when the proxy requires one);
+3. generate fresh keys and ask for certificates;
+4. check the certificates (for our keys, principals, validity);
+5. under the store lock, stage every file completely, then replace them, and
+   load the agent. Any failure before the replacement leaves the existing
+   profile, keys and agent as they were.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from . import _fs
+from ._exceptions import (
+    AgentError,
+    InvalidNameError,
+    ProxyConnectionError,
+    UsageError,
+)
+from ._names import validate_cluster_name, validate_host
+from ._profile import Profile, split_host_port
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._store import ProfileStore
+    from ._webapi import LoginResponse, PingResponse, WebClient
+
+__all__ = ["LoginRequest", "LoginResult", "Prompter", "login", "parse_proxy_arg", "check_user_name"]
+
+#: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
+DEFAULT_TTL = 12 * 3600
+#: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
+_OTP_MODES = ("otp", "on", "optional")
+GPG_WARNING = (
+    "Certificate was not loaded into agent because the agent at SSH_AUTH_SOCK does not appear "
+    "to support SSH certificates. To force load the certificate into the running agent, use "
+    "the --add-keys-to-agent=yes flag."
+)
+
+
+class Prompter(Protocol):
+    """Where login gets secrets from (a terminal, stdin lines, or a test double)."""
+
+    def password(self, user: str) -> str: ...
+
+    def otp(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """What the user asked for (already parsed, not yet validated against the proxy)."""
+
+    proxy: str
+    user: str | None = None
+    ttl_minutes: int | None = None
+    cluster: str | None = None
+    insecure: bool = False
+    #: A resolved mode: auto, no, yes or only (see _agent.resolve_agent_mode).
+    agent_mode: str = "auto"
+
+
+@dataclass
+class LoginResult:
+    """The stored profile and the warnings the CLI should print."""
+
+    profile: Profile
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
+    """``HOST[:PORT]`` (or ``[V6]:PORT``) of ``--proxy``; port None when not given."""
+    text = proxy.strip()
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() != "https":
+            raise UsageError(f"--proxy {proxy!r}: only https proxies are supported")
+        text = rest.rstrip("/")
+    try:
+        host, port = split_host_port(text, 0)
+    except ValueError as e:
+        raise UsageError(f"--proxy {proxy!r}: {e}") from None
+    return validate_host(host, "proxy host"), (port or None)
+
+
+def check_user_name(user: str) -> str:
+    """A Teleport user name that is safe as a file name and in the agent comment."""
+    if (
+        not user
+        or len(user) > 255
+        or user in (".", "..")
+        or any(c in user for c in "/\\:")
+        or any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in user)
+    ):
+        raise InvalidNameError(f"invalid user name {user!r}")
+    return user
+
+
+def _ping(
+    host: str, port: int | None, insecure: bool, transport: httpx.BaseTransport | None
+) -> tuple[WebClient, PingResponse]:
+    """Ping the proxy; without an explicit port try 443, then 3080 (as real tsh does)."""
+    from ._webapi import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT, WebClient, join_host_port
+
+    ports = [port] if port else [DEFAULT_WEB_PORT, FALLBACK_WEB_PORT]
+    for i, p in enumerate(ports):
+        client = WebClient(join_host_port(host, p), insecure=insecure, transport=transport)
+        try:
+            return client, client.ping()
+        except ProxyConnectionError:
+            client.close()
+            if i == len(ports) - 1:
+                raise
+        except BaseException:
+            client.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Keys:
+    ssh_private: str
+    ssh_public: str
+    #: v17+: the separate TLS key; None when the SSH key doubles as the TLS key.
+    tls_private: str | None
+    tls_public: str
+
+
+def _new_keys(server_version: str) -> _Keys:
+    """Fresh keys: Ed25519 + ECDSA P-256 for v17+, one RSA-2048 key for older servers."""
+    import asyncssh
+
+    from ._webapi import server_major
+
+    if server_major(server_version) >= 17:
+        ssh = asyncssh.generate_private_key("ssh-ed25519")
+        tls = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+        return _Keys(
+            ssh_private=ssh.export_private_key().decode(),
+            ssh_public=ssh.export_public_key().decode(),
+            tls_private=tls.export_private_key("pkcs8-pem").decode(),
+            tls_public=tls.export_public_key("pkcs8-pem").decode(),
+        )
+    rsa = asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+    return _Keys(
+        ssh_private=rsa.export_private_key("pkcs1-pem").decode(),
+        ssh_public=rsa.export_public_key().decode(),
+        tls_private=None,
+        tls_public=rsa.export_public_key("pkcs8-pem").decode(),
+    )
+
+
+def _ask(ping: PingResponse, user: str, prompter: Prompter) -> tuple[str, str]:
+    if ping.auth_type != "local":
+        raise UsageError(
+            f"the proxy uses {ping.auth_type} single sign-on, which tsh-py does not support yet"
+        )
+    if ping.second_factor not in ("off", *_OTP_MODES):
+        raise UsageError(
+            f"the proxy requires second factor {ping.second_factor!r} "
+            "(a security key), which tsh-py does not support yet"
+        )
+    password = prompter.password(user)
+    otp = prompter.otp() if ping.second_factor in _OTP_MODES else ""
+    return password, otp
+
+
+def login(
+    request: LoginRequest,
+    prompter: Prompter,
+    *,
+    store: ProfileStore | None = None,
+    transport: httpx.BaseTransport | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> LoginResult:
+    """Log in to ``request.proxy`` and store the profile; see the module docstring.
+
+    Raises:
+        UsageError, ProxyError (and subclasses), CertificateError, ProfileError:
+            with nothing on disk, in the keyring or in the agent changed.
+        AgentError: only for ``-k only`` when neither agent nor keyring took the key.
+    """
+    from ._certs import check_tls_cert, check_user_cert
+    from ._store import ProfileStore
+
+    environ = os.environ if environ is None else environ
+    store = store or ProfileStore()
+    host, port = parse_proxy_arg(request.proxy)
+    user = check_user_name(request.user or getpass.getuser())
+    if request.cluster:
+        validate_cluster_name(request.cluster)
+    if request.ttl_minutes is not None and request.ttl_minutes <= 0:
+        raise UsageError("--ttl must be a positive number of minutes")
+
+    client, ping = _ping(host, port, request.insecure, transport)
+    with client:
+        password, otp = _ask(ping, user, prompter)
+        keys = _new_keys(ping.server_version)
+        if request.ttl_minutes is not None:
+            ttl = request.ttl_minutes * 60.0
+        else:
+            ttl = ping.default_session_ttl or DEFAULT_TTL
+        if keys.tls_private is None:
+            response = client.ssh_certs(
+                user=user, password=password, otp_token=otp, ttl_seconds=ttl,
+                pub_key=keys.ssh_public, route_to_cluster=request.cluster or "",
+            )
+        else:
+            response = client.ssh_certs(
+                user=user, password=password, otp_token=otp, ttl_seconds=ttl,
+                ssh_pub_key=keys.ssh_public, tls_pub_key=keys.tls_public,
+                route_to_cluster=request.cluster or "",
+            )
+    del password, otp
+
+    now = clock()
+    facts = check_user_cert(response.cert, keys.ssh_public, now)
+    issuer = check_tls_cert(response.tls_cert, keys.tls_public, now)
+    clusters = [validate_cluster_name(s.domain_name) for s in response.host_signers]
+    root = validate_cluster_name(issuer) if issuer else clusters[0]
+    clusters = [root, *[c for c in dict.fromkeys(clusters) if c != root]]
+    cluster = request.cluster or root
+
+    proxy_host = validate_host(split_host_port(ping.web_proxy_addr, 443)[0], "proxy host")
+    profile = Profile(
+        web_proxy_addr=ping.web_proxy_addr,
+        ssh_proxy_addr=ping.ssh_proxy_addr,
+        user=user,
+        cluster=cluster,
+        root_cluster=root,
+        clusters=tuple(clusters),
+        valid_after=facts.valid_after,
+        valid_before=facts.valid_before,
+        principals=facts.principals,
+        extensions=facts.extensions,
+        roles=facts.roles,
+        key_storage="agent" if request.agent_mode == "only" else "disk",
+        server_version=ping.server_version,
+        private_key_policy=ping.private_key_policy,
+    )
+    warnings: list[str] = []
+    with store.transaction():
+        _store_login(store, profile, proxy_host, keys, response, request.agent_mode,
+                     environ, warnings, now)
+    return LoginResult(profile, warnings)
+
+
+def _store_login(
+    store: ProfileStore,
+    profile: Profile,
+    proxy_host: str,
+    keys: _Keys,
+    response: LoginResponse,
+    mode: str,
+    environ: Mapping[str, str],
+    warnings: list[str],
+    now: float,
+) -> None:
+    """Stage every file, (for ``only``) place the key, commit, then load the agent."""
+    from . import _agent
+    from ._knownhosts import ca_lines, merge_known_hosts
+
+    paths = store.paths(proxy_host, profile.user)
+    for d in (store.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir):
+        _fs.ensure_private_dir(d)
+
+    legacy = keys.tls_private is None
+    keep_private = mode != "only"
+    stale = [paths.tls_key, paths.tls_cert] if legacy else [paths.tls_cert_legacy]
+    if not keep_private:
+        stale += [paths.private_key, paths.tls_key]
+
+    known_lines = [
+        line for s in response.host_signers for line in ca_lines(proxy_host, s.domain_name,
+                                                                 s.checking_keys)
+    ]
+    try:
+        known_hosts = _fs.read_text(paths.known_hosts)
+    except FileNotFoundError:
+        known_hosts = ""
+
+    with _fs.StagedFiles() as staged:
+        if keep_private:
+            staged.stage(paths.private_key, keys.ssh_private)
+        staged.stage(paths.public_key, keys.ssh_public)
+        if legacy:
+            staged.stage(paths.tls_cert_legacy, response.tls_cert)
+        else:
+            if keep_private and keys.tls_private is not None:
+                staged.stage(paths.tls_key, keys.tls_private)
+            staged.stage(paths.tls_cert, response.tls_cert)
+        for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
+            staged.stage(paths.ssh_cert(name), response.cert)
+        for signer in response.host_signers:
+            if signer.tls_certs:
+                staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
+        staged.stage(paths.certs_pem, "".join(c for s in response.host_signers
+                                               for c in s.tls_certs))
+        staged.stage(paths.known_hosts, merge_known_hosts(known_hosts, proxy_host, known_lines))
+        staged.stage(paths.profile_file, profile.to_json())
+        staged.stage(paths.current_profile, f"{profile.name}\n")
+
+        comment = _agent.agent_comment(proxy_host, profile.cluster, profile.user)
+        sock = environ.get("SSH_AUTH_SOCK", "")
+        if not keep_private:
+            _place_agent_only_key(profile, keys, response, comment, sock, warnings)
+        staged.commit()
+
+    for path in stale:
+        _fs.remove_file(path)
+    if mode in ("auto", "yes"):
+        if mode == "auto" and not sock:
+            return
+        if not sock:
+            warnings.append("no ssh-agent is running (SSH_AUTH_SOCK is not set); "
+                            "the certificate was not loaded into an agent")
+            return
+        if mode == "auto" and _agent.suspect_agent(sock):
+            warnings.append(GPG_WARNING)
+            return
+        try:
+            _agent.load_into_agent(sock, keys.ssh_private, response.cert, comment,
+                                   profile.valid_before, now)
+        except AgentError as e:
+            warnings.append(f"{e}; the keys stay on disk ({_agent.FIX_HINT})")
+
+
+def _place_agent_only_key(
+    profile: Profile,
+    keys: _Keys,
+    response: LoginResponse,
+    comment: str,
+    sock: str,
+    warnings: list[str],
+) -> None:
+    """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
+    from . import _agent, _secrets
+
+    problem = _secrets.store_key(profile.proxy_host, profile.user, profile.cluster,
+                                 keys.ssh_private)
+    agent_problem: str | None = None
+    if not sock:
+        agent_problem = "no ssh-agent is running (SSH_AUTH_SOCK is not set)"
+    else:
+        try:
+            _agent.load_into_agent(sock, keys.ssh_private, response.cert, comment,
+                                   profile.valid_before)
+        except AgentError as e:
+            agent_problem = str(e)
+    if problem and agent_problem:
+        raise AgentError(
+            f"--add-keys-to-agent=only: {agent_problem}, and {problem}; nothing was saved"
+        )
+    if problem:
+        warnings.append(f"{problem}; the key is kept in the ssh-agent only and will be lost "
+                        "when the agent stops")
+    if agent_problem:
+        warnings.append(f"{agent_problem}; the key is in the OS keyring and `tsh status` "
+                        "will load it into the next agent")

@@ -1,0 +1,434 @@
+"""The proxy's web API: ``/webapi/ping`` and ``/v1/webapi/ssh/certs`` over httpx.
+
+Wire format: teleport-wire.md sections 2, 3 and 6. ``[]byte`` fields travel as
+base64, durations in requests are integer nanoseconds, ``default_session_ttl``
+in ping is a Go duration string, errors are ``{"error": {"message": ...}}`` and
+bad credentials come back as HTTP 403.
+
+The parsing helpers are pure (they take decoded JSON and return dataclasses or
+raise ProxyResponseError), so unit tests exercise them without sockets; the
+:class:`WebClient` accepts an httpx transport so tests can use
+``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._exceptions import (
+    AccessDeniedError,
+    ProxyConnectionError,
+    ProxyResponseError,
+    ProxyTLSError,
+)
+from ._profile import split_host_port
+
+__all__ = [
+    "DEFAULT_WEB_PORT",
+    "FALLBACK_WEB_PORT",
+    "HostSigner",
+    "LoginResponse",
+    "PingResponse",
+    "WebClient",
+    "join_host_port",
+    "parse_go_duration",
+    "parse_login_response",
+    "parse_ping",
+    "server_major",
+]
+
+#: Port tried first when --proxy has none (Teleport Cloud and TLS-routing proxies).
+DEFAULT_WEB_PORT = 443
+#: Port tried next: a self-hosted proxy's default web listener.
+FALLBACK_WEB_PORT = 3080
+SSH_PROXY_PORT = 3023
+#: A ping or login answer is a few KiB; anything near this is not a Teleport proxy.
+MAX_BODY = 1 << 20
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go ``time.Duration`` string such as ``"12h0m0s"`` or ``"1.5h"``.
+
+    Raises ValueError for anything else (including ``"never"``, which has no length).
+    """
+    s = text.strip()
+    sign = 1.0
+    if s[:1] in "+-" and s:
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    total, pos = 0.0, 0
+    for m in _GO_DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s):
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def server_major(version: str) -> int:
+    """Major number of a server version like ``"17.0.2"`` or ``"v16.4.0-dev"`` (0 if unknown)."""
+    m = re.match(r"v?(\d+)", version.strip())
+    return int(m.group(1)) if m else 0
+
+
+@dataclass(frozen=True)
+class PingResponse:
+    """What ``/webapi/ping`` says about the proxy, checked and resolved."""
+
+    cluster_name: str
+    server_version: str
+    min_client_version: str
+    auth_type: str
+    second_factor: str
+    #: Seconds, or None when the proxy did not say.
+    default_session_ttl: float | None
+    #: host:port of the web API, after ``proxy.ssh.public_addr`` (section 1).
+    web_proxy_addr: str
+    #: host:port of the SSH proxy (section 1 resolution rules).
+    ssh_proxy_addr: str
+    tls_routing_enabled: bool
+    private_key_policy: str
+
+
+@dataclass(frozen=True)
+class HostSigner:
+    """One cluster's host CA as sent in ``host_signers``."""
+
+    domain_name: str
+    #: authorized_keys-format public keys (decoded from base64).
+    checking_keys: tuple[str, ...]
+    #: PEM certificates of the cluster's TLS CA.
+    tls_certs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoginResponse:
+    """A decoded ``SSHLoginResponse``."""
+
+    username: str
+    #: The SSH user certificate, authorized_keys format.
+    cert: str
+    #: The TLS client certificate, PEM.
+    tls_cert: str
+    host_signers: tuple[HostSigner, ...]
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bad(what: str, status: int | None = None) -> ProxyResponseError:
+    return ProxyResponseError(f"malformed response from the proxy: {what}", status)
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{what} is not an object")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, what: str, required: bool = False) -> str:
+    value = data.get(key)
+    if value is None or value == "":
+        if required:
+            raise _bad(f"{what}.{key} is missing")
+        return ""
+    if not isinstance(value, str):
+        raise _bad(f"{what}.{key} is not a string")
+    return value
+
+
+def _b64_text(value: Any, what: str) -> str:
+    """A Go ``[]byte`` field: standard base64 of UTF-8 text."""
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{what} is missing or not a string")
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise _bad(f"{what} is not base64-encoded text") from None
+
+
+def _resolve_ssh_proxy(ssh: dict[str, Any], web_host: str, web_port: int, tls_routing: bool) -> str:
+    """Section 1: ``ssh_public_addr`` overrides, ``listen_addr`` gives only the port."""
+    try:
+        if tls_routing:
+            return join_host_port(web_host, web_port)
+        public = _str(ssh, "ssh_public_addr", "proxy.ssh")
+        if public:
+            host, port = split_host_port(public, SSH_PROXY_PORT)
+            return join_host_port(host, port)
+        listen = _str(ssh, "listen_addr", "proxy.ssh")
+        port = split_host_port(listen, SSH_PROXY_PORT)[1] if listen else SSH_PROXY_PORT
+    except ValueError as e:
+        raise _bad(f"proxy.ssh: {e}") from None
+    return join_host_port(web_host, port)
+
+
+def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
+    """Check and resolve a decoded ping answer from ``web_proxy_addr`` (host:port)."""
+    data = _obj(data, "ping response")
+    auth = _obj(data.get("auth"), "auth")
+    proxy = _obj(data.get("proxy"), "proxy")
+    ssh = _obj(proxy.get("ssh"), "proxy.ssh")
+    cluster = _str(data, "cluster_name", "ping", required=True)
+    version = _str(data, "server_version", "ping", required=True)
+    ttl_text = _str(auth, "default_session_ttl", "auth")
+    ttl: float | None = None
+    if ttl_text and ttl_text != "never":
+        try:
+            ttl = parse_go_duration(ttl_text)
+        except ValueError:
+            raise _bad(f"auth.default_session_ttl {ttl_text!r} is not a duration") from None
+        if ttl <= 0:
+            ttl = None
+    tls_routing = proxy.get("tls_routing_enabled", False)
+    if not isinstance(tls_routing, bool):
+        raise _bad("proxy.tls_routing_enabled is not a boolean")
+
+    web_host, web_port = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)
+    public = _str(ssh, "public_addr", "proxy.ssh")
+    if public:  # the web address real tsh switches to (and names the profile after)
+        try:
+            web_host, web_port = split_host_port(public, FALLBACK_WEB_PORT)
+        except ValueError as e:
+            raise _bad(f"proxy.ssh.public_addr: {e}") from None
+    return PingResponse(
+        cluster_name=cluster,
+        server_version=version,
+        min_client_version=_str(data, "min_client_version", "ping"),
+        auth_type=_str(auth, "type", "auth") or "local",
+        second_factor=_str(auth, "second_factor", "auth") or "off",
+        default_session_ttl=ttl,
+        web_proxy_addr=join_host_port(web_host, web_port),
+        ssh_proxy_addr=_resolve_ssh_proxy(ssh, web_host, web_port, tls_routing),
+        tls_routing_enabled=tls_routing,
+        private_key_policy=_str(auth, "private_key_policy", "auth") or "none",
+    )
+
+
+def parse_login_response(data: Any) -> LoginResponse:
+    """Check and decode an ``SSHLoginResponse`` (base64 fields decoded)."""
+    data = _obj(data, "login response")
+    signers_raw = data.get("host_signers")
+    if not isinstance(signers_raw, list) or not signers_raw:
+        raise _bad("expected at least one host CA in host_signers, got none")
+    signers = []
+    for i, raw in enumerate(signers_raw):
+        raw = _obj(raw, f"host_signers[{i}]")
+        keys = raw.get("checking_keys")
+        tls = raw.get("tls_certs") or []
+        if not isinstance(keys, list) or not keys:
+            raise _bad(f"host_signers[{i}].checking_keys is empty")
+        if not isinstance(tls, list):
+            raise _bad(f"host_signers[{i}].tls_certs is not a list")
+        signers.append(
+            HostSigner(
+                domain_name=_str(raw, "domain_name", f"host_signers[{i}]", required=True),
+                checking_keys=tuple(
+                    _b64_text(k, f"host_signers[{i}].checking_keys[{j}]") for j, k in enumerate(keys)
+                ),
+                tls_certs=tuple(
+                    _b64_text(c, f"host_signers[{i}].tls_certs[{j}]") for j, c in enumerate(tls)
+                ),
+            )
+        )
+    return LoginResponse(
+        username=_str(data, "username", "login response"),
+        cert=_b64_text(data.get("cert"), "cert"),
+        tls_cert=_b64_text(data.get("tls_cert"), "tls_cert"),
+        host_signers=tuple(signers),
+    )
+
+
+def _error_message(body: bytes) -> str | None:
+    """``error.message`` of a trace error body, if it is one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(data.get("message"), str):
+            return data["message"]
+    return None
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    """The certificate-verification reason buried in an httpx/httpcore exception chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text else None
+
+
+class WebClient:
+    """A client for one proxy's web API.
+
+    TLS is verified against the system trust store (``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` honoured) unless ``insecure`` is set; the caller is
+    responsible for warning the user about ``insecure``. Redirects are never
+    followed; bodies are capped at 1 MiB.
+    """
+
+    def __init__(
+        self,
+        web_proxy_addr: str,
+        *,
+        insecure: bool = False,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        self.web_proxy_addr = web_proxy_addr
+        self.host = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)[0]
+        if insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            # Built by us so OpenSSL's SSL_CERT_FILE/SSL_CERT_DIR apply, not certifi's bundle.
+            context = ssl.create_default_context()
+        port = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)[1]
+        self.base_url = f"https://{join_host_port(self.host, port)}"
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            verify=context,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+            headers={"Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> WebClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = self._client.build_request(
+            method, path, content=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"} if body is not None else None,
+        )
+        try:
+            response = self._client.send(request, stream=True)
+            try:
+                content = bytearray()
+                for chunk in response.iter_bytes():
+                    content += chunk
+                    if len(content) > MAX_BODY:
+                        raise ProxyResponseError(
+                            f"the answer from {self.base_url}{path} is too large; "
+                            f"is {self.base_url} a Teleport proxy?"
+                        )
+            finally:
+                response.close()
+        except httpx.TimeoutException:
+            raise ProxyConnectionError(f"timed out talking to the proxy at {self.base_url}") from None
+        except httpx.TransportError as e:
+            reason = _tls_reason(e)
+            if reason is not None:
+                raise ProxyTLSError(
+                    f"TLS verification of {self.host} failed: {reason} "
+                    "(trust its CA via SSL_CERT_FILE, or use --insecure in test setups)"
+                ) from None
+            raise ProxyConnectionError(
+                f"cannot reach the proxy at {self.base_url}: {e or type(e).__name__}"
+            ) from None
+        return self._decode(response.status_code, bytes(content), path)
+
+    def _decode(self, status: int, body: bytes, path: str) -> Any:
+        not_teleport = f"cannot parse the answer from {self.base_url}{path}; is it a Teleport proxy?"
+        if status == 200:
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise ProxyResponseError(not_teleport, status) from None
+        message = _error_message(body)
+        if message is None:
+            raise ProxyResponseError(f"{not_teleport} (HTTP {status})", status)
+        message = message.strip().splitlines()[0][:300] if message.strip() else f"HTTP {status}"
+        if status == 403:
+            raise AccessDeniedError(f"access denied: {message}", status)
+        raise ProxyResponseError(f"the proxy refused the request: {message} (HTTP {status})", status)
+
+    def ping(self) -> PingResponse:
+        """``GET /webapi/ping``: check the proxy is a Teleport proxy and learn its settings."""
+        try:
+            data = self._request("GET", "/webapi/ping")
+        except ProxyResponseError as e:
+            if isinstance(e, AccessDeniedError) or e.status_code == 200:
+                raise
+            raise ProxyResponseError(
+                f"proxy service returned unsuccessful ping response: {e}", e.status_code
+            ) from None
+        return parse_ping(data, self.web_proxy_addr)
+
+    def ssh_certs(
+        self,
+        *,
+        user: str,
+        password: str,
+        otp_token: str = "",
+        ttl_seconds: float,
+        ssh_pub_key: str | None = None,
+        tls_pub_key: str | None = None,
+        pub_key: str | None = None,
+        route_to_cluster: str = "",
+    ) -> LoginResponse:
+        """``POST /v1/webapi/ssh/certs``: exchange a password (and OTP) for certificates.
+
+        Pass ``ssh_pub_key`` and ``tls_pub_key`` to v17+ servers, ``pub_key`` to
+        older ones (section 3.2: sending both is a 400).
+        """
+        body: dict[str, Any] = {
+            "user": user,
+            "password": password,
+            "otp_token": otp_token,
+            "ttl": int(ttl_seconds * 1_000_000_000),
+            "RouteToCluster": route_to_cluster,  # no JSON tag on the Go side: exact casing
+            "KubernetesCluster": "",
+        }
+
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode()).decode()
+
+        if pub_key is not None:
+            body["pub_key"] = b64(pub_key)
+        else:
+            if ssh_pub_key is None or tls_pub_key is None:
+                raise ValueError("ssh_pub_key and tls_pub_key are both needed")
+            body["ssh_pub_key"] = b64(ssh_pub_key)
+            body["tls_pub_key"] = b64(tls_pub_key)
+        return parse_login_response(self._request("POST", "/v1/webapi/ssh/certs", body))

@@ -1,0 +1,50 @@
+"""`tsh logout`: remove one user's keys from a proxy, or everything."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+
+def logout(
+    proxy: Optional[str] = typer.Option(
+        None, "--proxy", metavar="HOST[:PORT]", help="Proxy to log out from (with --user)."
+    ),
+    user: Optional[str] = typer.Option(None, "--user", help="User to log out (with --proxy)."),
+) -> None:
+    """Remove keys, certificates, keyring entries and tsh's ssh-agent keys.
+
+    With --proxy and --user, only that user's keys for that proxy; with
+    neither, every profile.
+    """
+    from .._login import check_user_name, parse_proxy_arg
+    from .._logout import logout_all, logout_user
+    from .._store import ProfileStore
+
+    store = ProfileStore()
+    if proxy and user:
+        host = parse_proxy_arg(proxy)[0]
+        result = logout_user(store, host, check_user_name(user))
+        _warn(result.warnings)
+        if not result.removed:
+            print(f"User {user} already logged out from {host}.")
+            raise typer.Exit(1)
+        print(f"Logged out {user} from {host}.")
+    elif proxy or user:
+        print(
+            "Specify --proxy and --user to remove keys for specific user from a proxy "
+            "or neither to log out all users from all proxies.",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    else:
+        result = logout_all(store)
+        _warn(result.warnings)
+        print("Logged out all users from all proxies." if result.removed else "All users logged out.")
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)

@@ -1,0 +1,45 @@
+"""`tsh status`: every profile, the current one first."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+
+
+def status(
+    format: str = typer.Option(
+        "text", "-f", "--format", metavar="text|json|yaml", help="Output format."
+    ),
+) -> None:
+    """Show the profiles you are logged in with (`Not logged in.` when none)."""
+    from .._exceptions import UsageError
+    from .._status import render_json, render_status, render_yaml, status_data
+    from .._store import ProfileStore
+
+    fmt = format.lower()
+    if fmt not in ("text", "json", "yaml"):
+        raise UsageError(f'invalid format "{format}", must be one of [text json yaml]')
+    store = ProfileStore()
+    profiles = store.list()
+    current = store.current_name()
+    now = time.time()
+    if fmt == "text":
+        if not profiles:
+            print("Not logged in.", file=sys.stderr)
+            raise typer.Exit(1)
+        sys.stdout.write(render_status(profiles, current, now))
+    else:
+        data = status_data(profiles, current, now)
+        sys.stdout.write(render_json(data) if fmt == "json" else render_yaml(data))
+        if not profiles:
+            raise typer.Exit(1)
+    for profile in profiles:
+        if profile.key_storage == "agent" and profile.valid_before > now:
+            # `-k only`: put the key back into a fresh agent (imports asyncssh only here).
+            from .._agent import ensure_agent_key
+
+            warning = ensure_agent_key(profile, store)
+            if warning:
+                print(f"WARNING: {warning}", file=sys.stderr)
