@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import _fs
-from ._exceptions import ProfileError
-from ._profile import Profile, ProfilePaths
+from ._exceptions import NotLoggedInError, ProfileError, UsageError
+from ._profile import Profile, ProfilePaths, split_host_port
 
 __all__ = ["ProfileStore", "default_home"]
 
@@ -74,6 +74,27 @@ class ProfileStore:
             return self.load(name)
         except ProfileError:
             return None
+
+    def select(self, proxy: str | None) -> Profile:
+        """The profile for ``proxy`` (``HOST[:PORT]``), else the current one.
+
+        Raises:
+            UsageError: ``proxy`` is not a valid address.
+            NotLoggedInError: there is no such profile.
+        """
+        if not proxy:
+            profile = self.current()
+            if profile is None:
+                raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
+            return profile
+        try:
+            host, _ = split_host_port(proxy, 3080)
+        except ValueError as e:
+            raise UsageError(f"invalid --proxy: {e}") from None
+        try:
+            return self.load(host)
+        except ProfileError:
+            raise NotLoggedInError(f"not logged in to {host}; run: tsh login --proxy={proxy}") from None
 
     def list(self) -> list[Profile]:
         """Every loadable profile, the current one first, then by name."""

@@ -1,0 +1,268 @@
+"""Command lines for OpenSSH's `ssh` and `scp` through the proxy (pure, no I/O).
+
+`tsh ssh` and `tsh scp` replace themselves with OpenSSH, so no Python process
+stays in the data path. What they hand OpenSSH:
+
+- the profile's known_hosts (``@cert-authority`` lines for ``*.<cluster>``),
+  with ``HostKeyAlias <host>.<cluster>`` so a node typed as ``node1`` is
+  checked against the cluster's host CA, and ``StrictHostKeyChecking yes`` so a
+  node without a host certificate is refused instead of trusted on first use;
+- the profile's key and certificate (``IdentitiesOnly`` with the public key
+  when the private key lives only in the agent, ``-k only``);
+- a ProxyCommand that is plain OpenSSH again: ``ssh -s`` to the proxy's SSH
+  port opening ``proxy:<host>:%p@<cluster>``, with the agent forwarded to the
+  proxy (a recording proxy logs in to the node with it).
+
+Every name is validated (tsh._names) before it is put on a command line, and
+the ProxyCommand, which OpenSSH runs through the user's shell, quotes every
+word. User input never passes through a shell otherwise.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._exceptions import UsageError
+from ._names import validate_cluster_name, validate_host, validate_login, validate_path
+from ._profile import Profile, ProfilePaths, split_host_port
+from ._proxycmd import clean_target_host, subsystem_name
+
+__all__ = [
+    "SSHRequest",
+    "Remote",
+    "parse_destination",
+    "parse_scp_arg",
+    "identity_options",
+    "proxy_command",
+    "ssh_argv",
+    "scp_remote_host",
+    "scp_argv",
+]
+
+DEFAULT_NODE_PORT = 3022
+
+
+@dataclass(frozen=True)
+class SSHRequest:
+    """What `tsh ssh` was asked to do, besides the destination."""
+
+    port: int | None = None
+    login: str | None = None
+    cluster: str | None = None
+    forward_agent: bool = False
+    local_forwards: Sequence[str] = ()
+    remote_forwards: Sequence[str] = ()
+    dynamic_forward: str | None = None
+    no_command: bool = False
+    #: True for -t, False for -T, None to let ssh decide.
+    tty: bool | None = None
+    options: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One ``[LOGIN@]HOST:PATH`` argument of scp (``host`` None: a local path)."""
+
+    login: str | None
+    host: str | None
+    path: str
+
+
+def _check_arg(kind: str, value: str) -> None:
+    # Caught before validation so the message names the real problem: OpenSSH
+    # would read a leading "-" as an option.
+    if value.startswith("-"):
+        raise UsageError(f"invalid {kind} {value!r}: must not start with '-'")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UsageError(f"invalid {kind} {value!r}: whitespace or control characters")
+
+
+def parse_destination(text: str, login: str | None = None) -> tuple[str | None, str]:
+    """Split ``[LOGIN@]HOST`` and validate both parts; ``login`` is the -l value.
+
+    A login in ``text`` wins over ``login``, as with ssh.
+
+    Raises:
+        UsageError: an empty, option-like or unsafe host or login.
+    """
+    if "@" in text:
+        login, _, text = text.rpartition("@")
+    _check_arg("host", text)
+    if login is not None:
+        _check_arg("login", login)
+        validate_login(login)
+    return login, validate_host(text, "host")
+
+
+def parse_scp_arg(text: str) -> Remote:
+    """Classify an scp argument the way scp does: ``[LOGIN@]HOST:PATH`` or a local path.
+
+    Like scp, a colon only makes a remote argument when no ``/`` comes before it.
+    """
+    colon = _remote_colon(text)
+    if colon is None:
+        return Remote(None, None, text)
+    destination = text[:colon]
+    if destination.startswith("["):
+        destination = destination[1:-1]
+    login, host = parse_destination(destination)
+    return Remote(login, host, text[colon + 1 :])
+
+
+def _remote_colon(text: str) -> int | None:
+    if text.startswith("["):  # [v6addr]:path
+        end = text.find("]")
+        return end + 1 if end != -1 and text[end + 1 : end + 2] == ":" else None
+    for i, c in enumerate(text):
+        if c == "/":
+            return None
+        if c == ":":
+            return i if i > 0 else None
+    return None
+
+
+def _opt(name: str, value: str) -> list[str]:
+    return ["-o", f'{name}="{value}"']
+
+
+def identity_options(profile: Profile, paths: ProfilePaths, cluster: str) -> list[str]:
+    """``-o`` options that make OpenSSH use the profile's credentials and CAs."""
+    known_hosts = validate_path(str(paths.known_hosts))
+    cert = validate_path(str(paths.ssh_cert(profile.cluster)))
+    opts = [
+        *_opt("UserKnownHostsFile", known_hosts),
+        *_opt("CertificateFile", cert),
+    ]
+    if profile.key_storage == "agent":
+        # The private key lives only in the agent: name the public key so ssh
+        # picks the agent's matching key (with its certificate) and no other.
+        opts += [*_opt("IdentityFile", validate_path(str(paths.public_key)))]
+        opts += ["-o", "IdentitiesOnly=yes"]
+    else:
+        opts += _opt("IdentityFile", validate_path(str(paths.private_key)))
+    return opts
+
+
+def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> str:
+    """The ProxyCommand reaching ``host`` through the proxy's ``proxy:`` subsystem.
+
+    ``%r`` (the node login) and ``%p`` (the node port) are left for OpenSSH to
+    fill in; everything else is literal and shell-quoted.
+    """
+    validate_cluster_name(cluster)
+    ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
+    validate_host(ssh_host, "SSH proxy host")
+    proxy_host = validate_host(profile.proxy_host, "proxy host")
+    node = validate_host(clean_target_host(host, proxy_host, cluster), "host")
+    words = [
+        "ssh",
+        "-o", "ForwardAgent=yes",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        # The proxy's host certificate names the proxy host, not "[host]:3023".
+        "-o", f"HostKeyAlias={proxy_host}",
+        *identity_options(profile, paths, cluster),
+        "-p", str(ssh_port),
+        "-l", "%r",
+        "-s", ssh_host,
+        subsystem_name(node, "%p", cluster),
+    ]  # fmt: skip
+    # OpenSSH expands %r and %p before the shell sees the line; the login is
+    # validated and the port is a number, so only our own words need quoting.
+    return " ".join(w if w == "%r" else shlex.quote(w) for w in words)
+
+
+def _common(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> list[str]:
+    alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
+    return [
+        *identity_options(profile, paths, cluster),
+        "-o", f"HostKeyAlias={alias}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"ProxyCommand={proxy_command(profile, paths, host, cluster)}",
+    ]  # fmt: skip
+
+
+def ssh_argv(
+    profile: Profile,
+    paths: ProfilePaths,
+    request: SSHRequest,
+    destination: str,
+    command: Sequence[str] = (),
+    ssh: str = "ssh",
+) -> list[str]:
+    """The full ``ssh`` command line for `tsh ssh` (argv[0] is ``ssh``).
+
+    The user's own ``-o`` options come first: for each keyword OpenSSH keeps
+    the first value it sees, so they override ours.
+
+    Raises:
+        UsageError (InvalidNameError): an unsafe destination, login or cluster.
+    """
+    login, host = parse_destination(destination, request.login)
+    cluster = request.cluster or profile.cluster
+    argv = [ssh]
+    for option in request.options:
+        argv += ["-o", option]
+    argv += _common(profile, paths, host, cluster)
+    argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
+    if login:
+        argv += ["-l", login]
+    argv.append("-A" if request.forward_agent else "-a")
+    for spec in request.local_forwards:
+        argv += ["-L", spec]
+    for spec in request.remote_forwards:
+        argv += ["-R", spec]
+    if request.dynamic_forward:
+        argv += ["-D", request.dynamic_forward]
+    if request.no_command:
+        argv.append("-N")
+    if request.tty is not None:
+        argv.append("-t" if request.tty else "-T")
+    return [*argv, "--", host, *command]
+
+
+def scp_remote_host(args: Sequence[str]) -> str:
+    """The one node that ``args`` (SOURCE... TARGET) copy to or from.
+
+    Raises:
+        UsageError: fewer than two arguments, no remote argument, more than one
+            remote host, or an unsafe host or login.
+    """
+    if len(args) < 2:
+        raise UsageError("tsh scp needs at least one SOURCE and a TARGET")
+    hosts = {r.host for r in map(parse_scp_arg, args) if r.host is not None}
+    if not hosts:
+        raise UsageError("nothing to copy through the proxy: no [LOGIN@]HOST:PATH argument")
+    if len(hosts) > 1:
+        raise UsageError("tsh scp copies between this machine and one node at a time")
+    return hosts.pop()
+
+
+def scp_argv(
+    profile: Profile,
+    paths: ProfilePaths,
+    args: Sequence[str],
+    *,
+    port: int | None = None,
+    cluster: str | None = None,
+    recursive: bool = False,
+    preserve: bool = False,
+    scp: str = "scp",
+) -> list[str]:
+    """The full ``scp`` command line for `tsh scp` (SOURCE... TARGET in ``args``).
+
+    Raises:
+        UsageError: see scp_remote_host.
+    """
+    host = scp_remote_host(args)
+    argv = [scp]
+    if recursive:
+        argv.append("-r")
+    if preserve:
+        argv.append("-p")
+    argv += _common(profile, paths, host, cluster or profile.cluster)
+    argv += ["-P", str(port or DEFAULT_NODE_PORT), "--", *args]
+    return argv

@@ -1,0 +1,47 @@
+"""Renewing an expired certificate from a command that needs it (tsh ssh, tsh scp)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .._profile import Profile
+
+
+def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
+    """A relogin callback when a person is at a terminal, else None.
+
+    The callback logs in again to the same proxy as the same user, with the
+    same prompts as `tsh login`, keeping a `-k only` profile's key out of disk.
+    """
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def relogin(profile: "Profile") -> "Profile":
+        from .._agent import resolve_agent_mode
+        from .._login import LoginRequest, login
+        from .login import TerminalPrompter
+
+        print(
+            f"The certificate for {profile.user}@{profile.name} has expired; logging in again.",
+            file=sys.stderr,
+        )
+        if profile.key_storage == "agent":
+            mode = "only"
+        else:
+            mode = resolve_agent_mode(None, None, os.environ)
+        request = LoginRequest(
+            proxy=profile.web_proxy_addr,
+            user=profile.user,
+            cluster=profile.cluster if profile.cluster != profile.root_cluster else None,
+            agent_mode=mode,
+        )
+        result = login(request, TerminalPrompter())
+        for warning in result.warnings:
+            print(f"WARNING: {warning}", file=sys.stderr)
+        return result.profile
+
+    return relogin

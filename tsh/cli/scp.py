@@ -1,0 +1,48 @@
+"""`tsh scp`: run OpenSSH's scp to or from a node through the proxy."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+
+def scp(
+    paths: List[str] = typer.Argument(..., metavar="SOURCE... TARGET"),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Copy directories."),
+    port: Optional[int] = typer.Option(
+        None, "-P", "--port", help="Node SSH port (default 3022; 22 for OpenSSH nodes)."
+    ),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Cluster of the node (default: the profile's)."
+    ),
+    proxy: Optional[str] = typer.Option(
+        None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
+    ),
+    preserve: bool = typer.Option(
+        False, "-p", "--preserve", help="Keep modification times and modes."
+    ),
+) -> None:
+    """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
+    from .._openssh import exec_argv, find_binary, usable_profile
+    from .._sshcmd import scp_argv, scp_remote_host
+    from .._store import ProfileStore
+    from ._relogin import terminal_relogin
+
+    scp_remote_host(paths)  # bad input fails before any prompt
+    store = ProfileStore()
+    profile, warnings = usable_profile(store, proxy, terminal_relogin())
+    argv = scp_argv(
+        profile,
+        store.paths_for(profile),
+        paths,
+        port=port,
+        cluster=cluster,
+        recursive=recursive,
+        preserve=preserve,
+        scp=find_binary("scp"),
+    )
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    exec_argv(argv)

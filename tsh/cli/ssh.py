@@ -1,0 +1,74 @@
+"""`tsh ssh`: run OpenSSH's ssh to a node through the proxy."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+
+def ssh(
+    destination: str = typer.Argument(..., metavar="[LOGIN@]HOST"),
+    command: Optional[List[str]] = typer.Argument(None, metavar="[COMMAND]..."),
+    port: Optional[int] = typer.Option(
+        None, "-p", "--port", help="Node SSH port (default 3022; 22 for OpenSSH nodes)."
+    ),
+    login: Optional[str] = typer.Option(None, "-l", "--login", help="Remote login."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Cluster of the node (default: the profile's)."
+    ),
+    proxy: Optional[str] = typer.Option(
+        None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
+    ),
+    forward_agent: bool = typer.Option(
+        False, "-A", "--forward-agent", help="Forward your ssh-agent to the node."
+    ),
+    local: Optional[List[str]] = typer.Option(None, "-L", help="Local port forwarding (as ssh -L)."),
+    remote: Optional[List[str]] = typer.Option(
+        None, "-R", help="Remote port forwarding (as ssh -R)."
+    ),
+    dynamic: Optional[str] = typer.Option(None, "-D", help="Dynamic forwarding (as ssh -D)."),
+    no_command: bool = typer.Option(False, "-N", help="Do not run a remote command."),
+    tty: bool = typer.Option(False, "-t", help="Force a terminal on the node."),
+    no_tty: bool = typer.Option(False, "-T", help="Never allocate a terminal."),
+    options: Optional[List[str]] = typer.Option(
+        None, "-o", metavar="OPTION", help="OpenSSH option, passed to ssh as given."
+    ),
+) -> None:
+    """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
+    from .._exceptions import UsageError
+    from .._openssh import exec_argv, find_binary, usable_profile
+    from .._sshcmd import SSHRequest, parse_destination, ssh_argv
+    from .._store import ProfileStore
+    from ._relogin import terminal_relogin
+
+    if tty and no_tty:
+        raise UsageError("-t and -T cannot be used together")
+    request = SSHRequest(
+        port=port,
+        login=login,
+        cluster=cluster,
+        forward_agent=forward_agent,
+        local_forwards=tuple(local or ()),
+        remote_forwards=tuple(remote or ()),
+        dynamic_forward=dynamic,
+        no_command=no_command,
+        tty=True if tty else (False if no_tty else None),
+        options=tuple(options or ()),
+    )
+    store = ProfileStore()
+    parse_destination(destination, login)  # bad input fails before any prompt
+    profile, warnings = usable_profile(store, proxy, terminal_relogin())
+    argv = ssh_argv(
+        profile,
+        store.paths_for(profile),
+        request,
+        destination,
+        tuple(command or ()),
+        ssh=find_binary("ssh"),
+    )
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    sys.stdout.flush()
+    exec_argv(argv)
