@@ -14,7 +14,7 @@ import sys
 import typer
 
 from .._exceptions import TshError
-from . import config, login, logout, proxy, status, version
+from . import config, login, logout, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -42,6 +42,12 @@ app.command("logout", help="Remove keys and certificates (one user, or everythin
 app.command("config", help="Print an OpenSSH configuration for the proxy's clusters.")(
     config.config
 )
+app.command(
+    "ssh",
+    help="Run OpenSSH's ssh on a node through the proxy.",
+    context_settings={"allow_interspersed_args": False},
+)(ssh.ssh)
+app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)
 app.add_typer(proxy.app, name="proxy")
 
 
