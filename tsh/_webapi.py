@@ -277,17 +277,19 @@ def _error_message(body: bytes) -> str | None:
     return None
 
 
-def _tls_reason(exc: BaseException) -> str | None:
-    """The certificate-verification reason buried in an httpx/httpcore exception chain."""
+def _tls_failure(exc: BaseException) -> tuple[bool, str] | None:
+    """(is_verification_failure, reason) of a TLS error in an httpx exception chain."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen.verify_message or str(seen)
+            return True, seen.verify_message or str(seen)
         if isinstance(seen, ssl.SSLError):
-            return seen.reason or str(seen)
+            return False, seen.reason or str(seen)
         seen = seen.__cause__ or seen.__context__
     text = str(exc)
-    return text if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text else None
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return True, text
+    return None
 
 
 class WebClient:
@@ -357,11 +359,16 @@ class WebClient:
         except httpx.TimeoutException:
             raise ProxyConnectionError(f"timed out talking to the proxy at {self.base_url}") from None
         except httpx.TransportError as e:
-            reason = _tls_reason(e)
-            if reason is not None:
+            failure = _tls_failure(e)
+            if failure is not None and failure[0]:
                 raise ProxyTLSError(
-                    f"TLS verification of {self.host} failed: {reason} "
+                    f"TLS verification of {self.host} failed: {failure[1]} "
                     "(trust its CA via SSL_CERT_FILE, or use --insecure in test setups)"
+                ) from None
+            if failure is not None:
+                raise ProxyTLSError(
+                    f"TLS handshake with {self.base_url} failed: {failure[1]}; "
+                    "is it a Teleport proxy's HTTPS port?"
                 ) from None
             raise ProxyConnectionError(
                 f"cannot reach the proxy at {self.base_url}: {e or type(e).__name__}"
