@@ -22,7 +22,13 @@ import asyncssh
 from ._ca import Authority
 from ._config import ServerConfig
 from ._state import ClusterState, Node
-from ._subsystem import SubsystemError, parse_proxy_subsystem, proxysites_json, route
+from ._subsystem import (
+    ProxyRequest,
+    SubsystemError,
+    parse_proxy_subsystem,
+    proxysites_json,
+    route,
+)
 
 __all__ = ["FORWARDERS", "PipeForwarder", "start_ssh_proxy"]
 
@@ -64,7 +70,8 @@ class PipeForwarder:
             )
         except (OSError, asyncio.TimeoutError) as e:
             reason = str(e) or type(e).__name__
-            chan.write_stderr(f"failed connecting to node {node.name} at {node.addr}: {reason}\n")
+            msg = f"failed connecting to node {node.name} at {node.addr}: {reason}\n"
+            chan.write_stderr(msg.encode())
             chan.exit(1)
             return
         for data in self._pending:
@@ -133,7 +140,7 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._proxy = proxy
         self._chan: asyncssh.SSHServerChannel | None = None
         self._subsystem: str | None = None
-        self._node: Node | None = None
+        self._request: ProxyRequest | None = None
         self._forwarder: PipeForwarder | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -146,15 +153,14 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._subsystem = subsystem
             return True
         if not subsystem.startswith("proxy:"):
-            self._chan.write_stderr(f"unsupported subsystem {subsystem!r}\n")
+            self._chan.write_stderr(f"unsupported subsystem {subsystem!r}\n".encode())
             return False
         try:
-            request = parse_proxy_subsystem(subsystem)
-            self._node = route(request, self._proxy.state.name, self._proxy.state.nodes())
+            self._request = parse_proxy_subsystem(subsystem)
         except SubsystemError as e:
-            # Teleport answers a bad request with the text on stderr and a
-            # failed subsystem request; OpenSSH then exits 255.
-            self._chan.write_stderr(f"{e}\n")
+            # As Teleport: the text on stderr and a failed request (OpenSSH then
+            # exits 255, usually before printing the text).
+            self._chan.write_stderr(f"{e}\n".encode())
             log.info("refused subsystem %r: %s", subsystem, e)
             return False
         self._subsystem = subsystem
@@ -166,11 +172,20 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.write(proxysites_json(self._proxy.state.name))
             self._chan.exit(0)
             return
-        if self._node is None:  # a shell or exec request: nothing to run here
-            self._chan.write_stderr("this proxy only serves the proxy: and proxysites subsystems\n")
+        if self._request is None:  # a shell or exec request: nothing to run here
+            self._chan.write_stderr(b"this proxy serves only the proxy: and proxysites subsystems\n")
             self._chan.exit(1)
             return
-        self._forwarder = self._proxy.forwarder_cls(self._chan, self._node)
+        try:
+            node = route(self._request, self._proxy.state.name, self._proxy.state.nodes())
+        except SubsystemError as e:
+            # Routing errors come after the request was accepted, so that every
+            # client sees the text on stderr together with exit status 1.
+            log.info("no route for %r: %s", self._subsystem, e)
+            self._chan.write_stderr(f"{e}\n".encode())
+            self._chan.exit(1)
+            return
+        self._forwarder = self._proxy.forwarder_cls(self._chan, node)
         self._task = asyncio.ensure_future(self._forwarder.run())
 
     def shell_requested(self) -> bool:
