@@ -1,0 +1,49 @@
+"""Helpers for integration tests that run the real `tsh` command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyotp
+
+PASSWORD = "secret-pw"
+
+
+def run_tsh(
+    *args: str, env: dict[str, str], input: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tsh ARGS`` with ``env``; never raises on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "tsh", *args],
+        input=input, capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def env_for(cluster, agent_sock: str | None = None, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The test's environment, trusting ``cluster``'s TLS CA, with an agent if given."""
+    env = dict(os.environ, SSL_CERT_FILE=str(cluster.tls_ca), **extra)
+    if agent_sock:
+        env["SSH_AUTH_SOCK"] = agent_sock
+    return env
+
+
+def agent_lines(openssh, sock: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """``ssh-add -L`` of the agent at ``sock``, one public key line each."""
+    r = subprocess.run(
+        [openssh.ssh_add, "-L"], capture_output=True, text=True,
+        env=dict(os.environ, SSH_AUTH_SOCK=sock),
+    )  # fmt: skip
+    return [line for line in r.stdout.splitlines() if line.strip() and " " in line]
+
+
+def login(  # type: ignore[no-untyped-def]
+    cluster, user: str, env: dict[str, str], *extra: str,
+    secret: str | None = None, password: str = PASSWORD,
+) -> subprocess.CompletedProcess[str]:
+    """`tsh login` to ``cluster`` as ``user``, password (and OTP) on stdin."""
+    stdin = f"{password}\n" + (f"{pyotp.TOTP(secret).now()}\n" if secret else "")
+    return run_tsh(
+        "login", f"--proxy={cluster.web_addr}", f"--user={user}", *extra, env=env, input=stdin
+    )
