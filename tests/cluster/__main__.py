@@ -7,7 +7,7 @@
     auth sign --host=a,b,c --format=openssh --out=PATH
     nodes add NAME HOST:PORT
     nodes ls
-    demo
+    demo [--wait]
 
 Admin commands take ``--data-dir DIR`` and work on a running cluster (it
 re-reads its files) or on a stopped data dir.
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("addr", metavar="HOST:PORT")
     nodes.add_parser("ls", parents=[dd], help="list registered nodes")
 
-    sub.add_parser("demo", help="cluster + real sshd + the OpenSSH flow, then stop")
+    demo = sub.add_parser("demo", help="cluster + real sshd + the OpenSSH flow, then stop")
+    demo.add_argument("--wait", action="store_true", help="keep everything up until Ctrl-C")
     return p
 
 
@@ -156,7 +157,7 @@ def _cmd_nodes_ls(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo()
+    return run_demo(wait=args.wait)
 
 
 _COMMANDS = {
