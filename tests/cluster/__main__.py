@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
 
-    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    users = sub.add_parser("users", help="manage users")
+    users = users.add_subparsers(dest="action", required=True)
     ua = users.add_parser("add", parents=[dd], help="add a user; password = first stdin line")
     ua.add_argument("user")
     ua.add_argument("--logins", required=True, help="comma-separated OS logins")
@@ -57,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     asg.add_argument("--out", type=Path, required=True)
     asg.add_argument("--ttl", default="8760h", help="validity (default one year)")
 
-    nodes = sub.add_parser("nodes", help="manage nodes").add_subparsers(dest="action", required=True)
+    nodes = sub.add_parser("nodes", help="manage nodes")
+    nodes = nodes.add_subparsers(dest="action", required=True)
     na = nodes.add_parser("add", parents=[dd], help="register a node")
     na.add_argument("name")
     na.add_argument("addr", metavar="HOST:PORT")

@@ -35,6 +35,7 @@ __all__ = ["FORWARDERS", "PipeForwarder", "start_ssh_proxy"]
 log = logging.getLogger("tests.cluster.ssh")
 
 _HIGH_WATER = 256 * 1024
+_ONLY_SUBSYSTEMS = b"this proxy serves only the proxy: and proxysites subsystems\n"
 _DIAL_TIMEOUT_S = 10
 
 
@@ -173,7 +174,7 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.exit(0)
             return
         if self._request is None:  # a shell or exec request: nothing to run here
-            self._chan.write_stderr(b"this proxy serves only the proxy: and proxysites subsystems\n")
+            self._chan.write_stderr(_ONLY_SUBSYSTEMS)
             self._chan.exit(1)
             return
         try:

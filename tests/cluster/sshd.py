@@ -34,7 +34,8 @@ def find_sshd() -> str | None:
     """Absolute path of sshd (Debian's /usr/sbin/sshd first), or None."""
     if os.access(SSHD, os.X_OK):
         return SSHD
-    return shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin:" + os.environ.get("PATH", ""))
+    search = "/usr/sbin:/usr/local/sbin:/sbin:" + os.environ.get("PATH", "")
+    return shutil.which("sshd", path=search)
 
 
 @dataclass
