@@ -40,7 +40,7 @@ def env_for(cluster, agent_sock: str | None = None, **extra: str) -> dict[str, s
 def agent_lines(openssh, sock: str) -> list[str]:  # type: ignore[no-untyped-def]
     r = subprocess.run([openssh.ssh_add, "-L"], capture_output=True, text=True,
                        env=dict(os.environ, SSH_AUTH_SOCK=sock))
-    return [line for line in r.stdout.splitlines() if line.strip() and " " in line]
+    return r.stdout.splitlines() if r.returncode == 0 else []  # 1: "no identities"
 
 
 def login(cluster, user: str, env: dict[str, str], *extra: str, secret: str | None = None,
