@@ -34,6 +34,13 @@ _LAZY = {
     "Profile": "._profile",
     "ProfilePaths": "._profile",
     "ProfileStore": "._store",
+    "LoginRequest": "._login",
+    "LoginResult": "._login",
+    "login": "._login",
+    "LogoutResult": "._logout",
+    "logout_user": "._logout",
+    "logout_all": "._logout",
+    "ensure_agent_key": "._agent",
 }
 
 __all__ = [

@@ -234,7 +234,9 @@ def ensure_agent_key(
                 "run `tsh login` again"
             )
         load_into_agent(
-            sock, pem, cert_text,
+            sock,
+            pem,
+            cert_text,
             agent_comment(profile.proxy_host, profile.cluster, profile.user),
             profile.valid_before,
         )

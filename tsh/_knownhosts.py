@@ -36,7 +36,9 @@ def _check_key(key_line: str, cluster: str) -> str:
         or not _BASE64.fullmatch(parts[1])
         or "\n" in key_line.strip()
     ):
-        raise ProxyResponseError(f"malformed response from the proxy: bad host CA key for {cluster}")
+        raise ProxyResponseError(
+            f"malformed response from the proxy: bad host CA key for {cluster}"
+        )
     return f"{parts[0]} {parts[1]}"
 
 

@@ -215,13 +215,21 @@ def login(
             ttl = ping.default_session_ttl or DEFAULT_TTL
         if keys.tls_private is None:
             response = client.ssh_certs(
-                user=user, password=password, otp_token=otp, ttl_seconds=ttl,
-                pub_key=keys.ssh_public, route_to_cluster=request.cluster or "",
+                user=user,
+                password=password,
+                otp_token=otp,
+                ttl_seconds=ttl,
+                pub_key=keys.ssh_public,
+                route_to_cluster=request.cluster or "",
             )
         else:
             response = client.ssh_certs(
-                user=user, password=password, otp_token=otp, ttl_seconds=ttl,
-                ssh_pub_key=keys.ssh_public, tls_pub_key=keys.tls_public,
+                user=user,
+                password=password,
+                otp_token=otp,
+                ttl_seconds=ttl,
+                ssh_pub_key=keys.ssh_public,
+                tls_pub_key=keys.tls_public,
                 route_to_cluster=request.cluster or "",
             )
     del password, otp
@@ -253,8 +261,9 @@ def login(
     )
     warnings: list[str] = []
     with store.transaction():
-        _store_login(store, profile, proxy_host, keys, response, request.agent_mode,
-                     environ, warnings, now)
+        _store_login(
+            store, profile, proxy_host, keys, response, request.agent_mode, environ, warnings, now
+        )
     return LoginResult(profile, warnings)
 
 
@@ -284,8 +293,9 @@ def _store_login(
         stale += [paths.private_key, paths.tls_key]
 
     known_lines = [
-        line for s in response.host_signers for line in ca_lines(proxy_host, s.domain_name,
-                                                                 s.checking_keys)
+        line
+        for s in response.host_signers
+        for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
     ]
     try:
         known_hosts = _fs.read_text(paths.known_hosts)
@@ -307,8 +317,9 @@ def _store_login(
         for signer in response.host_signers:
             if signer.tls_certs:
                 staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
-        staged.stage(paths.certs_pem, "".join(c for s in response.host_signers
-                                               for c in s.tls_certs))
+        staged.stage(
+            paths.certs_pem, "".join(c for s in response.host_signers for c in s.tls_certs)
+        )
         staged.stage(paths.known_hosts, merge_known_hosts(known_hosts, proxy_host, known_lines))
         staged.stage(paths.profile_file, profile.to_json())
         staged.stage(paths.current_profile, f"{profile.name}\n")
@@ -325,15 +336,18 @@ def _store_login(
         if mode == "auto" and not sock:
             return
         if not sock:
-            warnings.append("no ssh-agent is running (SSH_AUTH_SOCK is not set); "
-                            "the certificate was not loaded into an agent")
+            warnings.append(
+                "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
+                "the certificate was not loaded into an agent"
+            )
             return
         if mode == "auto" and _agent.suspect_agent(sock):
             warnings.append(GPG_WARNING)
             return
         try:
-            _agent.load_into_agent(sock, keys.ssh_private, response.cert, comment,
-                                   profile.valid_before, now)
+            _agent.load_into_agent(
+                sock, keys.ssh_private, response.cert, comment, profile.valid_before, now
+            )
         except AgentError as e:
             warnings.append(f"{e}; the keys stay on disk ({_agent.FIX_HINT})")
 
@@ -349,15 +363,17 @@ def _place_agent_only_key(
     """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
     from . import _agent, _secrets
 
-    problem = _secrets.store_key(profile.proxy_host, profile.user, profile.cluster,
-                                 keys.ssh_private)
+    problem = _secrets.store_key(
+        profile.proxy_host, profile.user, profile.cluster, keys.ssh_private
+    )
     agent_problem: str | None = None
     if not sock:
         agent_problem = "no ssh-agent is running (SSH_AUTH_SOCK is not set)"
     else:
         try:
-            _agent.load_into_agent(sock, keys.ssh_private, response.cert, comment,
-                                   profile.valid_before)
+            _agent.load_into_agent(
+                sock, keys.ssh_private, response.cert, comment, profile.valid_before
+            )
         except AgentError as e:
             agent_problem = str(e)
     if problem and agent_problem:
@@ -365,8 +381,12 @@ def _place_agent_only_key(
             f"--add-keys-to-agent=only: {agent_problem}, and {problem}; nothing was saved"
         )
     if problem:
-        warnings.append(f"{problem}; the key is kept in the ssh-agent only and will be lost "
-                        "when the agent stops")
+        warnings.append(
+            f"{problem}; the key is kept in the ssh-agent only and will be lost "
+            "when the agent stops"
+        )
     if agent_problem:
-        warnings.append(f"{agent_problem}; the key is in the OS keyring and `tsh status` "
-                        "will load it into the next agent")
+        warnings.append(
+            f"{agent_problem}; the key is in the OS keyring and `tsh status` "
+            "will load it into the next agent"
+        )

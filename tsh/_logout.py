@@ -99,8 +99,14 @@ def logout_user(
         if ours:
             assert profile is not None
             clusters |= {profile.cluster, *profile.clusters}
-        files = [paths.private_key, paths.public_key, paths.tls_key, paths.tls_cert,
-                 paths.tls_cert_legacy, paths.ssh_cert_dir]
+        files = [
+            paths.private_key,
+            paths.public_key,
+            paths.tls_key,
+            paths.tls_cert,
+            paths.tls_cert_legacy,
+            paths.ssh_cert_dir,
+        ]
         for path in files:
             result.removed |= _remove_tree(path)
         _forget_keys(proxy_host, user, clusters)

@@ -55,7 +55,14 @@ MAX_BODY = 1 << 20
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
 }
 
 
@@ -247,7 +254,8 @@ def parse_login_response(data: Any) -> LoginResponse:
             HostSigner(
                 domain_name=_str(raw, "domain_name", f"host_signers[{i}]", required=True),
                 checking_keys=tuple(
-                    _b64_text(k, f"host_signers[{i}].checking_keys[{j}]") for j, k in enumerate(keys)
+                    _b64_text(k, f"host_signers[{i}].checking_keys[{j}]")
+                    for j, k in enumerate(keys)
                 ),
                 tls_certs=tuple(
                     _b64_text(c, f"host_signers[{i}].tls_certs[{j}]") for j, c in enumerate(tls)
@@ -340,7 +348,9 @@ class WebClient:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = self._client.build_request(
-            method, path, content=None if body is None else json.dumps(body).encode(),
+            method,
+            path,
+            content=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"} if body is not None else None,
         )
         try:
@@ -357,7 +367,9 @@ class WebClient:
             finally:
                 response.close()
         except httpx.TimeoutException:
-            raise ProxyConnectionError(f"timed out talking to the proxy at {self.base_url}") from None
+            raise ProxyConnectionError(
+                f"timed out talking to the proxy at {self.base_url}"
+            ) from None
         except httpx.TransportError as e:
             failure = _tls_failure(e)
             if failure is not None and failure[0]:
@@ -376,7 +388,9 @@ class WebClient:
         return self._decode(response.status_code, bytes(content), path)
 
     def _decode(self, status: int, body: bytes, path: str) -> Any:
-        not_teleport = f"cannot parse the answer from {self.base_url}{path}; is it a Teleport proxy?"
+        not_teleport = (
+            f"cannot parse the answer from {self.base_url}{path}; is it a Teleport proxy?"
+        )
         if status == 200:
             try:
                 return json.loads(body)
@@ -388,7 +402,9 @@ class WebClient:
         message = message.strip().splitlines()[0][:300] if message.strip() else f"HTTP {status}"
         if status == 403:
             raise AccessDeniedError(f"access denied: {message}", status)
-        raise ProxyResponseError(f"the proxy refused the request: {message} (HTTP {status})", status)
+        raise ProxyResponseError(
+            f"the proxy refused the request: {message} (HTTP {status})", status
+        )
 
     def ping(self) -> PingResponse:
         """``GET /webapi/ping``: check the proxy is a Teleport proxy and learn its settings."""

@@ -12,15 +12,19 @@ the environment. The daemon is stopped before exiting.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 
 def tsh(*args: str, input: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tsh", *args], input=input,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tsh", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def agent() -> list[str]:
@@ -32,7 +36,9 @@ def main() -> None:
     web_addr, user, proxy_host, cluster = sys.argv[1:5]
     daemon = subprocess.Popen(
         ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     assert daemon.stdin is not None
     daemon.stdin.write(b"keyring-pw")

@@ -1,4 +1,4 @@
-"""`tsh login` with agents that cannot hold certificates, and `-k only` with and without a keyring."""
+"""`tsh login` with agents that cannot hold certificates, and `-k only` (keyring or not)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,19 @@ def gpg_agent_sock() -> Iterator[str]:
     os.chmod(home, 0o700)
     try:
         # --daemon returns once the sockets are bound; gpgconf --kill stops it.
-        subprocess.run([gpg_agent, "--homedir", home, "--daemon", "--enable-ssh-support"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=30)  # no pipes: the daemon would hold them open
-        sock = subprocess.run([gpgconf, "--homedir", home, "--list-dirs", "agent-ssh-socket"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [gpg_agent, "--homedir", home, "--daemon", "--enable-ssh-support"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )  # no pipes: the daemon would hold them open
+        sock = subprocess.run(
+            [gpgconf, "--homedir", home, "--list-dirs", "agent-ssh-socket"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         assert os.path.exists(sock)
         yield sock
     finally:
@@ -56,8 +64,14 @@ def test_gpg_agent_warns_and_keeps_keys_on_disk(
 ) -> None:  # type: ignore[no-untyped-def]
     user = f"gpg{mode}"
     cluster.add_user(user, [login_name])
-    r = tsh("login", f"--proxy={cluster.web_addr}", f"--user={user}", f"--add-keys-to-agent={mode}",
-            env=env_for(cluster, gpg_agent_sock), input=PASSWORD + "\n")
+    r = tsh(
+        "login",
+        f"--proxy={cluster.web_addr}",
+        f"--user={user}",
+        f"--add-keys-to-agent={mode}",
+        env=env_for(cluster, gpg_agent_sock),
+        input=PASSWORD + "\n",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("WARNING: ")
     if mode == "yes":  # tried, refused, verified: the fix is named
@@ -74,8 +88,15 @@ def test_only_without_keyring_keeps_key_in_agent_only(
 ) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("onlyfail", [login_name])
     env = env_for(cluster, ssh_agent.sock, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
-    r = tsh("login", f"--proxy={cluster.web_addr}", "--user=onlyfail", "-k", "only",
-            env=env, input=PASSWORD + "\n")
+    r = tsh(
+        "login",
+        f"--proxy={cluster.web_addr}",
+        "--user=onlyfail",
+        "-k",
+        "only",
+        env=env,
+        input=PASSWORD + "\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "no usable OS keyring" in r.stderr and "ssh-agent only" in r.stderr
     store = ProfileStore()
@@ -94,8 +115,15 @@ def test_only_without_keyring_keeps_key_in_agent_only(
 def test_only_without_agent_or_keyring_fails_and_saves_nothing(cluster, login_name: str) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("nowhere", [login_name])
     env = env_for(cluster, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
-    r = tsh("login", f"--proxy={cluster.web_addr}", "--user=nowhere", "-k", "only",
-            env=env, input=PASSWORD + "\n")
+    r = tsh(
+        "login",
+        f"--proxy={cluster.web_addr}",
+        "--user=nowhere",
+        "-k",
+        "only",
+        env=env,
+        input=PASSWORD + "\n",
+    )
     assert r.returncode == 1 and "nothing was saved" in r.stderr
     assert ProfileStore().list() == []
 
@@ -106,9 +134,20 @@ def test_only_with_secret_service(cluster, ssh_agent, login_name: str) -> None: 
     cluster.add_user("kr", [login_name])
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
     r = subprocess.run(
-        [dbus_run_session, "--", sys.executable, str(HERE / "_keyring_driver.py"),
-         cluster.web_addr, "kr", proxy_host, cluster.name],
-        env=env_for(cluster, ssh_agent.sock), capture_output=True, text=True, timeout=120,
+        [
+            dbus_run_session,
+            "--",
+            sys.executable,
+            str(HERE / "_keyring_driver.py"),
+            cluster.web_addr,
+            "kr",
+            proxy_host,
+            cluster.name,
+        ],
+        env=env_for(cluster, ssh_agent.sock),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ OTP) on stdin and the cluster's TLS CA trusted through SSL_CERT_FILE.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -26,7 +27,11 @@ PASSWORD = "secret-pw"
 def tsh(*args: str, env: dict[str, str], input: str = "", timeout: float = 60):  # type: ignore[no-untyped-def]
     return subprocess.run(
         [sys.executable, "-m", "tsh", *args],
-        input=input, capture_output=True, text=True, env=env, timeout=timeout,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -38,23 +43,41 @@ def env_for(cluster, agent_sock: str | None = None, **extra: str) -> dict[str, s
 
 
 def agent_lines(openssh, sock: str) -> list[str]:  # type: ignore[no-untyped-def]
-    r = subprocess.run([openssh.ssh_add, "-L"], capture_output=True, text=True,
-                       env=dict(os.environ, SSH_AUTH_SOCK=sock))
+    r = subprocess.run(
+        [openssh.ssh_add, "-L"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SSH_AUTH_SOCK=sock),
+    )
     return r.stdout.splitlines() if r.returncode == 0 else []  # 1: "no identities"
 
 
-def login(cluster, user: str, env: dict[str, str], *extra: str, secret: str | None = None,
-          password: str = PASSWORD):  # type: ignore[no-untyped-def]
+def login(
+    cluster,
+    user: str,
+    env: dict[str, str],
+    *extra: str,
+    secret: str | None = None,
+    password: str = PASSWORD,
+):  # type: ignore[no-untyped-def]
     stdin = f"{password}\n" + (f"{pyotp.TOTP(secret).now()}\n" if secret else "")
-    return tsh("login", f"--proxy={cluster.web_addr}", f"--user={user}", *extra, env=env, input=stdin)
+    return tsh(
+        "login", f"--proxy={cluster.web_addr}", f"--user={user}", *extra, env=env, input=stdin
+    )
 
 
 def home_snapshot() -> dict[str, bytes]:
     home = Path(os.environ["TELEPORT_HOME"])
     return {
-        str(p.relative_to(home)): (b"<dir>" if p.is_dir() else os.readlink(p).encode()
-                                   if p.is_symlink() else p.read_bytes())
-        for p in home.rglob("*") if p.name != ".lock"
+        str(p.relative_to(home)): (
+            b"<dir>"
+            if p.is_dir()
+            else os.readlink(p).encode()
+            if p.is_symlink()
+            else p.read_bytes()
+        )
+        for p in home.rglob("*")
+        if p.name != ".lock"
     }
 
 
@@ -76,15 +99,23 @@ def test_login_loads_agent_with_our_comment(
 
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
     comment = f"teleport:{proxy_host}:{cluster.name}:alice"
-    cert_type = "ssh-ed25519-cert-v01@openssh.com" if version == "17.0.0" else "ssh-rsa-cert-v01@openssh.com"
+    cert_type = (
+        "ssh-ed25519-cert-v01@openssh.com"
+        if version == "17.0.0"
+        else "ssh-rsa-cert-v01@openssh.com"
+    )
     # As with real tsh: the certificate, and the bare key for clients that cannot use it.
     lines = agent_lines(openssh, ssh_agent.sock)
     ours = [line for line in lines if line.endswith(" " + comment) and "-cert-v01@" in line]
     assert len(ours) == 1 and len(lines) == 2, lines
     assert ours[0].startswith(cert_type + " ")
     (tmp_path / "cert.pub").write_text(ours[0] + "\n")
-    info = subprocess.run([openssh.ssh_keygen, "-L", "-f", str(tmp_path / "cert.pub")],
-                          capture_output=True, text=True, check=True).stdout
+    info = subprocess.run(
+        [openssh.ssh_keygen, "-L", "-f", str(tmp_path / "cert.pub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     principals = info.split("Principals:")[1].split("Critical Options:")[0].split()
     assert login_name in principals and "-teleport-internal-join" in principals
     assert "Type: " + cert_type + " user certificate" in info
@@ -102,15 +133,30 @@ def test_relogin_replaces_only_our_agent_keys_and_logout_removes_them(
     cluster, ssh_agent, openssh, login_name: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("bob", [login_name])
-    subprocess.run([openssh.ssh_keygen, "-q", "-t", "ed25519", "-N", "", "-C", "mine",
-                    "-f", str(tmp_path / "mine")], check=True)
+    subprocess.run(
+        [
+            openssh.ssh_keygen,
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "mine",
+            "-f",
+            str(tmp_path / "mine"),
+        ],
+        check=True,
+    )
     subprocess.run([openssh.ssh_add, "-q", str(tmp_path / "mine")], env=ssh_agent.env, check=True)
     env = env_for(cluster, ssh_agent.sock)
     for _ in range(2):
         assert login(cluster, "bob", env).returncode == 0
     lines = agent_lines(openssh, ssh_agent.sock)
     assert [line.split()[-1] for line in lines].count("mine") == 1
-    assert sum(line.endswith(f":{cluster.name}:bob") and "-cert-v01@" in line for line in lines) == 1
+    assert (
+        sum(line.endswith(f":{cluster.name}:bob") and "-cert-v01@" in line for line in lines) == 1
+    )
     assert len(lines) == 3  # ours: certificate + bare key
 
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
@@ -133,7 +179,9 @@ def test_relogin_replaces_only_our_agent_keys_and_logout_removes_them(
     assert r.returncode == 2 and "Specify --proxy and --user" in r.stderr
 
 
-def test_agent_drops_key_when_certificate_ends(cluster, ssh_agent, openssh, login_name: str) -> None:  # type: ignore[no-untyped-def]
+def test_agent_drops_key_when_certificate_ends(
+    cluster, ssh_agent, openssh, login_name: str
+) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("shorty", [login_name], ttl="4s")
     r = login(cluster, "shorty", env_for(cluster, ssh_agent.sock))
     assert r.returncode == 0, r.stderr
@@ -152,9 +200,21 @@ def test_concurrent_logins_leave_a_loadable_profile(cluster, login_name: str) ->
     env = env_for(cluster)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tsh", "login", f"--proxy={cluster.web_addr}", "--user=carol",
-             "-k", "no"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "tsh",
+                "login",
+                f"--proxy={cluster.web_addr}",
+                "--user=carol",
+                "-k",
+                "no",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(8)
     ]
@@ -200,8 +260,10 @@ def _assert_clean_failure(r, needle: str) -> None:  # type: ignore[no-untyped-de
 
 
 def test_wrong_password(cluster, good_login) -> None:  # type: ignore[no-untyped-def]
-    _assert_clean_failure(login(cluster, "dave", good_login, password="wrong"),
-                          "invalid username, password or second factor")
+    _assert_clean_failure(
+        login(cluster, "dave", good_login, password="wrong"),
+        "invalid username, password or second factor",
+    )
 
 
 def test_wrong_otp(start_cluster, ssh_agent, openssh, login_name: str) -> None:  # type: ignore[no-untyped-def]
@@ -210,8 +272,13 @@ def test_wrong_otp(start_cluster, ssh_agent, openssh, login_name: str) -> None: 
     env = env_for(cluster, ssh_agent.sock)
     assert login(cluster, "erin", env, secret=secret).returncode == 0
     before = (home_snapshot(), agent_lines(openssh, ssh_agent.sock))
-    r = tsh("login", f"--proxy={cluster.web_addr}", "--user=erin", env=env,
-            input=f"{PASSWORD}\n000000\n")
+    r = tsh(
+        "login",
+        f"--proxy={cluster.web_addr}",
+        "--user=erin",
+        env=env,
+        input=f"{PASSWORD}\n000000\n",
+    )
     _assert_clean_failure(r, "second factor")
     assert (home_snapshot(), agent_lines(openssh, ssh_agent.sock)) == before
 
@@ -255,3 +322,28 @@ def test_not_a_teleport_proxy(good_login, tmp_path: Path) -> None:  # type: igno
         env = dict(good_login, SSL_CERT_FILE=str(ca_file))
         r = tsh("login", f"--proxy={addr}", "--user=dave", env=env, input="")
         _assert_clean_failure(r, "is it a Teleport proxy?")
+
+
+def test_terminal_prompts(start_cluster, login_name: str) -> None:  # type: ignore[no-untyped-def]
+    import pexpect
+
+    cluster = start_cluster(second_factor="otp")
+    secret = cluster.add_user("frank", [login_name], otp=True)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tsh", "login", f"--proxy={cluster.web_addr}", "--user=frank", "-k", "no"],
+        env=env_for(cluster), encoding="utf-8", timeout=30,
+    )
+    transcript = io.StringIO()
+    child.logfile_read = transcript  # everything the terminal showed
+    try:
+        child.expect_exact("Enter password for Teleport user frank:")
+        child.sendline(PASSWORD)
+        child.expect_exact("Enter your OTP token:")
+        child.sendline(pyotp.TOTP(secret).now())
+        child.expect_exact("Logged in as:       frank")
+        child.expect(pexpect.EOF)
+        assert PASSWORD not in transcript.getvalue()  # typed without echo
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

@@ -29,7 +29,9 @@ def b64(text: str | bytes) -> str:
 
 
 def ssh_public_line(key: Any) -> str:
-    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
 
 
 def sign_user_cert(
@@ -157,8 +159,9 @@ class FakeProxy:
     @staticmethod
     def _error(status: int, message: str) -> httpx.Response:
         body = json.dumps({"error": {"message": message}}, indent=4)
-        return httpx.Response(status, content=body.encode(),
-                              headers={"Content-Type": "application/json"})
+        return httpx.Response(
+            status, content=body.encode(), headers={"Content-Type": "application/json"}
+        )
 
     def _login(self, request: httpx.Request) -> httpx.Response:
         if request.headers.get("content-type") != "application/json":
@@ -183,8 +186,9 @@ class FakeProxy:
         now = int(time.time())
         ttl = int(body["ttl"] // 1_000_000_000)
         after, before = (now - 60, now + ttl) if self.window is None else self.window(now, ttl)
-        cert = sign_user_cert(self.user_ca, ssh_pub, body["user"],
-                              [*self.logins, INTERNAL], after, before)
+        cert = sign_user_cert(
+            self.user_ca, ssh_pub, body["user"], [*self.logins, INTERNAL], after, before
+        )
         tls_cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, body["user"])]))

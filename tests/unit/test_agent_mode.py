@@ -25,7 +25,9 @@ def test_resolve(flag, use_local, env, mode) -> None:  # type: ignore[no-untyped
 
 
 def test_resolve_rejects() -> None:
-    with pytest.raises(UsageError, match=r'invalid value "maybe", must be one of \[auto no yes only\]'):
+    with pytest.raises(
+        UsageError, match=r'invalid value "maybe", must be one of \[auto no yes only\]'
+    ):
         resolve_agent_mode("maybe", None, {})
     with pytest.raises(UsageError, match="only"):
         resolve_agent_mode("only", False, {})

@@ -26,8 +26,15 @@ def key() -> str:
 
 
 def test_good_cert_facts(ca, key: str) -> None:  # type: ignore[no-untyped-def]
-    cert = sign_user_cert(ca, key, "alice", ["root", "-teleport-internal-join"], NOW - 60, NOW + 3600,
-                          roles=["access", "editor"])
+    cert = sign_user_cert(
+        ca,
+        key,
+        "alice",
+        ["root", "-teleport-internal-join"],
+        NOW - 60,
+        NOW + 3600,
+        roles=["access", "editor"],
+    )
     facts = check_user_cert(cert, key, NOW)
     assert facts.principals == ("root", "-teleport-internal-join")
     assert facts.roles == ("access", "editor")
@@ -50,8 +57,15 @@ def test_no_principals(ca, key: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_host_cert(ca, key: str) -> None:  # type: ignore[no-untyped-def]
-    cert = sign_user_cert(ca, key, "alice", ["root"], NOW - 60, NOW + 3600,
-                          cert_type=serialization.SSHCertificateType.HOST)
+    cert = sign_user_cert(
+        ca,
+        key,
+        "alice",
+        ["root"],
+        NOW - 60,
+        NOW + 3600,
+        cert_type=serialization.SSHCertificateType.HOST,
+    )
     with pytest.raises(CertificateError, match="host certificate"):
         check_user_cert(cert, key, NOW)
 

@@ -25,7 +25,9 @@ def test_hostile_cluster_names(cluster: str) -> None:
         ca_lines("proxy.test", cluster, [K1])
 
 
-@pytest.mark.parametrize("key", ["", "ssh-ed25519", "ssh-ed25519 AAA\n@cert-authority * k", "evil key"])
+@pytest.mark.parametrize(
+    "key", ["", "ssh-ed25519", "ssh-ed25519 AAA\n@cert-authority * k", "evil key"]
+)
 def test_hostile_keys(key: str) -> None:
     with pytest.raises(ProxyResponseError):
         ca_lines("proxy.test", "c", [key])
@@ -34,8 +36,9 @@ def test_hostile_keys(key: str) -> None:
 def test_relogin_replaces_and_dedupes() -> None:
     other = "@cert-authority other.test,o,*.o ssh-ed25519 AAAAOther type=host"
     mine = "# my own line\nbastion ssh-ed25519 AAAAbastion\n"
-    first = merge_known_hosts(mine + other + "\n", "proxy.test",
-                              ca_lines("proxy.test", "c", [K1, K2]))
+    first = merge_known_hosts(
+        mine + other + "\n", "proxy.test", ca_lines("proxy.test", "c", [K1, K2])
+    )
     again = merge_known_hosts(first, "proxy.test", ca_lines("proxy.test", "c", [K1, K2]))
     assert again == first
     rotated = merge_known_hosts(first, "proxy.test", ca_lines("proxy.test", "c", [K2]))

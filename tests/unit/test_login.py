@@ -29,12 +29,15 @@ from tsh._login import LoginRequest, login
 from tsh._store import ProfileStore
 
 
-def _login(store: ProfileStore, proxy: FakeProxy, prompter: ScriptedPrompter | None = None,
-           **kw: object):  # type: ignore[no-untyped-def]
-    request = LoginRequest(proxy=str(kw.pop("addr", "proxy.test:3080")), user="alice",
-                           agent_mode="no", **kw)  # type: ignore[arg-type]
-    return login(request, prompter or ScriptedPrompter(), store=store,
-                 transport=proxy.transport, environ={})
+def _login(
+    store: ProfileStore, proxy: FakeProxy, prompter: ScriptedPrompter | None = None, **kw: object
+):  # type: ignore[no-untyped-def]
+    request = LoginRequest(
+        proxy=str(kw.pop("addr", "proxy.test:3080")), user="alice", agent_mode="no", **kw
+    )  # type: ignore[arg-type]
+    return login(
+        request, prompter or ScriptedPrompter(), store=store, transport=proxy.transport, environ={}
+    )
 
 
 def snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
@@ -62,7 +65,11 @@ def test_v17_login_layout_and_facts(store: ProfileStore) -> None:
         os.umask(old_umask)
     p = result.profile
     assert (p.web_proxy_addr, p.ssh_proxy_addr) == ("proxy.test:3080", "proxy.test:3023")
-    assert (p.cluster, p.root_cluster, p.clusters) == ("example.test", "example.test", ("example.test",))
+    assert (p.cluster, p.root_cluster, p.clusters) == (
+        "example.test",
+        "example.test",
+        ("example.test",),
+    )
     assert p.logins == ("root", "alice") and p.roles == ("access",)
     assert p.valid_before - p.valid_after == 12 * 3600 + 60  # the proxy's default TTL
     paths = store.paths("proxy.test", "alice")
@@ -131,8 +138,9 @@ def test_port_fallback_443_then_3080(store: ProfileStore) -> None:
         return proxy.handle(request)
 
     request = LoginRequest(proxy="proxy.test", user="alice", agent_mode="no")
-    result = login(request, ScriptedPrompter(), store=store,
-                   transport=httpx.MockTransport(handler), environ={})
+    result = login(
+        request, ScriptedPrompter(), store=store, transport=httpx.MockTransport(handler), environ={}
+    )
     assert result.profile.web_proxy_addr == "proxy.test:3080"
     assert [r.url.port for r in proxy.requests][:1] == [3080]
 
@@ -140,39 +148,84 @@ def test_port_fallback_443_then_3080(store: ProfileStore) -> None:
 def _other_key_cert(proxy: FakeProxy):  # type: ignore[no-untyped-def]
     def hook(answer: dict, body: dict) -> None:
         other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-        answer["cert"] = b64(sign_user_cert(proxy.user_ca, other, "alice", ["root"],
-                                            0, 2**40))
+        answer["cert"] = b64(sign_user_cert(proxy.user_ca, other, "alice", ["root"], 0, 2**40))
+
     return hook
 
 
 HOSTILE = {
-    "wrong password": (lambda p: None, ScriptedPrompter(password="nope"), AccessDeniedError,
-                       "invalid username or password"),
-    "wrong otp": (lambda p: setattr(p, "second_factor", "otp"), ScriptedPrompter(otp="000000"),
-                  AccessDeniedError, "second factor"),
-    "truncated json": (lambda p: setattr(p, "login_raw", (200, b'{"username": "alice", "ce',
-                                                          "application/json")),
-                       None, ProxyResponseError, "Teleport proxy"),
-    "html login": (lambda p: setattr(p, "login_raw", (502, b"<html>oops</html>", "text/html")),
-                   None, ProxyResponseError, "HTTP 502"),
-    "someone else's key": (lambda p: setattr(p, "login_hook", _other_key_cert(p)), None,
-                           CertificateError, "different key"),
-    "expired cert": (lambda p: setattr(p, "window", lambda now, ttl: (now - 7200, now - 3600)),
-                     None, CertificateError, "expired"),
-    "future cert": (lambda p: setattr(p, "window", lambda now, ttl: (now + 3600, now + 7200)),
-                    None, CertificateError, "clock"),
+    "wrong password": (
+        lambda p: None,
+        ScriptedPrompter(password="nope"),
+        AccessDeniedError,
+        "invalid username or password",
+    ),
+    "wrong otp": (
+        lambda p: setattr(p, "second_factor", "otp"),
+        ScriptedPrompter(otp="000000"),
+        AccessDeniedError,
+        "second factor",
+    ),
+    "truncated json": (
+        lambda p: setattr(p, "login_raw", (200, b'{"username": "alice", "ce', "application/json")),
+        None,
+        ProxyResponseError,
+        "Teleport proxy",
+    ),
+    "html login": (
+        lambda p: setattr(p, "login_raw", (502, b"<html>oops</html>", "text/html")),
+        None,
+        ProxyResponseError,
+        "HTTP 502",
+    ),
+    "someone else's key": (
+        lambda p: setattr(p, "login_hook", _other_key_cert(p)),
+        None,
+        CertificateError,
+        "different key",
+    ),
+    "expired cert": (
+        lambda p: setattr(p, "window", lambda now, ttl: (now - 7200, now - 3600)),
+        None,
+        CertificateError,
+        "expired",
+    ),
+    "future cert": (
+        lambda p: setattr(p, "window", lambda now, ttl: (now + 3600, now + 7200)),
+        None,
+        CertificateError,
+        "clock",
+    ),
     "hostile cluster name": (
-        lambda p: setattr(p, "login_hook",
-                          lambda a, b: a["host_signers"][0].update(domain_name="*")),
-        None, InvalidNameError, "cluster name"),
+        lambda p: setattr(
+            p, "login_hook", lambda a, b: a["host_signers"][0].update(domain_name="*")
+        ),
+        None,
+        InvalidNameError,
+        "cluster name",
+    ),
     "no host signers": (
         lambda p: setattr(p, "login_hook", lambda a, b: a.update(host_signers=[])),
-        None, ProxyResponseError, "host CA"),
+        None,
+        ProxyResponseError,
+        "host CA",
+    ),
     "tls cert for another key": (
-        lambda p: setattr(p, "login_hook", lambda a, b: a.update(
-            tls_cert=b64(p.tls_ca.public_bytes(__import__("cryptography").hazmat.primitives
-                                                .serialization.Encoding.PEM)))),
-        None, CertificateError, "TLS certificate"),
+        lambda p: setattr(
+            p,
+            "login_hook",
+            lambda a, b: a.update(
+                tls_cert=b64(
+                    p.tls_ca.public_bytes(
+                        __import__("cryptography").hazmat.primitives.serialization.Encoding.PEM
+                    )
+                )
+            ),
+        ),
+        None,
+        CertificateError,
+        "TLS certificate",
+    ),
 }
 
 
@@ -224,11 +277,13 @@ def test_relogin_replaces_ca_lines_and_keys(store: ProfileStore) -> None:
     _login(store, proxy2)
     lines = paths.known_hosts.read_text().splitlines()
     assert len(lines) == 1
-    from tsh._knownhosts import ca_lines
     from _login_fakes import ssh_public_line
 
-    assert lines == ca_lines("proxy.test", "example.test",
-                             [ssh_public_line(proxy2.host_ca.public_key())])
+    from tsh._knownhosts import ca_lines
+
+    assert lines == ca_lines(
+        "proxy.test", "example.test", [ssh_public_line(proxy2.host_ca.public_key())]
+    )
     assert paths.private_key.read_bytes() != first_key
 
 
@@ -258,4 +313,6 @@ def test_password_never_reaches_disk(store: ProfileStore) -> None:
     _login(store, FakeProxy(password=sentinel), ScriptedPrompter(password=sentinel))
     for rel, (data, _) in snapshot(store.home).items():
         assert sentinel.encode() not in data, rel
-    assert base64.b64encode(sentinel.encode()) not in b"".join(d for d, _ in snapshot(store.home).values())
+    assert base64.b64encode(sentinel.encode()) not in b"".join(
+        d for d, _ in snapshot(store.home).values()
+    )

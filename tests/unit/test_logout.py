@@ -13,8 +13,13 @@ from tsh._store import ProfileStore
 
 
 def _login(store: ProfileStore, host: str, user: str) -> None:
-    login(LoginRequest(proxy=f"{host}:3080", user=user, agent_mode="no"), ScriptedPrompter(),
-          store=store, transport=FakeProxy().transport, environ={})
+    login(
+        LoginRequest(proxy=f"{host}:3080", user=user, agent_mode="no"),
+        ScriptedPrompter(),
+        store=store,
+        transport=FakeProxy().transport,
+        environ={},
+    )
 
 
 @pytest.fixture

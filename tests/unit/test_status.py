@@ -73,5 +73,14 @@ def test_json_and_yaml_agree() -> None:
 
 
 def test_yaml_quotes_what_needs_it() -> None:
-    data = {"a": "yes", "b": "1.5", "c": "x: y", "d": "-dash", "e": [], "f": None, "g": "#c", "h": "ok"}
+    data = {
+        "a": "yes",
+        "b": "1.5",
+        "c": "x: y",
+        "d": "-dash",
+        "e": [],
+        "f": None,
+        "g": "#c",
+        "h": "ok",
+    }
     assert yaml.safe_load(render_yaml(data)) == data

@@ -21,8 +21,16 @@ from tsh._webapi import (
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("12h0m0s", 43200), ("30h", 108000), ("1h30m", 5400), ("1.5h", 5400), ("90s", 90),
-     ("500ms", 0.5), ("0", 0), ("2m3.5s", 123.5)],
+    [
+        ("12h0m0s", 43200),
+        ("30h", 108000),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("90s", 90),
+        ("500ms", 0.5),
+        ("0", 0),
+        ("2m3.5s", 123.5),
+    ],
 )
 def test_go_duration(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)
@@ -59,11 +67,17 @@ def test_ping_resolution_rules() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [None, [], "x", {"cluster_name": 5, "server_version": "17.0.0"},
-     {"server_version": "17.0.0"}, {"cluster_name": "c"},
-     {"cluster_name": "c", "server_version": "17.0.0", "auth": []},
-     {"cluster_name": "c", "server_version": "17.0.0", "auth": {"default_session_ttl": "soon"}},
-     {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"tls_routing_enabled": 1}}],
+    [
+        None,
+        [],
+        "x",
+        {"cluster_name": 5, "server_version": "17.0.0"},
+        {"server_version": "17.0.0"},
+        {"cluster_name": "c"},
+        {"cluster_name": "c", "server_version": "17.0.0", "auth": []},
+        {"cluster_name": "c", "server_version": "17.0.0", "auth": {"default_session_ttl": "soon"}},
+        {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"tls_routing_enabled": 1}},
+    ],
 )
 def test_ping_malformed(data: object) -> None:
     with pytest.raises(ProxyResponseError):
@@ -75,8 +89,13 @@ def _answer() -> dict:
         "username": "alice",
         "cert": base64.b64encode(b"ssh-ed25519-cert-v01@openssh.com AAAA\n").decode(),
         "tls_cert": base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode(),
-        "host_signers": [{"domain_name": "c", "checking_keys": [base64.b64encode(b"ssh-ed25519 AAAA\n").decode()],
-                          "tls_certs": []}],
+        "host_signers": [
+            {
+                "domain_name": "c",
+                "checking_keys": [base64.b64encode(b"ssh-ed25519 AAAA\n").decode()],
+                "tls_certs": [],
+            }
+        ],
     }
 
 
@@ -149,16 +168,27 @@ def test_403_is_access_denied_with_server_message() -> None:
     proxy = FakeProxy()
     c = WebClient("proxy.test:3080", transport=proxy.transport)
     with pytest.raises(AccessDeniedError, match="invalid username or password"):
-        c.ssh_certs(user="alice", password="wrong", ttl_seconds=60,
-                    ssh_pub_key="ssh-ed25519 AAAA", tls_pub_key="pem")
+        c.ssh_certs(
+            user="alice",
+            password="wrong",
+            ttl_seconds=60,
+            ssh_pub_key="ssh-ed25519 AAAA",
+            tls_pub_key="pem",
+        )
 
 
 def test_request_wire_format() -> None:
     proxy = FakeProxy(password="pw")
     c = WebClient("proxy.test:3080", transport=proxy.transport)
     with pytest.raises(AccessDeniedError):
-        c.ssh_certs(user="alice", password="nope", otp_token="1", ttl_seconds=90,
-                    pub_key="ssh-rsa AAAA\n", route_to_cluster="leaf")
+        c.ssh_certs(
+            user="alice",
+            password="nope",
+            otp_token="1",
+            ttl_seconds=90,
+            pub_key="ssh-rsa AAAA\n",
+            route_to_cluster="leaf",
+        )
     body = proxy.login_bodies[0]
     assert body["ttl"] == 90 * 1_000_000_000
     assert body["RouteToCluster"] == "leaf"
@@ -171,5 +201,7 @@ def test_connection_refused_maps_to_connection_error() -> None:
     def handler(r: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=r)
 
-    with pytest.raises(ProxyConnectionError, match="cannot reach the proxy at https://proxy.test:3080"):
+    with pytest.raises(
+        ProxyConnectionError, match="cannot reach the proxy at https://proxy.test:3080"
+    ):
         _client(handler).ping()

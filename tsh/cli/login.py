@@ -55,30 +55,39 @@ def _default_proxy() -> str:
 
 def login(
     proxy: Optional[str] = typer.Option(
-        None, "--proxy", metavar="HOST[:PORT]",
+        None,
+        "--proxy",
+        metavar="HOST[:PORT]",
         help="Proxy web address; without a port 443 is tried, then 3080.",
     ),
     user: Optional[str] = typer.Option(
         None, "--user", help="Teleport user name (default: the local user name)."
     ),
     ttl: Optional[int] = typer.Option(
-        None, "--ttl", metavar="MINUTES",
+        None,
+        "--ttl",
+        metavar="MINUTES",
         help="Certificate lifetime in minutes (default: the proxy's session TTL).",
     ),
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Cluster to log in to (default: the root cluster)."
     ),
     insecure: bool = typer.Option(
-        False, "--insecure",
+        False,
+        "--insecure",
         help="Do not verify the proxy's TLS certificate (test setups only; never saved).",
     ),
     add_keys_to_agent: Optional[str] = typer.Option(
-        None, "-k", "--add-keys-to-agent", metavar="auto|yes|no|only",
+        None,
+        "-k",
+        "--add-keys-to-agent",
+        metavar="auto|yes|no|only",
         help="Load the key into the ssh-agent: auto (default), yes, no, or only "
         "(agent and OS keyring, never on disk). Env: TELEPORT_ADD_KEYS_TO_AGENT.",
     ),
     use_local_ssh_agent: Optional[bool] = typer.Option(
-        None, "--use-local-ssh-agent/--no-use-local-ssh-agent",
+        None,
+        "--use-local-ssh-agent/--no-use-local-ssh-agent",
         help="Use the local ssh-agent at all (env TELEPORT_USE_LOCAL_SSH_AGENT; default yes).",
     ),
 ) -> None:

@@ -42,7 +42,9 @@ def logout(
     else:
         result = logout_all(store)
         _warn(result.warnings)
-        print("Logged out all users from all proxies." if result.removed else "All users logged out.")
+        print(
+            "Logged out all users from all proxies." if result.removed else "All users logged out."
+        )
 
 
 def _warn(warnings: list[str]) -> None:
