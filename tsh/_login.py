@@ -114,19 +114,23 @@ def _ping(
     """Ping the proxy; without an explicit port try 443, then 3080 (as real tsh does)."""
     from ._webapi import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT, WebClient, join_host_port
 
-    ports = [port] if port else [DEFAULT_WEB_PORT, FALLBACK_WEB_PORT]
-    for i, p in enumerate(ports):
-        client = WebClient(join_host_port(host, p), insecure=insecure, transport=transport)
+    if port:
+        client = WebClient(join_host_port(host, port), insecure=insecure, transport=transport)
         try:
             return client, client.ping()
-        except ProxyConnectionError:
-            client.close()
-            if i == len(ports) - 1:
-                raise
         except BaseException:
             client.close()
             raise
-    raise AssertionError("unreachable")
+    try:
+        return _ping(host, DEFAULT_WEB_PORT, insecure, transport)
+    except ProxyConnectionError:
+        pass  # only "nothing answers": a TLS or protocol error on 443 is final
+    try:
+        return _ping(host, FALLBACK_WEB_PORT, insecure, transport)
+    except ProxyConnectionError as e:
+        raise ProxyConnectionError(
+            f"{e} (and on port {DEFAULT_WEB_PORT}; give the port with --proxy=HOST:PORT)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,6 @@ def login(
                 tls_pub_key=keys.tls_public,
                 route_to_cluster=request.cluster or "",
             )
-    del password, otp
 
     now = clock()
     facts = check_user_cert(response.cert, keys.ssh_public, now)

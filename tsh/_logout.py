@@ -99,6 +99,8 @@ def logout_user(
         if ours:
             assert profile is not None
             clusters |= {profile.cluster, *profile.clusters}
+        # A `-k only` login left no private key on disk; only then is the keyring involved.
+        in_keyring = bool(clusters) and not paths.private_key.exists()
         files = [
             paths.private_key,
             paths.public_key,
@@ -109,7 +111,8 @@ def logout_user(
         ]
         for path in files:
             result.removed |= _remove_tree(path)
-        _forget_keys(proxy_host, user, clusters)
+        if in_keyring:
+            _forget_keys(proxy_host, user, clusters)
         if ours:
             result.removed |= _fs.remove_file(paths.profile_file)
             if store.current_name() == proxy_host:
@@ -162,7 +165,9 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
                     for cluster in _cert_clusters(ssh_dir):
                         identities.add((proxy_dir.name, user, cluster))
         for proxy, user, cluster in identities:
-            _forget_keys(proxy, user, {cluster})
+            # Only `-k only` logins (no private key on disk) put a key into the keyring.
+            if not store.paths(proxy, user).private_key.exists():
+                _forget_keys(proxy, user, {cluster})
 
         def match(comment: str) -> bool:
             parsed = _agent.parse_agent_comment(comment)
