@@ -2,7 +2,10 @@
 
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
+          [--proxy-checks-host-keys yes|no]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
+    recordings ls
+    recordings show ID
     auth export --type=user|host
     auth sign --host=a,b,c --format=openssh --out=PATH
     nodes add NAME HOST:PORT
@@ -39,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--server-version", default="17.0.0")
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
+    s.add_argument(
+        "--proxy-checks-host-keys", choices=("yes", "no"), default="yes",
+        help="recording proxy: require node host certificates from the host CA (default yes)",
+    )
 
     users = sub.add_parser("users", help="manage users")
     users = users.add_subparsers(dest="action", required=True)
@@ -65,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("addr", metavar="HOST:PORT")
     nodes.add_parser("ls", parents=[dd], help="list registered nodes")
 
+    rec = sub.add_parser("recordings", help="session recordings (recording proxy mode)")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    rec_sub.add_parser("ls", parents=[dd], help="one line per recording")
+    rs = rec_sub.add_parser("show", parents=[dd], help="print a recording's output")
+    rs.add_argument("id")
+
     demo = sub.add_parser("demo", help="cluster + real sshd + the OpenSSH flow, then stop")
     demo.add_argument("--wait", action="store_true", help="keep everything up until Ctrl-C")
     return p
@@ -84,6 +97,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         server_version=args.server_version,
         second_factor=args.second_factor,
         recording=args.recording,
+        proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -156,6 +170,26 @@ def _cmd_nodes_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recordings_ls(args: argparse.Namespace) -> int:
+    from ._asciicast import format_listing, list_recordings, recordings_dir
+
+    state = ClusterState.open(args.data_dir)
+    sys.stdout.write(format_listing(list_recordings(recordings_dir(state.data_dir))))
+    return 0
+
+
+def _cmd_recordings_show(args: argparse.Namespace) -> int:
+    from ._asciicast import RecordingError, read_recording, recordings_dir
+
+    state = ClusterState.open(args.data_dir)
+    try:
+        recording = read_recording(recordings_dir(state.data_dir), args.id)
+    except RecordingError as e:
+        raise StateError(str(e)) from None
+    sys.stdout.write(recording.output())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -169,6 +203,8 @@ _COMMANDS = {
     ("auth", "sign"): _cmd_auth_sign,
     ("nodes", "add"): _cmd_nodes_add,
     ("nodes", "ls"): _cmd_nodes_ls,
+    ("recordings", "ls"): _cmd_recordings_ls,
+    ("recordings", "show"): _cmd_recordings_show,
     ("demo", None): _cmd_demo,
 }
 

@@ -27,6 +27,8 @@ class ServerConfig:
     server_version: str = "17.0.0"
     second_factor: str = "off"
     recording: str = "node"
+    #: Recording proxy: refuse nodes without a host certificate from the host CA.
+    proxy_checks_host_keys: bool = True
     web_addr: str = ""
     ssh_proxy_addr: str = ""
 

@@ -2,9 +2,8 @@
 
 * ``proxy:host:port[@cluster]`` routes to a registered node and hands the
   channel to a *forwarder* picked by the recording mode. ``node`` and ``off``
-  use :class:`PipeForwarder` (raw TCP bytes, half-close respected); a
-  recording (terminating) forwarder for ``proxy`` mode belongs beside it in
-  :data:`FORWARDERS`.
+  use :class:`PipeForwarder` (raw TCP bytes, half-close respected); ``proxy``
+  uses the terminating, recording forwarder of ``_recording.py``.
 * ``proxysites`` writes the JSON list of clusters and exits 0.
 
 Agent-forwarding requests are accepted (asyncssh's default), because a
@@ -15,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncssh
 
 from ._ca import Authority
 from ._config import ServerConfig
+from ._recording import RecordingForwarder
 from ._state import ClusterState, Node
 from ._subsystem import (
     ProxyRequest,
@@ -53,9 +54,17 @@ class Forwarder(Protocol):
 class PipeForwarder:
     """Pipes the channel to a TCP connection to the node, both ways, with half-close."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, node: Node):
+    def __init__(
+        self,
+        chan: asyncssh.SSHServerChannel,
+        node: Node,
+        dial: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+        | None = None,
+    ):
         self._chan = chan
         self._node = node
+        # The recording forwarder pipes to an in-process SSH server instead.
+        self._dial = dial or (lambda: asyncio.open_connection(node.host, node.port))
         self._writer: asyncio.StreamWriter | None = None
         self._pending: list[bytes] = []
         self._client_eof = asyncio.Event()
@@ -66,9 +75,7 @@ class PipeForwarder:
         chan, node = self._chan, self._node
         chan.pause_reading()  # hold client bytes until the node answers
         try:
-            reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(node.host, node.port), _DIAL_TIMEOUT_S
-            )
+            reader, self._writer = await asyncio.wait_for(self._dial(), _DIAL_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError) as e:
             reason = str(e) or type(e).__name__
             msg = f"failed connecting to node {node.name} at {node.addr}: {reason}\n"
@@ -131,9 +138,13 @@ class PipeForwarder:
             self._writer.close()
 
 
-# Recording mode -> forwarder. "proxy" (a terminating, recording forwarder) is
-# issue 6; `start --recording proxy` refuses to run until it is added here.
-FORWARDERS: dict[str, type[PipeForwarder]] = {"node": PipeForwarder, "off": PipeForwarder}
+# Recording mode -> forwarder class, called as cls(chan, node). A class with a
+# `bind(proxy)` classmethod gets the proxy's state, CAs and settings that way.
+FORWARDERS: dict[str, type[Forwarder]] = {
+    "node": PipeForwarder,
+    "off": PipeForwarder,
+    "proxy": RecordingForwarder,
+}
 
 
 class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
@@ -142,7 +153,7 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._chan: asyncssh.SSHServerChannel | None = None
         self._subsystem: str | None = None
         self._request: ProxyRequest | None = None
-        self._forwarder: PipeForwarder | None = None
+        self._forwarder: Forwarder | None = None
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
@@ -224,7 +235,11 @@ class _Proxy:
         self.state = state
         self.authority = authority
         self.config = config
-        self.forwarder_cls = FORWARDERS[config.recording]
+        cls = FORWARDERS[config.recording]
+        bind = getattr(cls, "bind", None)
+        self.forwarder_cls: Callable[[asyncssh.SSHServerChannel, Node], Forwarder] = (
+            bind(self) if bind is not None else cls
+        )
 
 
 class _ProxyServer(asyncssh.SSHServer):

@@ -19,9 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SSHD", "SSHDNode", "SSHDError", "find_sshd", "start_sshd", "start_node"]
+__all__ = [
+    "SSHD", "SSHDNode", "SSHDError", "HOST_KEY_KINDS", "find_sshd", "start_sshd", "start_node",
+]
 
 SSHD = "/usr/sbin/sshd"
+HOST_KEY_KINDS = ("cert", "plain", "other-ca")
 _READY_TIMEOUT_S = 10.0
 _supports_penalties: dict[str, bool] = {}
 
@@ -81,13 +84,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config_text(port: int, workdir: Path, host_key: Path, host_cert: Path, user_ca: Path,
-                 penalties: bool) -> str:
+def _config_text(port: int, workdir: Path, host_key: Path, host_cert: Path | None,
+                 user_ca: Path, penalties: bool) -> str:
     lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
         f"HostKey {host_key}",
-        f"HostCertificate {host_cert}",
+        *([f"HostCertificate {host_cert}"] if host_cert is not None else []),
         f"TrustedUserCAKeys {user_ca}",
         f"PidFile {workdir / 'sshd.pid'}",
         "AuthorizedKeysFile none",
@@ -126,11 +129,14 @@ def start_sshd(
     name: str,
     workdir: Path,
     host_key: Path,
-    host_cert: Path,
+    host_cert: Path | None,
     user_ca: Path,
     sshd: str = SSHD,
 ) -> SSHDNode:
-    """Start sshd with these key files on a free 127.0.0.1 port; return once it is ready."""
+    """Start sshd with these key files on a free 127.0.0.1 port; return once it is ready.
+
+    ``host_cert`` None: the node presents its plain host key (no HostCertificate).
+    """
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
@@ -178,8 +184,16 @@ def start_node(
     workdir: Path,
     sshd: str = SSHD,
     register: bool = True,
+    host_key_kind: str = "cert",
 ) -> SSHDNode:
-    """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it."""
+    """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it.
+
+    ``host_key_kind``: ``"cert"`` (a host certificate from the cluster's host CA,
+    as the seed page says), ``"plain"`` (no HostCertificate) or ``"other-ca"``
+    (a certificate for the same names from a CA the cluster does not know).
+    """
+    if host_key_kind not in HOST_KEY_KINDS:
+        raise ValueError(f"host_key_kind must be one of {HOST_KEY_KINDS}, not {host_key_kind!r}")
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     export = admin("auth", "export", "--type=user")
     user_ca = workdir / "teleport_user_ca.pub"
@@ -191,7 +205,12 @@ def start_node(
         "auth", "sign", f"--host={name},{name}.{cluster},localhost,127.0.0.1",
         "--format=openssh", f"--out={host_key}",
     )
-    node = start_sshd(name, workdir, host_key, Path(f"{host_key}-cert.pub"), user_ca, sshd)
+    host_cert: Path | None = Path(f"{host_key}-cert.pub")
+    if host_key_kind == "plain":
+        host_cert = None
+    elif host_key_kind == "other-ca":
+        _resign_with_other_ca(host_key, Path(f"{host_key}-cert.pub"))
+    node = start_sshd(name, workdir, host_key, host_cert, user_ca, sshd)
     if register:
         try:
             admin("nodes", "add", name, node.addr)
@@ -199,3 +218,18 @@ def start_node(
             node.stop()
             raise
     return node
+
+
+def _resign_with_other_ca(host_key: Path, cert_path: Path) -> None:
+    """Replace the host certificate by one with the same names from a throwaway CA."""
+    import asyncssh
+
+    from tsh._fs import atomic_write
+
+    cert = asyncssh.read_certificate(cert_path)
+    other_ca = asyncssh.generate_private_key("ssh-ed25519")
+    forged = other_ca.generate_host_certificate(
+        asyncssh.read_private_key(host_key), "other-ca", principals=list(cert.principals),
+        valid_after=cert.valid_after, valid_before=cert.valid_before,
+    )
+    atomic_write(cert_path, forged.export_certificate("openssh"), 0o644)

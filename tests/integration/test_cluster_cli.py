@@ -77,7 +77,7 @@ def test_admin_on_missing_data_dir(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--recording", "proxy"], "not supported yet"),
+        (["--ssh-port", "70000"], "invalid port 70000"),
         (["--server-version", "seventeen"], "invalid server version"),
     ],
 )
