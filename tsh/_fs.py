@@ -57,21 +57,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     The content goes to a temporary file in the same directory, is fsynced and
     then renamed over ``path``. A symlink at ``path`` is refused, not followed.
     """
-    if isinstance(data, str):
-        data = data.encode()
-    _refuse_symlink(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with StagedFiles() as staged:
+        staged.stage(path, data, mode)
+        staged.commit()
 
 
 class StagedFiles:
@@ -100,7 +88,7 @@ class StagedFiles:
             os.fsync(f.fileno())
 
     def commit(self) -> None:
-        for tmp, path in self._staged:
+        for _tmp, path in self._staged:
             _refuse_symlink(path)
         while self._staged:
             tmp, path = self._staged.pop(0)

@@ -10,7 +10,6 @@ add a :class:`Step` to :data:`STEPS`; ``Demo.run`` / ``Demo.note`` do the printi
 
 from __future__ import annotations
 
-import base64
 import getpass
 import json
 import os
@@ -20,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,9 @@ class Demo:
     cluster: Cluster | None = None
     node: sshd_launcher.SSHDNode | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    #: Environment of the user's shell in the demo: tsh home, trusted TLS CA, agent.
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    agent: subprocess.Popen[bytes] | None = None
 
     def note(self, text: str) -> None:
         print(f"{_DIM}{text}{_RESET}")
@@ -60,7 +63,7 @@ class Demo:
         """Print the command, run it, print its output; DemoError if it fails and ``check``."""
         self.show(display or argv)
         r = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=REPO_ROOT,
-                           timeout=60)
+                           timeout=60, env=self.env)
         for text in (r.stdout, r.stderr):
             if text.strip():
                 print(text.rstrip())
@@ -78,7 +81,15 @@ class Demo:
             print(out.rstrip())
         return out
 
+    def tsh(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run tsh (this checkout's) as the demo user would, shown as ``tsh ARGS``."""
+        return self.run([sys.executable, "-m", "tsh", *args], input=input,
+                        display=shlex.join(["tsh", *args]))
+
     def close(self) -> None:
+        if self.agent is not None:
+            self.agent.terminate()
+            self.agent.wait()
         if self.node is not None:
             self.node.stop()
         if self.cluster is not None:
@@ -130,65 +141,75 @@ def _ping(demo: Demo) -> None:
         print(httpx.get(url, verify=demo.cluster.ssl_context()).text)
 
 
-def _login_with_web_api(demo: Demo) -> None:
-    import asyncssh
-    import httpx
-
+def _start_agent(demo: Demo) -> None:
+    ssh_agent = shutil.which("ssh-agent")
+    if ssh_agent is None:
+        raise DemoError("ssh-agent not found: install openssh-client")
+    sock = demo.workdir / "agent.sock"
+    demo.show("eval `ssh-agent`")
+    demo.agent = subprocess.Popen([ssh_agent, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    for _ in range(200):  # readiness: the socket appears once the agent listens
+        if sock.exists():
+            break
+        if demo.agent.poll() is not None:
+            raise DemoError("ssh-agent exited")
+        time.sleep(0.01)
     assert demo.cluster is not None
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    demo.files["key"] = key_path = demo.workdir / "id_ed25519"
-    key_path.write_bytes(key.export_private_key())
-    key_path.chmod(0o600)
-    url = f"{demo.cluster.web_url}/v1/webapi/ssh/certs"
-    demo.show(f"POST {url}  (user {demo.user}, ssh_pub_key, ttl 1h)")
-    r = httpx.post(url, verify=demo.cluster.ssl_context(), json={
-        "user": demo.user, "password": demo.password, "otp_token": "",
-        "ssh_pub_key": base64.b64encode(key.export_public_key()).decode(),
-        "ttl": 3600 * 10**9, "RouteToCluster": "",
-    })
-    if r.status_code != 200:
-        raise DemoError(f"login failed: HTTP {r.status_code}: {r.text}")
-    demo.files["cert"] = cert_path = demo.workdir / "id_ed25519-cert.pub"
-    cert_path.write_bytes(base64.b64decode(r.json()["cert"]))
-    ssh_keygen = shutil.which("ssh-keygen")
-    if ssh_keygen:
-        demo.run([ssh_keygen, "-L", "-f", str(cert_path)])
+    demo.env.update(
+        SSH_AUTH_SOCK=str(sock),
+        TELEPORT_HOME=str(demo.workdir / "tsh"),
+        SSL_CERT_FILE=str(demo.cluster.tls_ca),
+    )
+    demo.note(f"SSH_AUTH_SOCK={sock}; tsh keeps its profile in TELEPORT_HOME={demo.env['TELEPORT_HOME']};")
+    demo.note(f"the cluster's TLS CA is trusted with SSL_CERT_FILE={demo.cluster.tls_ca}")
 
 
-def _known_hosts(demo: Demo) -> None:
+def _tsh_login(demo: Demo) -> None:
     assert demo.cluster is not None
-    lines = demo.admin("auth", "export", "--type=host").splitlines()
-    demo.files["known_hosts"] = kh = demo.workdir / "known_hosts"
-    pattern = f"*.{demo.cluster.name}"
-    kh.write_text("".join(line.replace(pattern, f"{pattern},127.0.0.1", 1) + "\n"
-                          for line in lines))
-    demo.note(f"{kh} (127.0.0.1 added for the proxy and node addresses):")
-    print(kh.read_text().rstrip())
+    demo.note("(no terminal here, so the password is read from stdin)")
+    demo.tsh("login", f"--proxy={demo.cluster.web_addr}", f"--user={demo.user}",
+             input=demo.password + "\n")
 
 
-def _ssh_options(demo: Demo) -> list[str]:
-    return ["-F", "/dev/null", "-o", f"UserKnownHostsFile={demo.files['known_hosts']}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
-            "-i", str(demo.files["key"]), "-o", f"CertificateFile={demo.files['cert']}"]
+def _agent_has_cert(demo: Demo) -> None:
+    ssh_add = shutil.which("ssh-add") or "ssh-add"
+    r = demo.run([ssh_add, "-L"])
+    if f":{demo.user}" not in r.stdout or "-cert-v01@openssh.com" not in r.stdout:
+        raise DemoError("the certificate is not in the agent")
 
 
-def _ssh_through_proxy(demo: Demo) -> None:
-    assert demo.cluster is not None and demo.node is not None
+def _tsh_config(demo: Demo) -> None:
+    assert demo.node is not None
+    r = demo.tsh("config", f"--port={demo.node.port}")
+    demo.files["ssh_config"] = config = demo.workdir / "ssh_config"
+    config.write_text(r.stdout)
+    demo.note(f"(a user appends this to ~/.ssh/config; the demo keeps it in {config})")
+
+
+def _plain_ssh(demo: Demo) -> None:
+    assert demo.cluster is not None
     ssh = shutil.which("ssh")
     if ssh is None:
         raise DemoError("ssh not found: install openssh-client")
-    opts = _ssh_options(demo)
-    proxy = shlex.join([ssh, *opts, "-p", str(demo.cluster.ssh_proxy_port), "%r@127.0.0.1",
-                        "-s", "proxy:%h:%p"])
-    demo.run([ssh, *opts, "-o", f"ProxyCommand={proxy}", "-p", str(demo.node.port),
-              f"{demo.login}@{demo.node.host}", "echo hello from $(hostname) as $(id -un)"])
+    demo.run([ssh, "-F", str(demo.files["ssh_config"]),
+              f"{demo.login}@node1.{demo.cluster.name}", "echo hello from $(hostname) as $(id -un)"])
+
+
+def _tsh_ssh(demo: Demo) -> None:
+    assert demo.node is not None
+    demo.tsh("ssh", f"--port={demo.node.port}", f"{demo.login}@node1", "uname -sr")
 
 
 def _proxysites(demo: Demo) -> None:
     assert demo.cluster is not None
     ssh = shutil.which("ssh") or "ssh"
-    demo.run([ssh, *_ssh_options(demo), "-p", str(demo.cluster.ssh_proxy_port),
-              f"{demo.login}@127.0.0.1", "-s", "proxysites"])
+    paths = Path(demo.env["TELEPORT_HOME"]) / "keys" / "127.0.0.1"
+    demo.note("the seed page's manual setup: plain ssh to the proxy's SSH port with tsh's files")
+    demo.run([ssh, "-F", "/dev/null", "-o", f"UserKnownHostsFile={demo.env['TELEPORT_HOME']}/known_hosts",
+              "-o", "HostKeyAlias=127.0.0.1", "-o", "StrictHostKeyChecking=yes",
+              "-i", str(paths / demo.user),
+              "-o", f"CertificateFile={paths / f'{demo.user}-ssh' / f'{demo.cluster.name}-cert.pub'}",
+              "-p", str(demo.cluster.ssh_proxy_port), f"{demo.login}@127.0.0.1", "-s", "proxysites"])
 
 
 STEPS: list[Step] = [
@@ -196,9 +217,12 @@ STEPS: list[Step] = [
     Step("Add a Teleport user whose login is your OS user", _add_user),
     Step("Start a real OpenSSH sshd node and register it", _start_node),
     Step("The proxy's web API: ping", _ping),
-    Step("Get a user certificate from the web API", _login_with_web_api),
-    Step("known_hosts from the host CA", _known_hosts),
-    Step("Plain OpenSSH through the proxy to the node", _ssh_through_proxy),
+    Step("Start your own OpenSSH ssh-agent", _start_agent),
+    Step("tsh login: password, certificate, profile, agent", _tsh_login),
+    Step("The certificate is in the agent (look for teleport:...)", _agent_has_cert),
+    Step("tsh config: an OpenSSH block for the cluster", _tsh_config),
+    Step("Plain ssh through the proxy, using that block", _plain_ssh),
+    Step("tsh ssh: OpenSSH with everything set", _tsh_ssh),
     Step("Clusters via the proxysites subsystem", _proxysites),
 ]
 
