@@ -84,3 +84,27 @@ def test_yaml_quotes_what_needs_it() -> None:
         "h": "ok",
     }
     assert yaml.safe_load(render_yaml(data)) == data
+
+
+def test_status_command_stays_light(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`tsh status` of an on-disk profile imports none of the heavy libraries (start-up budget)."""
+    import os
+    import subprocess
+    import sys
+
+    from tsh._store import ProfileStore
+
+    store = ProfileStore(tmp_path / "tsh")
+    store.home.mkdir()
+    (store.home / "proxy.test.yaml").write_text(_profile().to_json())
+    (store.home / "current-profile").write_text("proxy.test\n")
+    code = (
+        "import sys; from tsh.cli import main; rc = main(['status']); "
+        "heavy = [m for m in ('asyncssh', 'httpx', 'keyring', 'cryptography') "
+        "if m in sys.modules]; "
+        "print(rc, heavy)"
+    )
+    env = dict(os.environ, TELEPORT_HOME=str(store.home))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines()[-1] == "0 []"
+    assert "> Profile URL:        https://proxy.test:3080" in out.stdout
