@@ -52,6 +52,8 @@ MAX_ATTEMPTS = 8
 #: Stdin bytes kept for a replay until the node sends its first byte.
 REPLAY_LIMIT = 1 << 20
 _CHUNK = 1 << 18
+#: Node output held back while waiting for its "SSH-" version line.
+_BANNER_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,16 @@ class _Job:
                 try:
                     return await _pump(conn, self.subsystem, io, self.stderr)
                 except _Retry as e:
+                    # A fresh connection each time: a proxy may tear down the
+                    # old one along with the dropped node channel.
                     last = e
-                    if e.args and e.args[0] == "connection":
-                        conn.abort()
-                        conn = None
-            raise SSHError(f"{self.subsystem}: connection dropped {MAX_ATTEMPTS} times "
-                           f"before the node answered ({last!r})")
+                    conn.abort()
+                    conn = None
+            said = last.args[0] if isinstance(last, _Retry) and last.args else ""
+            raise SSHError(
+                f"{self.subsystem}: dropped {MAX_ATTEMPTS} times before the node answered"
+                + (f": {said}" if said else f" ({last!r})" if last else "")
+            )
         finally:
             io.close()
             if conn is not None:
@@ -333,7 +339,7 @@ class _Job:
 
 def _cert_key(asyncssh: Any, agent_key: Any) -> bytes | None:
     try:
-        cert = asyncssh.import_certificate(agent_key.public_data)
+        cert = asyncssh.public_key.decode_ssh_certificate(agent_key.public_data)
     except (ValueError, asyncssh.KeyImportError):
         return None
     return cert.key.public_data  # type: ignore[no-any-return]
@@ -371,7 +377,8 @@ async def _pump(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str]) -> int:
     """One attempt: open ``subsystem`` and copy bytes until the node side ends."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    state: dict[str, Any] = {"got": 0, "err": [], "chan": None}
+    state: dict[str, Any] = {"got": 0, "err": [], "chan": None, "pre": b"",
+                             "replayed": False}
 
     flushed: asyncio.Future[None] = loop.create_future()
 
@@ -432,9 +439,17 @@ async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
             if datatype == asyncssh.EXTENDED_DATA_STDERR:
                 state["err"].append(data)
                 return
-            if not state["got"]:
-                io.sent.clear()  # the node spoke: no replays from now on
-                io.replayable = False
+            if io.replayable:
+                # Until the node's "SSH-" version line, hold its output: sshd
+                # over MaxStartups says "Exceeded MaxStartups" and hangs up,
+                # and ssh must not see that if we retry.
+                pre = state["pre"] = state["pre"] + data
+                if not (_has_banner(pre) or len(pre) > _BANNER_LIMIT):
+                    return
+                io.replayable = False  # the node spoke: no retries from now on
+                if state["replayed"]:
+                    io.sent.clear()
+                state["pre"], data = b"", pre
             state["got"] += len(data)
             write_out(data)
 
@@ -457,19 +472,39 @@ async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
 
     try:
         chan, _ = await conn.create_session(Session, subsystem=subsystem, encoding=None)
-    except asyncssh.ChannelOpenError as e:
+    except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost, asyncssh.DisconnectError,
+            OSError) as e:
+        # A refused subsystem comes with the proxy's reason on stderr (and the
+        # channel may be torn down before the refusal itself arrives).
         text = b"".join(state["err"]).decode(errors="replace").strip()
-        raise SSHError(text or f"the proxy refused {subsystem}: {e.reason}") from None
-    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError):
-        if io.replayable:
-            raise _Retry("connection") from None
-        raise
+        if text:
+            raise SSHError(text) from None
+        if isinstance(e, asyncssh.ChannelOpenError):
+            raise SSHError(f"the proxy refused {subsystem}: {e.reason}") from None
+        # Logged in, then dropped: not an overload drop, so no retry.
+        raise SSHError(f"the proxy closed the connection when asked for {subsystem}") from None
+
+    def send(data: bytes | None) -> None:
+        # The channel may already be closed by the other side; `done` then
+        # tells, and the end of this attempt decides about a retry.
+        try:
+            if data is None:
+                chan.write_eof()
+            else:
+                chan.write(data)
+        except (BrokenPipeError, OSError):
+            pass
 
     # Replay what the previous attempt already took from ssh, then go live.
+    # (The node may have spoken already: asyncssh delivers data that came
+    # with the subsystem reply before create_session returns.)
     for data in io.sent:
-        chan.write(data)
+        send(data)
     if io.stdin_eof:
-        chan.write_eof()
+        send(None)
+    state["replayed"] = True
+    if not io.replayable:
+        io.sent.clear()
 
     def from_stdin(data: bytes) -> None:
         if io.replayable:
@@ -478,12 +513,11 @@ async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
             if io.sent_len > REPLAY_LIMIT:
                 io.replayable = False
                 io.sent.clear()
-        chan.write(data)
+        send(data)
 
     def stdin_eof() -> None:
         io.stdin_eof = True
-        if chan.can_write_eof():
-            chan.write_eof()
+        send(None)
 
     if not io.stdin_eof:
         if _pollable(io.stdin):
@@ -518,9 +552,12 @@ async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
         if in_task is not None:
             in_task.cancel()
     err = b"".join(state["err"]).decode(errors="replace")
-    if not state["got"] and io.replayable and _is_drop(err):
+    if io.replayable and _is_drop(err):
         chan.close()
-        raise _Retry("channel")
+        said = state["pre"].decode(errors="replace").strip()
+        raise _Retry(said)
+    if state["pre"]:
+        write_out(state["pre"])
     if err:
         stderr.write(err)
         stderr.flush()
@@ -529,6 +566,10 @@ async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
     if status is None or status < 0:
         return 0 if state["got"] else 1
     return int(status)
+
+
+def _has_banner(data: bytes) -> bool:
+    return data.startswith(b"SSH-") or b"\nSSH-" in data
 
 
 def _is_drop(err: str) -> bool:

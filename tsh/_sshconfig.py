@@ -175,14 +175,17 @@ def render(p: SSHConfigParams) -> str:
         algorithms = f"    HostKeyAlgorithms {_LEGACY_HOST_KEY_ALGORITHMS}\n"
     identities_only = "    IdentitiesOnly yes\n" if p.identities_only else ""
     out = [f"{BEGIN_MARKER}{p.proxy_host} by tsh\n\n"]
+    # ssh lower-cases the host it matches, but not the patterns: lower them here.
+    proxy_pattern = p.proxy_host.lower()
     for cluster in p.clusters:
+        pattern = cluster.lower()
         if p.proxy_command == "tsh":
             command = _tsh_proxy_command(p, cluster)
         else:
             command = _openssh_proxy_command(p, cluster)
         out.append(
             f"# Common flags for all {cluster} hosts\n"
-            f"Host *.{cluster} {p.proxy_host}\n"
+            f"Host *.{pattern} {proxy_pattern}\n"
             f'    UserKnownHostsFile "{p.known_hosts}"\n'
             f'    IdentityFile "{p.identity_file}"\n'
             f"{identities_only}"
@@ -191,7 +194,7 @@ def render(p: SSHConfigParams) -> str:
             f"{user}"
             "\n"
             f"# Flags for all {cluster} hosts except the proxy\n"
-            f"Host *.{cluster} !{p.proxy_host}\n"
+            f"Host *.{pattern} !{proxy_pattern}\n"
             f"    Port {p.port}\n"
             f"    ProxyCommand {command}\n"
             f"{user}"

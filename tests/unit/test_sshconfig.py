@@ -176,3 +176,11 @@ def test_merge_refuses_unterminated_block() -> None:
     broken = BLOCK.replace("# End generated Teleport configuration\n", "")
     with pytest.raises(UsageError, match="no '# End"):
         merge("x\n" + broken, BLOCK, "proxy.example.com")
+
+
+def test_host_patterns_are_lower_case() -> None:
+    """ssh lower-cases the host name but matches patterns as written."""
+    text = render(dataclasses.replace(BASE, clusters=("Root.Example",), proxy_host="Proxy.X"))
+    assert "Host *.root.example proxy.x\n" in text
+    assert "Host *.root.example !proxy.x\n" in text
+    assert "--cluster=Root.Example --proxy=Proxy.X:443" in text
