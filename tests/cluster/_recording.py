@@ -57,8 +57,9 @@ PLAIN_HOST_KEY_MESSAGE = "remote host presented a public key, expected a host ce
 NO_AGENT_MESSAGE = (
     "this cluster records sessions at the proxy (session_recording: proxy), which logs in to "
     "{node} on your behalf with your SSH agent, but no agent was forwarded to the proxy: "
-    "add ForwardAgent yes to the ssh that connects to the proxy (in the ProxyCommand: "
-    "ssh -o ForwardAgent=yes ...), and check that ssh-add -L lists your Teleport certificate"
+    "the ssh that connects to the proxy (the ProxyCommand) needs ForwardAgent yes "
+    "(ssh -o ForwardAgent=yes ...) and a running ssh-agent (SSH_AUTH_SOCK) that holds your "
+    "Teleport certificate (tsh login loads it there; check with ssh-add -L)"
 )
 _NODE_TIMEOUT_S = 15
 _LOGIN_TIMEOUT_S = 30
@@ -337,7 +338,8 @@ class _InnerServer(asyncssh.SSHServer):
             raise _NodeError(
                 "ssh: handshake failed: ssh: unable to authenticate, attempted methods "
                 f"[none publickey], no supported methods remain (login {self.login!r} on "
-                f"{node.name} with the {len(keys)} key(s) of your forwarded agent)"
+                f"{node.name} with the {len(keys)} key(s) of your forwarded agent: does "
+                "ssh-add -L list your Teleport certificate? tsh login loads it there)"
             ) from None
         except (asyncssh.ConnectionLost, asyncio.IncompleteReadError, ConnectionResetError):
             raise _NodeError("ssh: handshake failed: EOF") from None

@@ -230,6 +230,6 @@ def _resign_with_other_ca(host_key: Path, cert_path: Path) -> None:
     other_ca = asyncssh.generate_private_key("ssh-ed25519")
     forged = other_ca.generate_host_certificate(
         asyncssh.read_private_key(host_key), "other-ca", principals=list(cert.principals),
-        valid_after=cert.valid_after, valid_before=cert.valid_before,
+        valid_after="-1m", valid_before="+1w",
     )
     atomic_write(cert_path, forged.export_certificate("openssh"), 0o644)
