@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_login_cluster import PASSWORD, agent_lines, env_for, tsh
+from tests.integration._tsh import PASSWORD, agent_lines, env_for
+from tests.integration._tsh import run_tsh as tsh
 
 from tsh._store import ProfileStore
 

@@ -17,54 +17,11 @@ from pathlib import Path
 import pyotp
 import pytest
 
+from tests.integration._tsh import PASSWORD, agent_lines, env_for, login
+from tests.integration._tsh import run_tsh as tsh
 from tsh._store import ProfileStore
 
 pytestmark = pytest.mark.integration
-
-PASSWORD = "secret-pw"
-
-
-def tsh(*args: str, env: dict[str, str], input: str = "", timeout: float = 60):  # type: ignore[no-untyped-def]
-    return subprocess.run(
-        [sys.executable, "-m", "tsh", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
-def env_for(cluster, agent_sock: str | None = None, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = dict(os.environ, SSL_CERT_FILE=str(cluster.tls_ca), **extra)
-    if agent_sock:
-        env["SSH_AUTH_SOCK"] = agent_sock
-    return env
-
-
-def agent_lines(openssh, sock: str) -> list[str]:  # type: ignore[no-untyped-def]
-    r = subprocess.run(
-        [openssh.ssh_add, "-L"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, SSH_AUTH_SOCK=sock),
-    )
-    return r.stdout.splitlines() if r.returncode == 0 else []  # 1: "no identities"
-
-
-def login(
-    cluster,
-    user: str,
-    env: dict[str, str],
-    *extra: str,
-    secret: str | None = None,
-    password: str = PASSWORD,
-):  # type: ignore[no-untyped-def]
-    stdin = f"{password}\n" + (f"{pyotp.TOTP(secret).now()}\n" if secret else "")
-    return tsh(
-        "login", f"--proxy={cluster.web_addr}", f"--user={user}", *extra, env=env, input=stdin
-    )
-
 
 def home_snapshot() -> dict[str, bytes]:
     home = Path(os.environ["TELEPORT_HOME"])
