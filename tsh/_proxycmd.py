@@ -52,6 +52,15 @@ MAX_ATTEMPTS = 8
 #: Stdin bytes kept for a replay until the node sends its first byte.
 REPLAY_LIMIT = 1 << 20
 _CHUNK = 1 << 18
+_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+_WINDOW = 8 << 20
+_MAX_PACKET = 1 << 17
 #: Node output held back while waiting for its "SSH-" version line.
 _BANNER_LIMIT = 8192
 
@@ -205,6 +214,7 @@ class _Job:
         self.stdout_fd = stdout
         self.stderr = stderr
         self.agent: Any = None
+        self.private_agent: Any = None
 
     async def run(self) -> int:
         import asyncssh
@@ -212,7 +222,7 @@ class _Job:
         ssh_host, ssh_port = split_host_port(self.profile.ssh_proxy_addr, 3023)
         known_hosts = self._trusted_cas(asyncssh)
         client_keys = await self._client_keys(asyncssh)
-        agent_sock = os.environ.get("SSH_AUTH_SOCK") or None
+        agent_sock = await self._agent_to_forward(client_keys)
         io = _StdIO(self.stdin_fd, self.stdout_fd)
         delays = backoff_delays()
         conn = None
@@ -237,6 +247,12 @@ class _Job:
                             login_timeout=LOGIN_TIMEOUT,
                             keepalive_interval=30,
                             compression_algs=None,
+                            # AES-GCM runs in OpenSSL with AES-NI: the fastest
+                            # cipher here for bulk data (ssh's own stream is
+                            # already encrypted end to end inside it).
+                            encryption_algs=_CIPHERS,
+                            window=_WINDOW,
+                            max_pktsize=_MAX_PACKET,
                             encoding=None,
                         )
                     except asyncssh.PermissionDenied:
@@ -278,6 +294,29 @@ class _Job:
                 conn.close()
             if self.agent is not None:
                 self.agent.close()
+            if self.private_agent is not None:
+                self.private_agent.close()
+
+    async def _agent_to_forward(self, client_keys: list[Any]) -> str | None:
+        """The agent a recording proxy logs in to the node with (teleport-wire.md 10.1 step 3).
+
+        ``-k only`` keys live in the user's agent already. A key on disk that the
+        user's agent lacks goes into a private agent, as real tsh forwards its
+        own keyring (see _privagent).
+        """
+        env_sock = os.environ.get("SSH_AUTH_SOCK") or None
+        if self.profile.key_storage == "agent":
+            return env_sock
+        from ._agent import agent_comment
+        from ._privagent import agent_to_forward
+
+        key, cert = client_keys[0]
+        root = self.profile.root_cluster or self.profile.cluster
+        comment = agent_comment(self.profile.proxy_host, root, self.profile.user)
+        sock, self.private_agent = await agent_to_forward(
+            env_sock, key, cert, comment, self.profile.valid_before
+        )
+        return sock
 
     def _trusted_cas(self, asyncssh: Any) -> Any:
         """([], host CAs for the proxy, revoked keys) from the profile's known_hosts."""

@@ -1,0 +1,71 @@
+"""tsh._proxycmd's pure parts: target parsing, host cleaning, subsystem name, backoff."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tsh import InvalidNameError, UsageError
+from tsh._proxycmd import (
+    Target,
+    backoff_delays,
+    clean_target_host,
+    parse_target,
+    subsystem_name,
+)
+
+
+def test_parse_target() -> None:
+    assert parse_target("root@node1.example.test:3022") == Target(
+        "root", "node1.example.test", "3022"
+    )
+    assert parse_target("node1:22") == Target(None, "node1", "22")
+    assert parse_target("a@b@node1:22") == Target("a@b", "node1", "22")
+    assert parse_target("root@[::1]:2222") == Target("root", "::1", "2222")
+    assert parse_target("node1:") == Target(None, "node1", "")
+
+
+@pytest.mark.parametrize("bad", ["node1", ":22", "node1:0", "node1:x", "node1:70000", "[::1]"])
+def test_parse_target_refuses(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_target(bad)
+
+
+@pytest.mark.parametrize("bad", ["-oProxyCommand=x@h:22", "a b@h:22", "r@h;id:22", "r@*:22"])
+def test_parse_target_refuses_unsafe_names(bad: str) -> None:
+    with pytest.raises(InvalidNameError):
+        parse_target(bad)
+
+
+def test_clean_target_host() -> None:
+    assert clean_target_host("node1.example.test", "proxy.example.com", "example.test") == "node1"
+    assert clean_target_host("node1.proxy.example.com", "proxy.example.com", "c") == "node1"
+    assert clean_target_host("NODE1.Example.Test", "p", "example.test") == "NODE1"
+    assert clean_target_host("node1", "p", "example.test") == "node1"
+    # The suffix alone is a host name, not something to strip down to "".
+    assert clean_target_host("example.test", "p", "example.test") == "example.test"
+    assert clean_target_host("xexample.test", "p", "example.test") == "xexample.test"
+
+
+def test_subsystem_name() -> None:
+    assert subsystem_name("node1", "3022", "example.test") == "proxy:node1:3022@example.test"
+    assert subsystem_name("node1", "", "") == "proxy:node1:"
+    assert subsystem_name("::1", "22", "c") == "proxy:[::1]:22@c"
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    assert backoff_delays(4, base=0.1, cap=1.0, rand=lambda: 1.0) == [0.1, 0.2, 0.4]
+    assert backoff_delays(8, base=0.1, cap=1.0, rand=lambda: 1.0)[-1] == 1.0
+    assert backoff_delays(5, rand=lambda: 0.0) == [0.0] * 4
+    assert backoff_delays(1) == []
+
+
+def test_config_and_proxy_cli_import_nothing_heavy() -> None:
+    code = (
+        "import sys, tsh.cli, tsh._sshconfig_file\n"
+        "heavy = {'asyncssh', 'httpx', 'keyring', 'cryptography'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
