@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster import sshd as sshd_launcher  # noqa: E402
-from tests.conftest import LOGIN, launch_cluster  # noqa: E402
-from tests.integration._profiles import log_in, tsh  # noqa: E402
+from tests.cluster import sshd as sshd_launcher
+from tests.conftest import LOGIN, launch_cluster
+from tests.integration._profiles import log_in, tsh
 
 FORMS = ("tsh", "openssh")
 

@@ -37,11 +37,11 @@ from ._profile import Profile, split_host_port
 
 __all__ = [
     "Target",
-    "parse_target",
-    "clean_target_host",
-    "subsystem_name",
     "backoff_delays",
+    "clean_target_host",
+    "parse_target",
     "proxy_ssh",
+    "subsystem_name",
 ]
 
 #: Seconds to set up TCP to the proxy, and then to finish logging in.

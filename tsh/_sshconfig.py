@@ -28,12 +28,12 @@ from ._names import (
 
 __all__ = [
     "BEGIN_MARKER",
-    "END_MARKER",
     "DEFAULT_NODE_PORT",
+    "END_MARKER",
     "SSHConfigParams",
-    "render",
     "merge",
     "parse_openssh_version",
+    "render",
 ]
 
 BEGIN_MARKER = "# Begin generated Teleport configuration for "

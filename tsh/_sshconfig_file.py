@@ -20,7 +20,7 @@ from ._profile import Profile, split_host_port
 from ._sshconfig import DEFAULT_NODE_PORT, SSHConfigParams, merge, parse_openssh_version, render
 from ._store import ProfileStore
 
-__all__ = ["ssh_config", "openssh_version", "tsh_executable", "update_ssh_config", "load_profile"]
+__all__ = ["load_profile", "openssh_version", "ssh_config", "tsh_executable", "update_ssh_config"]
 
 
 def openssh_version(ssh: str = "ssh") -> tuple[int, int] | None:

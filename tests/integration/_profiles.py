@@ -121,4 +121,4 @@ def tsh(*args: str, env: dict[str, str], input: bytes | None = None,
     exe = Path(sys.executable).with_name("tsh")
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "tsh"]
     return subprocess.run([*argv, *args], env=env, input=input, capture_output=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)

@@ -19,6 +19,7 @@ def _ssh(openssh, cfg: Path, dest: str, *cmd: str, env: dict[str, str], timeout:
     return subprocess.run(
         [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", dest, *cmd],
         env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
@@ -104,7 +105,7 @@ def test_seed_page_append_with_fresh_home(openssh, cluster, node, login_name, tm
     r = subprocess.run(
         ["sh", "-c", f'mkdir -p ~/.ssh && "$0" config --port={node.port} >> ~/.ssh/config',
          str(Path(os.sys.executable).with_name("tsh"))],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""

@@ -112,7 +112,7 @@ def test_agent_only_profile(openssh, cluster, node, login_name, ssh_agent, tmp_p
     r2 = subprocess.run(
         [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
          f"{login_name}@{node.name}.{cluster.name}", "echo", "agent-only-ok"],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
     )
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout == "agent-only-ok\n"
@@ -146,7 +146,7 @@ def test_fifty_parallel_ssh_runs_at_default_maxstartups(
             [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
              f"{login_name}@busy.{cluster.name}", "echo", f"run-{i}"],
             env=me.env(), capture_output=True, text=True, timeout=120,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, check=False,
         )
 
     with ThreadPoolExecutor(50) as pool:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def config(
-    proxy: Optional[str] = typer.Option(
+    proxy: str | None = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
     ),
-    port: Optional[int] = typer.Option(
+    port: int | None = typer.Option(
         None, "-p", "--port", help="SSH port of the nodes (default 3022)."
     ),
-    login: Optional[str] = typer.Option(
+    login: str | None = typer.Option(
         None, "-l", "--login", help="Remote login to put into the configuration as User."
     ),
     proxy_command: str = typer.Option(
@@ -28,7 +27,7 @@ def config(
     update: bool = typer.Option(
         False, "--update", help="Write into ~/.ssh/config instead of printing."
     ),
-    update_file: Optional[Path] = typer.Option(
+    update_file: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
         None,
         "--update-file",
         metavar="PATH",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 app = typer.Typer(
@@ -17,10 +15,10 @@ app = typer.Typer(
 @app.command("ssh")
 def ssh(
     target: str = typer.Argument(..., metavar="[USER@]HOST:PORT"),
-    cluster: Optional[str] = typer.Option(
+    cluster: str | None = typer.Option(
         None, "--cluster", help="Cluster of the node (default: the profile's root cluster)."
     ),
-    proxy: Optional[str] = typer.Option(
+    proxy: str | None = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
     ),
 ) -> None:
