@@ -49,7 +49,7 @@ from ._asciicast import CastWriter, RecordingInfo, new_recording_id, recordings_
 if TYPE_CHECKING:
     from ._state import Node
 
-__all__ = ["RecordingForwarder", "NO_AGENT_MESSAGE", "PLAIN_HOST_KEY_MESSAGE"]
+__all__ = ["NO_AGENT_MESSAGE", "PLAIN_HOST_KEY_MESSAGE", "RecordingForwarder"]
 
 log = logging.getLogger("tests.cluster.recording")
 
@@ -215,7 +215,9 @@ class _NodeClient(asyncssh.SSHClient):
         self._node = node
         self.refusal: str | None = None
 
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
         if self._checks:
             self.refusal = PLAIN_HOST_KEY_MESSAGE
             return False
@@ -299,7 +301,9 @@ class _InnerServer(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self._conn is not None
         self.login = self._conn.get_extra_info("username")
-        log.info("recording proxy: %s logged in as %s for %s", self.user, self.login, self.node.name)
+        log.info(
+            "recording proxy: %s logged in as %s for %s", self.user, self.login, self.node.name
+        )
         self._dial_task = asyncio.ensure_future(self.dial())
         # Retrieve the exception so that a failed dial is not "never retrieved".
         self._dial_task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -378,8 +382,9 @@ class _InnerServer(asyncssh.SSHServer):
 
         return open_session()
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> Any:
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
         # ssh -L: asyncssh tunnels the channel over the node connection.
         return self.node_conn if self.node_conn is not None else False
 
@@ -397,8 +402,9 @@ class _InnerServer(asyncssh.SSHServer):
             self._conn.close()
 
     # ---- recordings
-    def recorder(self, kind: str, command: str | None, size: tuple[int, int],
-                 term: str | None) -> CastWriter:
+    def recorder(
+        self, kind: str, command: str | None, size: tuple[int, int], term: str | None
+    ) -> CastWriter:
         info = RecordingInfo(
             id=new_recording_id(), user=self.user or "?", login=self.login,
             node=self.node.name, cluster=self._ctx.state.name, kind=kind, command=command,
@@ -426,8 +432,9 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
         self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
-                      term_modes: dict[int, int]) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]
+    ) -> bool:
         self._pty = (term_type, term_size, term_modes)
         return True
 
@@ -494,8 +501,7 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._upstream.write_eof()
         return True  # half-open: the node still answers
 
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int,
-                              pixheight: int) -> None:
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._upstream is not None:
             self._upstream.change_terminal_size(width, height, pixwidth, pixheight)
         if self.cast is not None:

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "SSHD", "SSHDNode", "SSHDError", "HOST_KEY_KINDS", "find_sshd", "start_sshd", "start_node",
+    "HOST_KEY_KINDS",
+    "SSHD",
+    "SSHDError",
+    "SSHDNode",
+    "find_sshd",
+    "start_node",
+    "start_sshd",
 ]
 
 SSHD = "/usr/sbin/sshd"

@@ -31,10 +31,10 @@ class Clock:
 
 
 def _info(**kw: object) -> RecordingInfo:
-    base: dict[str, object] = dict(
-        id=new_recording_id(), user="alice", login="root", node="node1",
-        cluster="example.test", kind="shell",
-    )  # fmt: skip
+    base: dict[str, object] = {
+        "id": new_recording_id(), "user": "alice", "login": "root", "node": "node1",
+        "cluster": "example.test", "kind": "shell",
+    }  # fmt: skip
     base.update(kw)
     return RecordingInfo(**base)  # type: ignore[arg-type]
 
@@ -59,7 +59,10 @@ def test_asciicast_v2_file(tmp_path: Path) -> None:
     assert header["env"] == {"TERM": "xterm"}
     meta = header["teleport"]
     assert (meta["user"], meta["login"], meta["node"], meta["kind"]) == (
-        "alice", "root", "node1", "shell",
+        "alice",
+        "root",
+        "node1",
+        "shell",
     )
     assert meta["start"] == "2023-11-14T22:13:20Z" and meta["end"] == "2023-11-14T22:13:22Z"
     assert meta["exit"] == 0

@@ -1,0 +1,348 @@
+"""Recording proxy mode end to end: real ssh/scp/sftp, real sshd nodes, the test cluster.
+
+The seed page's scenario: the cluster runs with ``session_recording: proxy``,
+so the proxy terminates the user's SSH connection, logs in to the OpenSSH
+node with the agent the client forwarded, relays the session and records it.
+A few client commands run against both recording modes, to show the client
+needs no flags for either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.cluster import sshd as sshd_launcher
+from tests.cluster.launch import Cluster, launch_cluster
+from tests.conftest import LOGIN
+from tests.integration._tsh import env_for, login, run_tsh
+
+pytestmark = pytest.mark.integration
+
+USER = "rec-tester"
+PLAIN_HOST_KEY = (
+    "ssh: handshake failed: remote host presented a public key, expected a host certificate"
+)
+
+
+def _launch_node(cluster, name: str, workdir: Path, kind: str = "cert"):  # type: ignore[no-untyped-def]
+    return sshd_launcher.start_node(
+        cluster.admin,
+        cluster.name,
+        name,
+        workdir,
+        sshd=sshd_launcher.find_sshd() or "",
+        host_key_kind=kind,
+    )
+
+
+def _start(tmp_path_factory, *extra: str) -> Cluster:  # type: ignore[no-untyped-def]
+    c = launch_cluster(
+        tmp_path_factory.mktemp("rec-cluster") / "data", recording="proxy", extra_args=extra
+    )
+    c.add_user(USER, [LOGIN])
+    return c
+
+
+@pytest.fixture(scope="module")
+def rec_cluster(tmp_path_factory) -> Iterator[Cluster]:  # type: ignore[no-untyped-def]
+    """A cluster in recording proxy mode (strict host key checks), shared by the module."""
+    c = _start(tmp_path_factory)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def rec_nodes(rec_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """node1 (host certificate), plain1 (plain host key), forged1 (certificate of another CA)."""
+    started = {}
+    try:
+        for name, kind in (("node1", "cert"), ("plain1", "plain"), ("forged1", "other-ca")):
+            started[name] = _launch_node(
+                rec_cluster, name, tmp_path_factory.mktemp(f"rec-{name}"), kind
+            )
+        yield started
+    finally:
+        for n in started.values():
+            n.stop()
+
+
+@pytest.fixture(scope="module")
+def node_user(cluster) -> str:  # type: ignore[no-untyped-def]
+    cluster.add_user(USER, [LOGIN])
+    return USER
+
+
+@pytest.fixture(params=["node", "proxy"])
+def mode(request, openssh):  # type: ignore[no-untyped-def]
+    """(cluster, node) of the default node-recording cluster, or of the recording proxy one."""
+    if request.param == "node":
+        request.getfixturevalue("node_user")
+        return request.getfixturevalue("cluster"), request.getfixturevalue("node")
+    return request.getfixturevalue("rec_cluster"), request.getfixturevalue("rec_nodes")["node1"]
+
+
+def _logged_in(cluster, agent) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = env_for(cluster, agent.sock)
+    r = login(cluster, USER, env)
+    assert r.returncode == 0, r.stderr
+    return env
+
+
+def _recordings(cluster) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    return [line.split() for line in cluster.admin("recordings", "ls").splitlines()]
+
+
+def _ssh(node, *args: str, env, input: str = ""):  # type: ignore[no-untyped-def]
+    return run_tsh("ssh", f"--port={node.port}", *args, env=env, input=input)
+
+
+# --------------------------------------------------------------------------- recording
+def test_interactive_session_is_recorded(rec_cluster, rec_nodes, ssh_agent) -> None:
+    node = rec_nodes["node1"]
+    env = _logged_in(rec_cluster, ssh_agent)
+    before = {r[0] for r in _recordings(rec_cluster)}
+    child = pexpect.spawn(
+        sys.executable, ["-m", "tsh", "ssh", f"--port={node.port}", f"{LOGIN}@{node.name}"],
+        env={**env, "TERM": "xterm"}, encoding="utf-8", timeout=20, dimensions=(24, 80),
+    )  # fmt: skip
+    try:
+        child.sendline("echo recorded-$RANDOM")
+        child.expect(r"recorded-(\d+)")
+        marker = child.match.group(0)
+        child.setwinsize(33, 101)  # a window change, relayed to the node's pty
+        child.sendline("stty size")
+        child.expect("33 101")
+        child.sendline("exit 4")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 4
+
+    (new,) = [r for r in _recordings(rec_cluster) if r[0] not in before]
+    rec_id, user, login_, node_name, start, end = new
+    assert (user, login_, node_name) == (USER, LOGIN, node.name)
+    assert end != "-" and end >= start
+    shown = rec_cluster.admin("recordings", "show", rec_id)
+    assert marker in shown and "33 101" in shown
+    cast = (rec_cluster.data_dir / "recordings" / f"{rec_id}.cast").read_text().splitlines()
+    header = json.loads(cast[0])
+    assert (header["version"], header["width"], header["height"]) == (2, 80, 24)
+    assert header["teleport"]["kind"] == "shell" and header["teleport"]["exit"] == 4
+    assert _resizes(cast) == ["101x33"]
+
+
+def _resizes(lines: list[str]) -> list[str]:
+    return [e[2] for e in map(json.loads, lines[1:]) if e[1] == "r"]
+
+
+def test_exec_is_recorded_with_exit_status(rec_cluster, rec_nodes, ssh_agent) -> None:
+    node = rec_nodes["node1"]
+    env = _logged_in(rec_cluster, ssh_agent)
+    before = {r[0] for r in _recordings(rec_cluster)}
+    r = _ssh(node, f"{LOGIN}@{node.name}", "echo exec-out; echo exec-err >&2; exit 5", env=env)
+    assert (r.returncode, r.stdout) == (5, "exec-out\n")
+    assert "exec-err" in r.stderr
+    (new,) = [x for x in _recordings(rec_cluster) if x[0] not in before]
+    shown = rec_cluster.admin("recordings", "show", new[0])
+    assert "exec-out" in shown and "exec-err" in shown
+
+
+# --------------------------------------------------------------------------- both modes
+def test_exec_stdin_and_exit_status(mode, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    cluster, node = mode
+    env = _logged_in(cluster, ssh_agent)
+    r = _ssh(node, f"{LOGIN}@{node.name}", "cat; exit 7", env=env, input="through-the-proxy")
+    assert (r.returncode, r.stdout) == (7, "through-the-proxy"), r.stderr
+
+
+def test_scp_and_sftp(mode, ssh_agent, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster, node = mode
+    env = _logged_in(cluster, ssh_agent)
+    src = tmp_path / "payload.bin"
+    src.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    remote = tmp_path / "remote"  # the node is this machine: its paths are ours
+    remote.mkdir()
+    r = run_tsh("scp", "-P", str(node.port), str(src), f"{LOGIN}@{node.name}:{remote}/", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (remote / "payload.bin").read_bytes() == src.read_bytes()
+
+    # sftp with the ssh_config `tsh config` writes (the all-OpenSSH ProxyCommand form)
+    cfg = tmp_path / "ssh_config"
+    conf = run_tsh("config", f"--port={node.port}", "--proxy-command=openssh", env=env)
+    assert conf.returncode == 0, conf.stderr
+    cfg.write_text(conf.stdout)
+    batch = f"get {remote}/payload.bin {tmp_path}/back.bin\nput {src} {remote}/up.bin\n"
+    s = subprocess.run(
+        [openssh.sftp, "-F", str(cfg), "-b", "-", f"{LOGIN}@{node.name}.{cluster.name}"],
+        input=batch, capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert s.returncode == 0, s.stderr
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert (remote / "up.bin").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("form", ["tsh", "openssh"])
+def test_tsh_config_forms(mode, ssh_agent, openssh, tmp_path, form) -> None:  # type: ignore[no-untyped-def]
+    cluster, node = mode
+    env = _logged_in(cluster, ssh_agent)
+    conf = run_tsh("config", f"--port={node.port}", f"--proxy-command={form}", env=env)
+    assert conf.returncode == 0, conf.stderr
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(conf.stdout)
+    r = subprocess.run(
+        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", f"{LOGIN}@{node.name}.{cluster.name}",
+         "echo", f"via-{form}"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, f"via-{form}\n"), r.stderr
+
+
+# --------------------------------------------------------------------------- agent
+def test_agent_forwarding_to_the_node_stays_opt_in(
+    rec_cluster, rec_nodes, ssh_agent, openssh
+) -> None:
+    node = rec_nodes["node1"]
+    env = _logged_in(rec_cluster, ssh_agent)
+    without = _ssh(node, f"{LOGIN}@{node.name}", 'echo "agent=${SSH_AUTH_SOCK:-none}"', env=env)
+    assert without.stdout == "agent=none\n", without.stderr
+    with_a = _ssh(node, "-A", f"{LOGIN}@{node.name}", "ssh-add -L", env=env)
+    assert with_a.returncode == 0, with_a.stderr
+    assert "-cert-v01@openssh.com" in with_a.stdout
+
+
+def test_proxy_command_without_forward_agent_gets_the_fix(
+    rec_cluster, rec_nodes, ssh_agent, openssh, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The seed page's hand-written ProxyCommand, minus its `ForwardAgent yes`."""
+    node = rec_nodes["node1"]
+    env = _logged_in(rec_cluster, ssh_agent)
+    home = Path(env["TELEPORT_HOME"])
+    known_hosts = next(home.rglob("known_hosts"))
+    host, port = rec_cluster.ssh_proxy_addr.rsplit(":", 1)
+    common = f"-o UserKnownHostsFile={known_hosts} -o BatchMode=yes -F /dev/null"
+    proxy_cmd = (
+        f"ssh {common} -o ForwardAgent=no -o HostKeyAlias={host} -p {port} %r@{host} "
+        f"-s proxy:%h:%p@{rec_cluster.name}"
+    )
+    r = subprocess.run(
+        [openssh.ssh, *common.split(), "-o", f"ProxyCommand={proxy_cmd}", "-p", str(node.port),
+         "-o", f"HostKeyAlias={node.name}.{rec_cluster.name}", f"{LOGIN}@{node.name}", "true"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert r.returncode == 255
+    assert "no agent was forwarded to the proxy" in r.stderr
+    assert "ForwardAgent yes" in r.stderr
+    assert r.stderr.count("no agent was forwarded") == 1
+
+
+def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`-k no` and no ssh-agent at all: `tsh proxy ssh` forwards a private agent; `tsh ssh`
+    (plain OpenSSH in its ProxyCommand) cannot, and the proxy's error names the fix."""
+    node = rec_nodes["node1"]
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = env_for(rec_cluster, TMPDIR=str(tmpdir))
+    r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
+    assert r.returncode == 0, r.stderr
+    conf = run_tsh("config", f"--port={node.port}", env=env)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(conf.stdout)
+    r = subprocess.run(
+        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
+         f"{LOGIN}@{node.name}.{rec_cluster.name}", "echo", "private-agent"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "private-agent\n"), r.stderr
+    assert not list(tmpdir.glob("tsh-agent-*"))  # stopped and removed after the session
+
+    r = _ssh(node, f"{LOGIN}@{node.name}", "true", env=env)
+    assert r.returncode == 255
+    assert "no agent was forwarded to the proxy" in r.stderr
+    assert "SSH_AUTH_SOCK" in r.stderr and "tsh login" in r.stderr
+
+
+# --------------------------------------------------------------------------- host keys
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("plain1", PLAIN_HOST_KEY), ("forged1", "ssh: handshake failed: ssh: no authorities for")],
+)
+def test_untrusted_node_host_keys_are_refused(
+    rec_cluster, rec_nodes, ssh_agent, name, message
+) -> None:  # type: ignore[no-untyped-def]
+    node = rec_nodes[name]
+    env = _logged_in(rec_cluster, ssh_agent)
+    r = _ssh(node, f"{LOGIN}@{node.name}", "echo should-not-run", env=env)
+    assert r.returncode == 255
+    assert "should-not-run" not in r.stdout
+    assert message in r.stderr, r.stderr
+    assert "Accepted publickey" not in node.log()  # the agent was never used on it
+
+
+def test_proxy_checks_host_keys_no_lets_a_plain_key_through(
+    tmp_path_factory, ssh_agent, openssh
+) -> None:  # type: ignore[no-untyped-def]
+    lax = _start(tmp_path_factory, "--proxy-checks-host-keys", "no")
+    node = None
+    try:
+        node = _launch_node(lax, "plain1", tmp_path_factory.mktemp("lax-plain"), "plain")
+        env = _logged_in(lax, ssh_agent)
+        r = _ssh(node, f"{LOGIN}@{node.name}", "echo let-through", env=env)
+        assert (r.returncode, r.stdout) == (0, "let-through\n"), r.stderr
+        assert "proxy_checks_host_keys is off" in lax.log()
+    finally:
+        if node is not None:
+            node.stop()
+        lax.stop()
+
+
+def test_recordings_show_unknown_id(rec_cluster) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError, match="no recording"):
+        rec_cluster.admin("recordings", "show", "00000000-0000-4000-8000-000000000000")
+    with pytest.raises(RuntimeError, match="invalid recording id"):
+        rec_cluster.admin("recordings", "show", "../../etc/passwd")
+    assert all(
+        re.match(r"^[0-9a-f-]{36} ", line)
+        for line in rec_cluster.admin("recordings", "ls").splitlines()
+    )
+
+
+def test_lazy_private_agent(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
+    import asyncio
+    import time
+
+    import asyncssh
+
+    from tsh._privagent import agent_to_forward
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    cert = ca.generate_user_certificate(key, "alice", principals=[LOGIN])
+
+    async def run() -> None:
+        sock, lazy = await agent_to_forward(
+            None, key, cert, "teleport:p:c:alice", int(time.time()) + 600
+        )
+        assert lazy is not None and sock == lazy.sock
+        try:
+            assert lazy._agent is None  # nothing started yet
+            agent = await asyncssh.connect_agent(sock)
+            keys = await agent.get_keys()
+            agent.close()
+            assert [k.public_data for k in keys if k.has_cert] == [cert.public_data]
+            proc = lazy._agent.proc  # type: ignore[union-attr]
+        finally:
+            lazy.close()
+        assert proc.poll() is not None
+
+    asyncio.run(run())
+    assert list(tmp_path.iterdir()) == []
