@@ -33,16 +33,16 @@ from typing import IO, Any
 from tsh._fs import atomic_write, ensure_private_dir
 
 __all__ = [
+    "CastWriter",
+    "Recording",
     "RecordingError",
     "RecordingInfo",
-    "Recording",
-    "CastWriter",
-    "recordings_dir",
-    "new_recording_id",
-    "read_recording",
-    "list_recordings",
     "format_listing",
     "iso_utc",
+    "list_recordings",
+    "new_recording_id",
+    "read_recording",
+    "recordings_dir",
 ]
 
 _ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
