@@ -103,7 +103,7 @@ def _run(coro_factory: Callable[[], object]) -> object:
 
 
 async def _connect(sock: str):  # type: ignore[no-untyped-def]
-    import asyncssh
+    from ._asyncssh import asyncssh
 
     try:
         return await asyncssh.connect_agent(sock)
@@ -125,7 +125,7 @@ def load_into_agent(
     AgentError if the agent refuses the key or does not hold the certificate
     afterwards; then no key with ``comment`` is left behind.
     """
-    import asyncssh
+    from ._asyncssh import asyncssh
 
     lifetime = int(valid_before - (time.time() if now is None else now))
     if lifetime <= 0:
@@ -209,7 +209,7 @@ def ensure_agent_key(
         cert_text = _fs.read_text(paths.ssh_cert(profile.cluster))
     except OSError:
         return f"the certificate of {profile.name} is missing; run `tsh login` again"
-    import asyncssh
+    from ._asyncssh import asyncssh
 
     try:
         cert = asyncssh.import_certificate(cert_text.strip())

@@ -71,7 +71,7 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
     Raises:
         CertificateError: with a one-line reason for any failed check.
     """
-    import asyncssh
+    from ._asyncssh import asyncssh
     from cryptography.hazmat.primitives.serialization import (
         SSHCertificate,
         SSHCertificateType,

@@ -36,7 +36,7 @@ async def holds_certificate(sock: str | None, cert: Any) -> bool:
     """Does the agent at ``sock`` hold ``cert`` (an asyncssh certificate)? False on errors."""
     if not sock:
         return False
-    import asyncssh
+    from ._asyncssh import asyncssh
 
     try:
         agent = await asyncssh.connect_agent(sock)
@@ -67,7 +67,7 @@ class PrivateAgent:
             OSError: no ssh-agent binary, or it did not start.
             ValueError: the agent refused the key.
         """
-        import asyncssh
+        from ._asyncssh import asyncssh
 
         binary = shutil.which("ssh-agent")
         if binary is None:

@@ -217,7 +217,7 @@ class _Job:
         self.private_agent: Any = None
 
     async def run(self) -> int:
-        import asyncssh
+        from ._asyncssh import asyncssh
 
         ssh_host, ssh_port = split_host_port(self.profile.ssh_proxy_addr, 3023)
         known_hosts = self._trusted_cas(asyncssh)
@@ -454,7 +454,7 @@ async def _pump(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str]) -> int:
 
 async def _session(conn: Any, subsystem: str, io: _StdIO, stderr: IO[str],
                    state: dict[str, Any], done: asyncio.Future[None], out_transport: Any) -> int:
-    import asyncssh
+    from ._asyncssh import asyncssh
 
     loop = asyncio.get_running_loop()
 
