@@ -3,13 +3,17 @@
 `tsh ssh` and `tsh scp` end here. Before exec, the profile must be usable:
 logged in, the certificate still valid (or renewed through a caller-supplied
 relogin, which needs a terminal), and for `-k only` profiles the key back in
-the agent. Then the process is replaced by OpenSSH: no Python in the data path.
+the agent. Then the process is replaced by OpenSSH. No Python stays in the
+data path unless the profile needs it: when the user's agent does not hold the
+profile's certificate, a recording proxy could not use the forwarded agent, so
+the ProxyCommand becomes `tsh proxy ssh` (see proxy_via).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,7 +21,7 @@ from ._exceptions import NotLoggedInError, UsageError
 from ._profile import Profile
 from ._store import ProfileStore
 
-__all__ = ["usable_profile", "find_binary", "exec_argv"]
+__all__ = ["usable_profile", "find_binary", "agent_holds_certificate", "proxy_via", "exec_argv"]
 
 
 def usable_profile(
@@ -62,6 +66,44 @@ def find_binary(name: str) -> str:
     if path is None:
         raise UsageError(f"cannot find OpenSSH's `{name}` on PATH; install the OpenSSH client")
     return path
+
+
+def agent_holds_certificate(cert_path: os.PathLike[str] | str, sock: str | None) -> bool:
+    """Does the agent at ``sock`` hold the certificate stored at ``cert_path``?
+
+    Asks OpenSSH's ``ssh-add -L`` and compares key blobs as text: cheaper than
+    importing an SSH library on every `tsh ssh`.
+    """
+    ssh_add = shutil.which("ssh-add")
+    if not sock or ssh_add is None:
+        return False
+    try:
+        with open(cert_path, encoding="ascii") as f:
+            blob = f.read().split()[1]
+        listed = subprocess.run(
+            [ssh_add, "-L"], capture_output=True, text=True, timeout=10,
+            env={**os.environ, "SSH_AUTH_SOCK": sock},
+        ).stdout  # fmt: skip
+    except (OSError, IndexError, UnicodeDecodeError, subprocess.SubprocessError):
+        return False
+    return any(line.split()[1:2] == [blob] for line in listed.splitlines())
+
+
+def proxy_via(profile: Profile, store: ProfileStore) -> tuple[str, ...]:
+    """How OpenSSH should reach the proxy for ``profile``.
+
+    ``()``: a plain OpenSSH ProxyCommand, forwarding the user's agent (it holds
+    the certificate). Otherwise the command that runs tsh, for a `tsh proxy ssh`
+    ProxyCommand, which forwards a private agent holding the on-disk key.
+    """
+    if profile.key_storage == "agent":
+        return ()  # the key exists only in the agent; ensure_agent_key put it there
+    cert = store.paths_for(profile).ssh_cert(profile.cluster)
+    if agent_holds_certificate(cert, os.environ.get("SSH_AUTH_SOCK")):
+        return ()
+    from ._sshconfig_file import tsh_executable
+
+    return tsh_executable()
 
 
 def exec_argv(argv: Sequence[str]) -> None:

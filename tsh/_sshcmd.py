@@ -11,7 +11,10 @@ stays in the data path. What they hand OpenSSH:
   when the private key lives only in the agent, ``-k only``);
 - a ProxyCommand that is plain OpenSSH again: ``ssh -s`` to the proxy's SSH
   port opening ``proxy:<host>:%p@<cluster>``, with the agent forwarded to the
-  proxy (a recording proxy logs in to the node with it).
+  proxy (a recording proxy logs in to the node with it). When the user's agent
+  does not hold the profile's certificate, that forwarded agent would be
+  useless to a recording proxy, so the caller passes ``via_tsh`` and the
+  ProxyCommand is `tsh proxy ssh`, which forwards a private agent instead.
 
 Every name is validated (tsh._names) before it is put on a command line, and
 the ProxyCommand, which OpenSSH runs through the user's shell, quotes every
@@ -28,6 +31,7 @@ from ._exceptions import UsageError
 from ._names import validate_cluster_name, validate_host, validate_login, validate_path
 from ._profile import Profile, ProfilePaths, split_host_port
 from ._proxycmd import clean_target_host, subsystem_name
+from ._sshconfig import DEFAULT_NODE_PORT, tsh_proxy_command
 
 __all__ = [
     "SSHRequest",
@@ -41,7 +45,6 @@ __all__ = [
     "scp_argv",
 ]
 
-DEFAULT_NODE_PORT = 3022
 
 
 @dataclass(frozen=True)
@@ -175,13 +178,21 @@ def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str
     return " ".join(w if w == "%r" else shlex.quote(w) for w in words)
 
 
-def _common(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> list[str]:
+def _common(
+    profile: Profile, paths: ProfilePaths, host: str, cluster: str, via_tsh: Sequence[str]
+) -> list[str]:
     alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
+    if via_tsh:
+        validate_path(via_tsh[0])
+        proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, 3080)
+        command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port)
+    else:
+        command = proxy_command(profile, paths, host, cluster)
     return [
         *identity_options(profile, paths, cluster),
         "-o", f"HostKeyAlias={alias}",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"ProxyCommand={proxy_command(profile, paths, host, cluster)}",
+        "-o", f"ProxyCommand={command}",
     ]  # fmt: skip
 
 
@@ -192,11 +203,13 @@ def ssh_argv(
     destination: str,
     command: Sequence[str] = (),
     ssh: str = "ssh",
+    via_tsh: Sequence[str] = (),
 ) -> list[str]:
     """The full ``ssh`` command line for `tsh ssh` (argv[0] is ``ssh``).
 
     The user's own ``-o`` options come first: for each keyword OpenSSH keeps
-    the first value it sees, so they override ours.
+    the first value it sees, so they override ours. ``via_tsh`` (how to run
+    tsh, e.g. ``("/usr/bin/tsh",)``) makes the ProxyCommand `tsh proxy ssh`.
 
     Raises:
         UsageError (InvalidNameError): an unsafe destination, login or cluster.
@@ -206,7 +219,7 @@ def ssh_argv(
     argv = [ssh]
     for option in request.options:
         argv += ["-o", option]
-    argv += _common(profile, paths, host, cluster)
+    argv += _common(profile, paths, host, cluster, via_tsh)
     argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
     if login:
         argv += ["-l", login]
@@ -251,6 +264,7 @@ def scp_argv(
     recursive: bool = False,
     preserve: bool = False,
     scp: str = "scp",
+    via_tsh: Sequence[str] = (),
 ) -> list[str]:
     """The full ``scp`` command line for `tsh scp` (SOURCE... TARGET in ``args``).
 
@@ -263,6 +277,6 @@ def scp_argv(
         argv.append("-r")
     if preserve:
         argv.append("-p")
-    argv += _common(profile, paths, host, cluster or profile.cluster)
+    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh)
     argv += ["-P", str(port or DEFAULT_NODE_PORT), "--", *args]
     return argv

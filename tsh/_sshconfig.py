@@ -34,6 +34,7 @@ __all__ = [
     "merge",
     "parse_openssh_version",
     "render",
+    "tsh_proxy_command",
 ]
 
 BEGIN_MARKER = "# Begin generated Teleport configuration for "
@@ -119,12 +120,20 @@ def _check(p: SSHConfigParams) -> None:
                 raise UsageError(f"unexpected word {word!r} in the tsh command")
 
 
+def tsh_proxy_command(
+    executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int
+) -> str:
+    """``"<tsh>" proxy ssh --cluster=C --proxy=HOST:PORT %r@%h:%p`` (values already validated).
+
+    ``executable`` is how to start tsh (see SSHConfigParams); its path is
+    double-quoted for the shell that runs ProxyCommand.
+    """
+    exe = " ".join([f'"{executable[0]}"', *executable[1:]])
+    return f"{exe} proxy ssh --cluster={cluster} --proxy={_addr(proxy_host, proxy_port)} %r@%h:%p"
+
+
 def _tsh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
-    exe = " ".join([f'"{p.executable[0]}"', *p.executable[1:]])
-    return (
-        f"{exe} proxy ssh --cluster={cluster} "
-        f"--proxy={_addr(p.proxy_host, p.proxy_port)} %r@%h:%p"
-    )
+    return tsh_proxy_command(p.executable, cluster, p.proxy_host, p.proxy_port)
 
 
 def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:

@@ -263,3 +263,12 @@ def test_no_ssh_binary(logged_in, tmp_path) -> None:  # type: ignore[no-untyped-
         [sys.executable, "-m", "tsh", "ssh", "node1", "true"], env=env, capture_output=True, text=True
     )
     assert r.returncode != 0 and "cannot find OpenSSH's `ssh`" in r.stderr
+
+
+def test_key_only_on_disk_goes_through_tsh_proxy_ssh(cluster, node, ssh_user, login_name) -> None:  # type: ignore[no-untyped-def]
+    """No agent holds the certificate: the ProxyCommand is `tsh proxy ssh`, which still works."""
+    env = env_for(cluster)  # no SSH_AUTH_SOCK at all
+    assert login(cluster, ssh_user, env, "--add-keys-to-agent=no").returncode == 0
+    r = tsh_ssh(node, login_name, "echo on-disk-key", "-o", "LogLevel=DEBUG1", env=env)
+    assert (r.returncode, r.stdout) == (0, "on-disk-key\n"), r.stderr
+    assert "proxy ssh --cluster=" in r.stderr  # ssh -v shows the ProxyCommand it ran

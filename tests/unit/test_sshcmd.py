@@ -175,3 +175,18 @@ def test_scp_argv(paths):
 def test_scp_refuses(paths, args, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[")):
         scp_argv(PROFILE, paths, args)
+
+
+def test_via_tsh_uses_tsh_proxy_ssh(paths):
+    argv = ssh_argv(PROFILE, paths, SSHRequest(), "node1", via_tsh=("/opt/tsh dir/tsh",))
+    cfg = ssh_G(argv)
+    assert shlex.split(cfg["proxycommand"]) == [
+        "/opt/tsh dir/tsh", "proxy", "ssh", "--cluster=example.com",
+        "--proxy=proxy.example.com:3080", "%r@%h:%p",
+    ]  # fmt: skip
+    assert cfg["hostkeyalias"] == "node1.example.com"
+
+
+def test_via_tsh_refuses_an_unsafe_executable(paths):
+    with pytest.raises(InvalidNameError):
+        ssh_argv(PROFILE, paths, SSHRequest(), "node1", via_tsh=('/tmp/"$(id)"/tsh',))

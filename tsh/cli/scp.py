@@ -25,7 +25,7 @@ def scp(
     ),
 ) -> None:
     """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
-    from .._openssh import exec_argv, find_binary, usable_profile
+    from .._openssh import exec_argv, find_binary, proxy_via, usable_profile
     from .._sshcmd import scp_argv, scp_remote_host
     from .._store import ProfileStore
     from ._relogin import terminal_relogin
@@ -42,6 +42,7 @@ def scp(
         recursive=recursive,
         preserve=preserve,
         scp=find_binary("scp"),
+        via_tsh=proxy_via(profile, store),
     )
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)

@@ -38,7 +38,7 @@ def ssh(
 ) -> None:
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
-    from .._openssh import exec_argv, find_binary, usable_profile
+    from .._openssh import exec_argv, find_binary, proxy_via, usable_profile
     from .._sshcmd import SSHRequest, parse_destination, ssh_argv
     from .._store import ProfileStore
     from ._relogin import terminal_relogin
@@ -67,6 +67,7 @@ def ssh(
         destination,
         tuple(command or ()),
         ssh=find_binary("ssh"),
+        via_tsh=proxy_via(profile, store),
     )
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
