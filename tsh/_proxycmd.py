@@ -163,7 +163,7 @@ def proxy_ssh(
     from ._store import ProfileStore
 
     store = ProfileStore()
-    profile = _load_profile(store, proxy)
+    profile = store.select(proxy)
     tgt = parse_target(target)
     root = profile.root_cluster or profile.cluster
     cluster = validate_cluster_name(cluster) if cluster else root
@@ -179,22 +179,6 @@ def proxy_ssh(
         stderr=stderr or sys.stderr,
     )
     return asyncio.run(job.run())
-
-
-def _load_profile(store: Any, proxy: str | None) -> Profile:
-    if proxy:
-        try:
-            host, _ = split_host_port(proxy, 3080)
-        except ValueError as e:
-            raise UsageError(f"invalid --proxy: {e}") from None
-        try:
-            return store.load(host)  # type: ignore[no-any-return]
-        except ProfileError:
-            raise NotLoggedInError(f"not logged in to {host}; run: tsh login --proxy={proxy}") from None
-    profile = store.current()
-    if profile is None:
-        raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
-    return profile  # type: ignore[no-any-return]
 
 
 def _local_login() -> str:

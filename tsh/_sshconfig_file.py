@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from . import _fs
-from ._exceptions import NotLoggedInError, ProfileError, UsageError
+from ._exceptions import ProfileError, UsageError
 from ._profile import Profile, split_host_port
 from ._sshconfig import DEFAULT_NODE_PORT, SSHConfigParams, merge, parse_openssh_version, render
 from ._store import ProfileStore
 
-__all__ = ["load_profile", "openssh_version", "ssh_config", "tsh_executable", "update_ssh_config"]
+__all__ = ["openssh_version", "ssh_config", "tsh_executable", "update_ssh_config"]
 
 
 def openssh_version(ssh: str = "ssh") -> tuple[int, int] | None:
@@ -46,29 +46,6 @@ def tsh_executable() -> tuple[str, ...]:
     if found:
         return (str(Path(found).absolute()),)
     return (sys.executable, "-m", "tsh")
-
-
-def load_profile(store: ProfileStore, proxy: str | None) -> Profile:
-    """The profile for ``proxy`` (``HOST[:PORT]``), else the current one.
-
-    Raises:
-        NotLoggedInError: no such profile.
-    """
-    if proxy:
-        try:
-            host, _ = split_host_port(proxy, 3080)
-        except ValueError as e:
-            raise UsageError(f"invalid --proxy: {e}") from None
-        try:
-            return store.load(host)
-        except ProfileError:
-            raise NotLoggedInError(
-                f"not logged in to {host}; run: tsh login --proxy={proxy}"
-            ) from None
-    profile = store.current()
-    if profile is None:
-        raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
-    return profile
 
 
 def ssh_config(

@@ -41,11 +41,11 @@ def config(
     configuration.
     """
     # Imported here: the CLI module must not pay for them at start-up.
-    from .._sshconfig_file import load_profile, openssh_version, ssh_config, update_ssh_config
+    from .._sshconfig_file import openssh_version, ssh_config, update_ssh_config
     from .._store import ProfileStore
 
     store = ProfileStore()
-    profile = load_profile(store, proxy)
+    profile = store.select(proxy)
     text = ssh_config(
         profile,
         store,
