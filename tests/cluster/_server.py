@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ._ca import Authority
 from ._config import ServerConfig
-from ._sshproxy import FORWARDERS, start_ssh_proxy
+from ._sshproxy import start_ssh_proxy
 from ._state import ClusterState, StateError
 from ._web import WebAPI, make_app, server_ssl_context
 
@@ -24,10 +24,6 @@ log = logging.getLogger("tests.cluster")
 
 async def serve(state: ClusterState, config: ServerConfig, web_port: int, ssh_port: int) -> None:
     """Serve until a stop signal; prints one JSON readiness line on stdout when listening."""
-    if config.recording not in FORWARDERS:
-        raise StateError(
-            f"recording mode {config.recording!r} is not supported yet: use 'node' or 'off'"
-        )
     authority = Authority.load(state)
     cert_path, key_path = authority.https_identity(state.proxy_dir)
 
