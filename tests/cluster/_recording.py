@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from ._asciicast import CastWriter, RecordingInfo, new_recording_id, recordings_dir
+from ._auth import UserCertServer
 
 if TYPE_CHECKING:
     from ._state import Node
@@ -249,10 +250,11 @@ def _key_id(key_data: bytes) -> str:
     return raw.key_id.decode("utf-8", "replace") if isinstance(raw, SSHCertificate) else ""
 
 
-class _InnerServer(asyncssh.SSHServer):
+class _InnerServer(UserCertServer):
     """The SSH server the user's ssh talks to inside the ``proxy:`` channel."""
 
     def __init__(self, ctx: _Context, node: Node, agent_path: str, peer: object):
+        super().__init__(ctx.authority.user_ca)
         self._ctx = ctx
         self.node = node
         self._agent_path = agent_path
@@ -279,24 +281,6 @@ class _InnerServer(asyncssh.SSHServer):
             return ok
 
         conn.validate_public_key = validate_and_note  # type: ignore[method-assign]
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return False
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return key.public_data == self._ctx.authority.user_ca.public_data
 
     def auth_completed(self) -> None:
         assert self._conn is not None

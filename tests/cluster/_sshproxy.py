@@ -19,6 +19,7 @@ from typing import Protocol
 
 import asyncssh
 
+from ._auth import UserCertServer
 from ._ca import Authority
 from ._config import ServerConfig
 from ._recording import RecordingForwarder
@@ -242,30 +243,10 @@ class _Proxy:
         )
 
 
-class _ProxyServer(asyncssh.SSHServer):
-    """Accepts only user certificates from the user CA whose principals include the user."""
-
+class _ProxyServer(UserCertServer):
     def __init__(self, proxy: _Proxy):
+        super().__init__(proxy.authority.user_ca)
         self._proxy = proxy
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return False  # bare keys never; certificates only
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        # asyncssh then checks type, validity window and that `username` is a principal.
-        return key.public_data == self._proxy.authority.user_ca.public_data
 
     def session_requested(self) -> _ProxySession:
         return _ProxySession(self._proxy)
