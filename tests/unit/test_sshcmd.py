@@ -7,7 +7,6 @@ with the command line; it makes no connection.
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 
 import pytest
@@ -31,23 +30,26 @@ def paths(tmp_path):
     return ProfileStore(tmp_path / "tsh home").paths("proxy.example.com", "joe")
 
 
-def ssh_G(argv: list[str]) -> dict[str, str]:
-    """Resolve ``argv`` (an ssh command line) with ``ssh -G``: keyword -> value."""
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        pytest.skip("OpenSSH client not installed")
-    # ssh -G needs the destination but ignores a remote command.
-    out = subprocess.run(
-        [ssh, "-G", "-F", "/dev/null", *argv[1:]], capture_output=True, text=True, check=True
-    ).stdout
-    resolved: dict[str, str] = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        resolved.setdefault(key, value)
-    return resolved
+@pytest.fixture
+def ssh_G(openssh):  # type: ignore[no-untyped-def]
+    """Resolve an ssh command line with OpenSSH's ``ssh -G``: keyword -> value."""
+
+    def resolve(argv: list[str]) -> dict[str, str]:
+        # ssh -G needs the destination but ignores a remote command.
+        out = subprocess.run(
+            [openssh.ssh, "-G", "-F", "/dev/null", *argv[1:]],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        resolved: dict[str, str] = {}
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            resolved.setdefault(key, value)
+        return resolved
+
+    return resolve
 
 
-def test_ssh_argv_resolves_as_intended(paths):
+def test_ssh_argv_resolves_as_intended(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(port=22), "root@node1", ["echo", "hi"])
     assert argv[-3:] == ["node1", "echo", "hi"] and argv[-4] == "--"
     cfg = ssh_G(argv[:-2])
@@ -66,7 +68,7 @@ def test_ssh_argv_resolves_as_intended(paths):
     assert "ForwardAgent=yes" in proxy and "HostKeyAlias=proxy.example.com" in proxy
 
 
-def test_fqdn_destination_is_not_suffixed_twice(paths):
+def test_fqdn_destination_is_not_suffixed_twice(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(), "node1.example.com")
     cfg = ssh_G(argv)
     assert cfg["hostkeyalias"] == "node1.example.com"
@@ -74,7 +76,7 @@ def test_fqdn_destination_is_not_suffixed_twice(paths):
     assert shlex.split(cfg["proxycommand"])[-1] == "proxy:node1:%p@example.com"
 
 
-def test_flags_pass_through_and_user_options_win(paths):
+def test_flags_pass_through_and_user_options_win(paths, ssh_G):
     request = SSHRequest(
         login="admin",
         forward_agent=True,
@@ -94,7 +96,7 @@ def test_flags_pass_through_and_user_options_win(paths):
     assert cfg["stricthostkeychecking"] == "false"  # the user's -o came first
 
 
-def test_agent_only_profile_uses_the_public_key(paths):
+def test_agent_only_profile_uses_the_public_key(paths, ssh_G):
     profile = Profile(**{**PROFILE.__dict__, "key_storage": "agent"})
     cfg = ssh_G(ssh_argv(profile, paths, SSHRequest(), "node1"))
     assert cfg["identityfile"] == str(paths.public_key)
@@ -108,7 +110,7 @@ def test_proxy_command_quotes_paths_with_spaces(paths):
     assert " " in str(paths.known_hosts)
 
 
-def test_leaf_cluster(paths):
+def test_leaf_cluster(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(cluster="leaf"), "node2")
     cfg = ssh_G(argv)
     assert cfg["hostkeyalias"] == "node2.leaf"
@@ -177,7 +179,7 @@ def test_scp_refuses(paths, args, message):
         scp_argv(PROFILE, paths, args)
 
 
-def test_via_tsh_uses_tsh_proxy_ssh(paths):
+def test_via_tsh_uses_tsh_proxy_ssh(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(), "node1", via_tsh=("/opt/tsh dir/tsh",))
     cfg = ssh_G(argv)
     assert shlex.split(cfg["proxycommand"]) == [
