@@ -9,6 +9,7 @@ httpx, keyring) are imported inside the actions that use them, so that
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -54,7 +55,8 @@ app.add_typer(proxy.app, name="proxy")
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status instead of raising.
 
-    Library errors become one line on stderr and their exit code, never a traceback.
+    Library errors and bad usage become one line on stderr and their exit
+    code; an unexpected exception too (``TSH_DEBUG=1`` re-raises it).
     """
     try:
         # Without standalone mode click returns (not raises) a typer.Exit's code.
@@ -69,10 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # click's usage errors
-        show = getattr(e, "show", None)
-        if show is None:
+    except Exception as e:
+        # Click's own errors (bad usage) know how to word themselves; typer
+        # vendors click, so they are recognised by that method, not by class.
+        message = getattr(e, "format_message", None)
+        if message is not None:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            if message():  # empty after "no arguments: here is the help"
+                print(f"error: {message()}{hint}", file=sys.stderr)
+            return int(getattr(e, "exit_code", 2))
+        if os.environ.get("TSH_DEBUG"):
             raise
-        show()
-        return getattr(e, "exit_code", 2)
+        print(
+            f"error: internal error: {type(e).__name__}: {e} (TSH_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return rc if isinstance(rc, int) else 0

@@ -1,0 +1,43 @@
+"""tsh.cli.main: every failure is one line on stderr and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tsh import cli
+from tsh.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["status", "--bogus"], "No such option: --bogus (see 'tsh status -h')"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["login", "--proxy=x", "--ttl=abc"], "'abc' is not a valid int"),
+        (["ssh"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+
+
+def test_unexpected_exception_is_one_line_unless_debugging(capsys, monkeypatch):
+    def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(cli.version, "version", boom)
+    monkeypatch.setattr(cli.app.registered_commands[0], "callback", boom)
+    monkeypatch.delenv("TSH_DEBUG", raising=False)
+    assert main(["version"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: internal error: RuntimeError: kaboom (TSH_DEBUG=1 shows the traceback)\n"
+    monkeypatch.setenv("TSH_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["version"])
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith("tsh-py v")
