@@ -181,9 +181,10 @@ def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str
 def _common(
     profile: Profile, paths: ProfilePaths, host: str, cluster: str, via_tsh: Sequence[str]
 ) -> list[str]:
+    # The cluster (--cluster) ends up in HostKeyAlias and in the ProxyCommand shell line.
+    validate_cluster_name(cluster)
     alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
     if via_tsh:
-        validate_path(via_tsh[0])
         proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, 3080)
         command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port)
     else:

@@ -123,11 +123,19 @@ def _check(p: SSHConfigParams) -> None:
 def tsh_proxy_command(
     executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int
 ) -> str:
-    """``"<tsh>" proxy ssh --cluster=C --proxy=HOST:PORT %r@%h:%p`` (values already validated).
+    """``"<tsh>" proxy ssh --cluster=C --proxy=HOST:PORT %r@%h:%p``.
 
     ``executable`` is how to start tsh (see SSHConfigParams); its path is
-    double-quoted for the shell that runs ProxyCommand.
+    double-quoted for the shell that runs ProxyCommand. Every value is
+    validated here, because OpenSSH hands this line to a shell.
+
+    Raises:
+        InvalidNameError: an unsafe cluster, host, port or path.
     """
+    validate_cluster_name(cluster)
+    validate_host(proxy_host, "proxy host")
+    validate_port(proxy_port)
+    validate_path(executable[0])
     exe = " ".join([f'"{executable[0]}"', *executable[1:]])
     return f"{exe} proxy ssh --cluster={cluster} --proxy={_addr(proxy_host, proxy_port)} %r@%h:%p"
 

@@ -142,6 +142,15 @@ def test_bad_cluster_is_refused(paths):
         ssh_argv(PROFILE, paths, SSHRequest(cluster="*"), "node1")
 
 
+@pytest.mark.parametrize("cluster", ["x;touch /tmp/pwned", "*", "a b"])
+def test_bad_cluster_is_refused_via_tsh(paths, cluster):
+    # The tsh proxy ssh ProxyCommand puts --cluster into a shell line.
+    with pytest.raises(InvalidNameError):
+        ssh_argv(PROFILE, paths, SSHRequest(cluster=cluster), "node1", via_tsh=("/usr/bin/tsh",))
+    with pytest.raises(InvalidNameError):
+        scp_argv(PROFILE, paths, ["node1:/x", "."], cluster=cluster, via_tsh=("/usr/bin/tsh",))
+
+
 @pytest.mark.parametrize(
     "arg, login, host, path",
     [
