@@ -10,7 +10,7 @@
     auth sign --host=a,b,c --format=openssh --out=PATH
     nodes add NAME HOST:PORT
     nodes ls
-    demo [--wait]
+    demo [--recording proxy|node] [--wait]
 
 Admin commands take ``--data-dir DIR`` and work on a running cluster (it
 re-reads its files) or on a stopped data dir.
@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="cluster + real sshd + the OpenSSH flow, then stop")
     demo.add_argument("--wait", action="store_true", help="keep everything up until Ctrl-C")
+    demo.add_argument(
+        "--recording", choices=("proxy", "node"), default="proxy",
+        help="session recording mode (default proxy: the seed page's scenario)",
+    )
     return p
 
 
@@ -193,7 +197,7 @@ def _cmd_recordings_show(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(wait=args.wait)
+    return run_demo(wait=args.wait, recording=args.recording)
 
 
 _COMMANDS = {

@@ -44,6 +44,7 @@ class Demo:
     login: str = field(default_factory=getpass.getuser)
     user: str = "demo"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    recording: str = "proxy"
     cluster: Cluster | None = None
     node: sshd_launcher.SSHDNode | None = None
     files: dict[str, Path] = field(default_factory=dict)
@@ -105,8 +106,11 @@ class Step:
 def _start_cluster(demo: Demo) -> None:
     data = demo.workdir / "cluster"
     demo.show(["python", "-m", "tests.cluster", "start", "--data-dir", str(data),
-               "--name", "example.test"])
-    demo.cluster = launch_cluster(data, "example.test")
+               "--name", "example.test", "--recording", demo.recording])
+    if demo.recording == "proxy":
+        demo.note("session_recording: proxy -- the proxy terminates and records each session,")
+        demo.note("logging in to the node with the agent the client forwards to it")
+    demo.cluster = launch_cluster(data, "example.test", recording=demo.recording)
     print(json.dumps(demo.cluster.info))
 
 
@@ -200,6 +204,16 @@ def _tsh_ssh(demo: Demo) -> None:
     demo.tsh("ssh", f"--port={demo.node.port}", f"{demo.login}@node1", "uname -sr")
 
 
+def _recordings(demo: Demo) -> None:
+    if demo.recording != "proxy":
+        demo.note("(node recording mode: the proxy only pipes bytes and records nothing)")
+        return
+    listing = demo.admin("recordings", "ls").splitlines()
+    if not listing:
+        raise DemoError("the proxy recorded no session")
+    demo.admin("recordings", "show", listing[-1].split()[0])
+
+
 def _proxysites(demo: Demo) -> None:
     assert demo.cluster is not None
     ssh = shutil.which("ssh") or "ssh"
@@ -223,13 +237,14 @@ STEPS: list[Step] = [
     Step("tsh config: an OpenSSH block for the cluster", _tsh_config),
     Step("Plain ssh through the proxy, using that block", _plain_ssh),
     Step("tsh ssh: OpenSSH with everything set", _tsh_ssh),
+    Step("The recording proxy's recordings of those sessions", _recordings),
     Step("Clusters via the proxysites subsystem", _proxysites),
 ]
 
 
-def run_demo(wait: bool = False) -> int:
+def run_demo(wait: bool = False, recording: str = "proxy") -> int:
     """Run every step; with ``wait``, keep everything up until Ctrl-C. Returns an exit status."""
-    demo = Demo(Path(tempfile.mkdtemp(prefix="tsh-demo-")))
+    demo = Demo(Path(tempfile.mkdtemp(prefix="tsh-demo-")), recording=recording)
     try:
         for number, step in enumerate(STEPS, 1):
             print(f"\n{_BOLD}==> {number}. {step.title}{_RESET}")

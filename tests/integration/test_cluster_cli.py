@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -98,4 +99,9 @@ def test_demo_runs_the_openssh_flow(openssh) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     assert re.search(r"^hello from .+ as \S+$", r.stdout, re.M)
     assert '"status":"online"' in r.stdout
+    assert "teleport:127.0.0.1:example.test:demo" in r.stdout  # ssh-add -L after tsh login
+    assert "Host *.example.test 127.0.0.1" in r.stdout  # tsh config
+    # The recording proxy (the default) recorded `tsh ssh ... uname -sr`; show prints it.
+    shown = r.stdout.split("recordings show", 1)[1]
+    assert (platform.system() + " " + platform.release()) in shown
     assert r.stdout.rstrip().endswith("The OpenSSH flow works.")
