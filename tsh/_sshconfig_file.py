@@ -108,7 +108,10 @@ def update_ssh_config(path: Path, block: str, proxy_host: str) -> tuple[bool, Pa
     try:
         st = os.stat(target)
     except FileNotFoundError:
-        _fs.ensure_private_dir(target.parent)
+        # Create a missing ~/.ssh as 0700, but never re-mode an existing directory
+        # (--update-file may point into a shared one).
+        if not target.parent.is_dir():
+            _fs.ensure_private_dir(target.parent)
         _fs.atomic_write(target, block, mode=0o600)
         return True, None
     if not stat.S_ISREG(st.st_mode):

@@ -184,3 +184,36 @@ def test_host_patterns_are_lower_case() -> None:
     assert "Host *.root.example proxy.x\n" in text
     assert "Host *.root.example !proxy.x\n" in text
     assert "--cluster=Root.Example --proxy=Proxy.X:443" in text
+
+
+def test_update_creates_a_missing_directory_private(tmp_path: Path) -> None:
+    from tsh._sshconfig_file import update_ssh_config
+
+    target = tmp_path / "new" / "config"
+    assert update_ssh_config(target, BLOCK, "proxy.example.com") == (True, None)
+    assert target.read_text() == BLOCK
+    assert os.stat(target.parent).st_mode & 0o777 == 0o700
+    assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+def test_update_leaves_an_existing_directory_mode_alone(tmp_path: Path) -> None:
+    from tsh._sshconfig_file import update_ssh_config
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    update_ssh_config(shared / "config", BLOCK, "proxy.example.com")
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777
+
+
+def test_update_keeps_mode_and_a_backup(tmp_path: Path) -> None:
+    from tsh._sshconfig_file import update_ssh_config
+
+    target = tmp_path / "config"
+    target.write_text("Host a\n")
+    os.chmod(target, 0o644)
+    changed, backup = update_ssh_config(target, BLOCK, "proxy.example.com")
+    assert changed and backup is not None and backup.read_text() == "Host a\n"
+    assert target.read_text() == "Host a\n\n" + BLOCK
+    assert os.stat(target).st_mode & 0o777 == 0o644
+    assert update_ssh_config(target, BLOCK, "proxy.example.com") == (False, None)
