@@ -135,10 +135,11 @@ def _ping(
 
 @dataclass(frozen=True)
 class _Keys:
-    ssh_private: str
+    # Private keys stay out of repr(), so no traceback or log can show them.
+    ssh_private: str = field(repr=False)
     ssh_public: str
     #: v17+: the separate TLS key; None when the SSH key doubles as the TLS key.
-    tls_private: str | None
+    tls_private: str | None = field(repr=False)
     tls_public: str
 
 

@@ -316,3 +316,12 @@ def test_password_never_reaches_disk(store: ProfileStore) -> None:
     assert base64.b64encode(sentinel.encode()) not in b"".join(
         d for d, _ in snapshot(store.home).values()
     )
+
+
+@pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
+def test_private_keys_stay_out_of_repr(version: str) -> None:
+    from tsh._login import _new_keys
+
+    keys = _new_keys(version)
+    assert "PRIVATE KEY" not in repr(keys)
+    assert keys.ssh_public.split()[1] in repr(keys)
