@@ -318,15 +318,12 @@ class WebClient:
         timeout: float = 15.0,
     ) -> None:
         self.web_proxy_addr = web_proxy_addr
-        self.host = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)[0]
+        # Built by us so OpenSSL's SSL_CERT_FILE/SSL_CERT_DIR apply, not certifi's bundle.
+        context = ssl.create_default_context()
         if insecure:
-            context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        else:
-            # Built by us so OpenSSL's SSL_CERT_FILE/SSL_CERT_DIR apply, not certifi's bundle.
-            context = ssl.create_default_context()
-        port = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)[1]
+        self.host, port = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)
         self.base_url = f"https://{join_host_port(self.host, port)}"
         self._client = httpx.Client(
             base_url=self.base_url,
@@ -384,6 +381,10 @@ class WebClient:
                 ) from None
             raise ProxyConnectionError(
                 f"cannot reach the proxy at {self.base_url}: {e or type(e).__name__}"
+            ) from None
+        except httpx.DecodingError:  # e.g. a body that is not the gzip it claims to be
+            raise ProxyResponseError(
+                f"cannot decode the answer from {self.base_url}{path}; is it a Teleport proxy?"
             ) from None
         return self._decode(response.status_code, bytes(content), path)
 

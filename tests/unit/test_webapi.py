@@ -152,6 +152,12 @@ def test_huge_body_is_refused() -> None:
         c.ping()
 
 
+def test_undecodable_body_is_a_response_error() -> None:
+    c = _client(lambda r: httpx.Response(200, content=b"no gzip", headers={"Content-Encoding": "gzip"}))
+    with pytest.raises(ProxyResponseError, match="cannot decode"):
+        c.ping()
+
+
 def test_redirect_is_not_followed() -> None:
     seen = []
 
