@@ -30,7 +30,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._names import validate_cluster_name, validate_host
-from ._profile import Profile, split_host_port
+from ._profile import Profile, join_host_port, split_host_port
 
 if TYPE_CHECKING:
     import httpx
@@ -112,7 +112,7 @@ def _ping(
     host: str, port: int | None, insecure: bool, transport: httpx.BaseTransport | None
 ) -> tuple[WebClient, PingResponse]:
     """Ping the proxy; without an explicit port try 443, then 3080 (as real tsh does)."""
-    from ._webapi import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT, WebClient, join_host_port
+    from ._webapi import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT, WebClient
 
     if port:
         client = WebClient(join_host_port(host, port), insecure=insecure, transport=transport)

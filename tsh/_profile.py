@@ -18,7 +18,7 @@ from typing import Any
 
 from ._exceptions import ProfileError
 
-__all__ = ["Profile", "ProfilePaths", "split_host_port"]
+__all__ = ["Profile", "ProfilePaths", "join_host_port", "split_host_port"]
 
 #: Principals Teleport adds for its own use; never shown as logins.
 INTERNAL_PRINCIPAL_PREFIXES = ("-teleport-internal-join", "-teleport-nologin-")
@@ -45,6 +45,11 @@ def split_host_port(addr: str, default_port: int) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"invalid port in {addr!r}")
     return host, int(port)
+
+
+def join_host_port(host: str, port: int | str) -> str:
+    """``host:port``, with brackets around an IPv6 literal (the inverse of split_host_port)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -136,10 +141,6 @@ class ProfilePaths:
     @property
     def known_hosts(self) -> Path:
         return self.home / "known_hosts"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.home / ".lock"
 
     @property
     def keys_dir(self) -> Path:

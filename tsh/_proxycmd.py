@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from ._exceptions import NotLoggedInError, ProfileError, SSHError, UsageError
 from ._names import validate_cluster_name, validate_host, validate_login
-from ._profile import Profile, split_host_port
+from ._profile import Profile, join_host_port, split_host_port
 
 __all__ = [
     "Target",
@@ -115,7 +115,7 @@ def clean_target_host(host: str, proxy_host: str, cluster: str) -> str:
 
 def subsystem_name(host: str, port: str, cluster: str) -> str:
     """``proxy:<host>:<port>[@<cluster>]``; IPv6 hosts get brackets."""
-    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    addr = join_host_port(host, port)
     return f"proxy:{addr}@{cluster}" if cluster else f"proxy:{addr}"
 
 

@@ -10,7 +10,7 @@ in the agent only, and the caller warns.
 
 from __future__ import annotations
 
-__all__ = ["SERVICE", "account", "keyring_usable", "store_key", "load_key", "delete_key"]
+__all__ = ["SERVICE", "account", "store_key", "load_key", "delete_key"]
 
 SERVICE = "tsh-py"
 
@@ -37,11 +37,6 @@ def _backend():  # type: ignore[no-untyped-def]
     ]:
         return None
     return backend
-
-
-def keyring_usable() -> bool:
-    """True when a real OS keyring backend is configured."""
-    return _backend() is not None
 
 
 def store_key(proxy_host: str, user: str, cluster: str, private_key_pem: str) -> str | None:

@@ -130,8 +130,11 @@ def _opt(name: str, value: str) -> list[str]:
     return ["-o", f'{name}="{value}"']
 
 
-def identity_options(profile: Profile, paths: ProfilePaths, cluster: str) -> list[str]:
-    """``-o`` options that make OpenSSH use the profile's credentials and CAs."""
+def identity_options(profile: Profile, paths: ProfilePaths) -> list[str]:
+    """``-o`` options that make OpenSSH use the profile's credentials and CAs.
+
+    The certificate is the profile cluster's for every cluster, as real tsh does.
+    """
     known_hosts = validate_path(str(paths.known_hosts))
     cert = validate_path(str(paths.ssh_cert(profile.cluster)))
     opts = [
@@ -167,7 +170,7 @@ def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str
         "-o", "GlobalKnownHostsFile=/dev/null",
         # The proxy's host certificate names the proxy host, not "[host]:3023".
         "-o", f"HostKeyAlias={proxy_host}",
-        *identity_options(profile, paths, cluster),
+        *identity_options(profile, paths),
         "-p", str(ssh_port),
         "-l", "%r",
         "-s", ssh_host,
@@ -190,7 +193,7 @@ def _common(
     else:
         command = proxy_command(profile, paths, host, cluster)
     return [
-        *identity_options(profile, paths, cluster),
+        *identity_options(profile, paths),
         "-o", f"HostKeyAlias={alias}",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"ProxyCommand={command}",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._exceptions import UsageError
+from ._profile import join_host_port
 from ._names import (
     validate_cluster_name,
     validate_host,
@@ -90,10 +91,6 @@ def parse_openssh_version(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _check(p: SSHConfigParams) -> None:
     if not p.clusters:
         raise UsageError("the profile knows no cluster; log in again")
@@ -137,7 +134,7 @@ def tsh_proxy_command(
     validate_port(proxy_port)
     validate_path(executable[0])
     exe = " ".join([f'"{executable[0]}"', *executable[1:]])
-    return f"{exe} proxy ssh --cluster={cluster} --proxy={_addr(proxy_host, proxy_port)} %r@%h:%p"
+    return f"{exe} proxy ssh --cluster={cluster} --proxy={join_host_port(proxy_host, proxy_port)} %r@%h:%p"
 
 
 def _tsh_proxy_command(p: SSHConfigParams, cluster: str) -> str:

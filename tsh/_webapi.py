@@ -29,7 +29,7 @@ from ._exceptions import (
     ProxyResponseError,
     ProxyTLSError,
 )
-from ._profile import split_host_port
+from ._profile import join_host_port, split_host_port
 
 __all__ = [
     "DEFAULT_WEB_PORT",
@@ -38,7 +38,6 @@ __all__ = [
     "LoginResponse",
     "PingResponse",
     "WebClient",
-    "join_host_port",
     "parse_go_duration",
     "parse_login_response",
     "parse_ping",
@@ -137,11 +136,6 @@ class LoginResponse:
     #: The TLS client certificate, PEM.
     tls_cert: str
     host_signers: tuple[HostSigner, ...]
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``host:port``, with brackets around an IPv6 literal."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bad(what: str, status: int | None = None) -> ProxyResponseError:
