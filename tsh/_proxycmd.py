@@ -205,13 +205,15 @@ class _Job:
 
         ssh_host, ssh_port = split_host_port(self.profile.ssh_proxy_addr, 3023)
         known_hosts = self._trusted_cas(asyncssh)
-        client_keys = await self._client_keys(asyncssh)
-        agent_sock = await self._agent_to_forward(client_keys)
-        io = _StdIO(self.stdin_fd, self.stdout_fd)
         delays = backoff_delays()
+        io: _StdIO | None = None
         conn = None
         last: Exception | None = None
         try:
+            # Inside the try: the agent client and a private agent are closed on any failure.
+            client_keys = await self._client_keys(asyncssh)
+            agent_sock = await self._agent_to_forward(client_keys)
+            io = _StdIO(self.stdin_fd, self.stdout_fd)
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:
                     await asyncio.sleep(delays[attempt - 1])
@@ -273,7 +275,8 @@ class _Job:
                 + (f": {said}" if said else f" ({last!r})" if last else "")
             )
         finally:
-            io.close()
+            if io is not None:
+                io.close()
             if conn is not None:
                 conn.close()
             if self.agent is not None:
@@ -339,10 +342,13 @@ class _Job:
         except (OSError, ValueError, asyncssh.KeyImportError):
             wanted = None
         prefix = f"teleport:{self.profile.proxy_host}:".encode()
+        agent = None
         try:
             agent = await asyncssh.connect_agent()
             keys = await agent.get_keys()
-        except (OSError, asyncssh.Error) as e:
+        except (OSError, ValueError, asyncssh.Error) as e:
+            if agent is not None:
+                agent.close()
             raise NotLoggedInError(
                 f"this profile keeps its key in ssh-agent, which failed: {e}"
             ) from None
