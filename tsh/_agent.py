@@ -100,6 +100,9 @@ def _run(coro_factory: Callable[[], object]) -> object:
         return asyncio.run(bounded())
     except asyncio.TimeoutError:
         raise AgentError("the ssh-agent did not answer in time") from None
+    except (OSError, EOFError, ValueError) as e:
+        # asyncssh reports a broken or hung-up agent as ValueError (or a socket error).
+        raise AgentError(f"the ssh-agent failed: {e or type(e).__name__}") from None
 
 
 async def _connect(sock: str):  # type: ignore[no-untyped-def]

@@ -45,3 +45,44 @@ def test_gpg_heuristic() -> None:
     assert suspect_agent("/run/user/1000/gnupg/S.gpg-agent.ssh")
     assert suspect_agent("/tmp/gpg-agent.sock")
     assert suspect_agent("/tmp/ssh-XXXX/agent.123") is None
+
+
+def test_an_agent_that_hangs_up_is_an_agent_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """asyncssh reports a hung-up agent as ValueError; the library says AgentError."""
+    import socket
+    import threading
+    import time
+
+    import asyncssh
+
+    from tsh import AgentError
+    from tsh._agent import load_into_agent
+
+    sock = str(tmp_path / "agent.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock)
+    server.listen(5)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+    cert = ca.generate_user_certificate(key, "alice", principals=["alice"])
+    try:
+        with pytest.raises(AgentError):
+            load_into_agent(
+                sock,
+                key.export_private_key().decode(),
+                cert.export_certificate().decode(),
+                "teleport:p:c:alice",
+                int(time.time()) + 600,
+            )
+    finally:
+        server.close()
