@@ -219,16 +219,11 @@ def ensure_agent_key(
     except (asyncssh.KeyImportError, ValueError):
         return f"the certificate of {profile.name} is unreadable; run `tsh login` again"
 
-    async def held() -> bool:
-        agent = await _connect(sock)
-        try:
-            return any(k.public_data == cert.public_data for k in await agent.get_keys())
-        finally:
-            agent.close()
-            await agent.wait_closed()
+    from ._privagent import holds_certificate
 
     try:
-        if _run(held):
+        # An unreachable agent reads as "not held"; adding the key then says why it failed.
+        if _run(lambda: holds_certificate(sock, cert)):
             return None
         pem = _secrets.load_key(profile.proxy_host, profile.user, profile.cluster)
         if pem is None:
