@@ -76,6 +76,7 @@ class StagedFiles:
         self._staged: list[tuple[str, Path]] = []
 
     def stage(self, path: Path, data: bytes | str, mode: int = 0o600) -> None:
+        """Write ``data`` (fsynced, ``mode``) to a temporary file beside ``path``."""
         if isinstance(data, str):
             data = data.encode()
         _refuse_symlink(path)

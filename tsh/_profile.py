@@ -87,6 +87,7 @@ class Profile:
 
     @property
     def name(self) -> str:
+        """The profile's name: its proxy host (``<home>/<name>.yaml``)."""
         return self.proxy_host
 
     @property
@@ -97,6 +98,7 @@ class Profile:
         )
 
     def to_json(self) -> str:
+        """The profile file's text; keys we do not know (``extra``) are written back."""
         data = asdict(self)
         extra = data.pop("extra")
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
@@ -104,6 +106,11 @@ class Profile:
 
     @classmethod
     def from_json(cls, text: str, source: str = "profile") -> Profile:
+        """Parse a profile file's text; ``source`` names it in errors.
+
+        Raises:
+            ProfileError: not JSON, not an object, or required fields missing.
+        """
         try:
             data = json.loads(text)
         except ValueError:

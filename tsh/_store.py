@@ -36,9 +36,11 @@ class ProfileStore:
         self.home = Path(home) if home is not None else default_home()
 
     def paths(self, proxy_host: str, user: str) -> ProfilePaths:
+        """Where ``user``'s files for ``proxy_host`` live in this store."""
         return ProfilePaths(self.home, proxy_host, user)
 
     def paths_for(self, profile: Profile) -> ProfilePaths:
+        """Where ``profile``'s files live in this store."""
         return self.paths(profile.proxy_host, profile.user)
 
     @contextmanager
