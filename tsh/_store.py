@@ -93,6 +93,9 @@ class ProfileStore:
             host, _ = split_host_port(proxy, 3080)
         except ValueError as e:
             raise UsageError(f"invalid --proxy: {e}") from None
+        from ._names import validate_host
+
+        host = validate_host(host, "proxy host")  # also keeps "../x" from naming a file
         try:
             return self.load(host)
         except ProfileError:

@@ -105,3 +105,13 @@ def test_paths_follow_real_tsh_layout(tmp_path):
 def test_default_home_uses_teleport_home(monkeypatch, tmp_path):
     monkeypatch.setenv("TELEPORT_HOME", str(tmp_path / "th"))
     assert ProfileStore().home == tmp_path / "th"
+
+
+@pytest.mark.parametrize("proxy", ["../outside", "a b", "*"])
+def test_select_refuses_a_proxy_that_is_not_a_host_name(tmp_path, proxy):
+    from tsh import InvalidNameError
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "outside.yaml").write_text(make_profile().to_json())
+    with pytest.raises(InvalidNameError):
+        ProfileStore(tmp_path / "home").select(proxy)
