@@ -41,3 +41,12 @@ def test_unexpected_exception_is_one_line_unless_debugging(capsys, monkeypatch):
 def test_version(capsys):
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("tsh-py v")
+
+
+def test_os_errors_are_one_line(capsys, monkeypatch):
+    def denied() -> None:
+        raise PermissionError(13, "Permission denied", "/root/.local/share/tsh-py")
+
+    monkeypatch.setattr(cli.app.registered_commands[0], "callback", denied)
+    assert main(["version"]) == 1
+    assert capsys.readouterr().err == "error: Permission denied: /root/.local/share/tsh-py\n"

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a file or socket tsh could not use (permissions, full disk, ...)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except Exception as e:
         # Click's own errors (bad usage) know how to word themselves; typer
         # vendors click, so they are recognised by that method, not by class.
