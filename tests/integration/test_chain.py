@@ -84,6 +84,15 @@ def ssh_via_proxy(openssh, cluster, ident: Identity, target: str, port: int, log
     )
 
 
+def proxy_subsystem(openssh, cluster, ident: Identity, destination: str, subsystem: str):  # type: ignore[no-untyped-def]
+    """Plain OpenSSH to the proxy's SSH port, asking for ``subsystem``."""
+    return subprocess.run(
+        [openssh.ssh, *ssh_options(ident), "-p", str(cluster.ssh_proxy_port), destination,
+         "-s", subsystem],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+
+
 def test_chain_by_registered_address(openssh, cluster, node, identity, login_name) -> None:
     # %h = 127.0.0.1, %p = the node's port: routed by the registered address.
     r = ssh_via_proxy(openssh, cluster, identity, node.host, node.port, login_name, "id -un")
@@ -127,21 +136,13 @@ def test_node_with_foreign_host_ca_is_refused(openssh, cluster, identity, login_
 
 
 def test_unknown_node_is_a_clear_error(openssh, cluster, identity, login_name) -> None:
-    r = subprocess.run(
-        [openssh.ssh, *ssh_options(identity), "-p", str(cluster.ssh_proxy_port),
-         f"{login_name}@127.0.0.1", "-s", "proxy:ghost:3022"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
+    r = proxy_subsystem(openssh, cluster, identity, f"{login_name}@127.0.0.1", "proxy:ghost:3022")
     assert r.returncode == 1
     assert 'no node named "ghost"' in r.stderr
 
 
 def test_bad_subsystem_format_fails_the_request(openssh, cluster, identity, login_name) -> None:
-    r = subprocess.run(
-        [openssh.ssh, *ssh_options(identity), "-p", str(cluster.ssh_proxy_port),
-         f"{login_name}@127.0.0.1", "-s", "proxy:ghost"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
+    r = proxy_subsystem(openssh, cluster, identity, f"{login_name}@127.0.0.1", "proxy:ghost")
     # As with Teleport, the request fails; OpenSSH exits before printing the
     # proxy's text (the exact texts are unit-tested in test_cluster_subsystem).
     assert r.returncode == 255
@@ -149,22 +150,14 @@ def test_bad_subsystem_format_fails_the_request(openssh, cluster, identity, logi
 
 
 def test_proxy_refuses_a_login_outside_the_principals(openssh, cluster, identity) -> None:
-    r = subprocess.run(
-        [openssh.ssh, *ssh_options(identity), "-p", str(cluster.ssh_proxy_port),
-         "not-a-principal@127.0.0.1", "-s", "proxysites"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
+    r = proxy_subsystem(openssh, cluster, identity, "not-a-principal@127.0.0.1", "proxysites")
     assert r.returncode == 255
     assert "Permission denied" in r.stderr
 
 
 def test_proxysites(openssh, cluster, identity, login_name) -> None:
     # (OpenSSH refuses user names starting with "-", so not -teleport-internal-join)
-    r = subprocess.run(
-        [openssh.ssh, *ssh_options(identity), "-p", str(cluster.ssh_proxy_port),
-         f"{login_name}@127.0.0.1", "-s", "proxysites"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
+    r = proxy_subsystem(openssh, cluster, identity, f"{login_name}@127.0.0.1", "proxysites")
     assert r.returncode == 0, r.stderr
     (site,) = json.loads(r.stdout)
     assert site["name"] == cluster.name and site["status"] == "online"
