@@ -14,10 +14,14 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._exceptions import ProfileError
+
+#: Seconds to wait for the store's write lock.
+LOCK_TIMEOUT = 10.0
 
 __all__ = [
     "ensure_private_dir",
@@ -130,12 +134,27 @@ def remove_file(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``lock_path`` (created 0600) for the block."""
+def locked(lock_path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (created 0600) for the block.
+
+    Raises:
+        ProfileError: another process held the lock for ``timeout`` seconds
+            (a hung tsh must not make every later one hang too).
+    """
     _refuse_symlink(lock_path)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:  # flock has no timeout of its own
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ProfileError(
+                        f"another tsh has held {lock_path} for {timeout:g} s; try again"
+                    ) from None
+                time.sleep(0.01)
         yield
     finally:
         os.close(fd)  # closing releases the lock

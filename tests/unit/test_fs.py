@@ -97,3 +97,14 @@ def test_lock_serialises_processes(tmp_path):
         p.join(30)
     assert int(counter.read_text()) == 200
     assert mode(tmp_path / ".lock") == 0o600
+
+
+def test_lock_times_out_with_a_clear_error(tmp_path):
+    lock = tmp_path / ".lock"
+    with locked(lock):
+        # flock locks belong to open file descriptions: a second open contends.
+        with pytest.raises(ProfileError, match="another tsh has held"):
+            with locked(lock, timeout=0.05):
+                pass
+    with locked(lock, timeout=0.05):  # free again
+        pass
