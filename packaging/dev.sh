@@ -35,6 +35,7 @@ case "${1:-}" in
         shift
         install_system_packages
         make_venv
+        .venv/bin/ruff check tsh tests benchmarks
         exec .venv/bin/python -m pytest "$@"
         ;;
     demo)

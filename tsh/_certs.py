@@ -71,12 +71,13 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
     Raises:
         CertificateError: with a one-line reason for any failed check.
     """
-    from ._asyncssh import asyncssh
     from cryptography.hazmat.primitives.serialization import (
         SSHCertificate,
         SSHCertificateType,
         load_ssh_public_identity,
     )
+
+    from ._asyncssh import asyncssh
 
     try:
         cert = asyncssh.import_certificate(cert_text.strip())

@@ -146,7 +146,6 @@ class _Keys:
 def _new_keys(server_version: str) -> _Keys:
     """Fresh keys: Ed25519 + ECDSA P-256 for v17+, one RSA-2048 key for older servers."""
     from ._asyncssh import asyncssh
-
     from ._webapi import server_major
 
     if server_major(server_version) >= 17:

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._exceptions import UsageError
-from ._profile import join_host_port
 from ._names import (
     validate_cluster_name,
     validate_host,
@@ -26,6 +25,7 @@ from ._names import (
     validate_path,
     validate_port,
 )
+from ._profile import join_host_port
 
 __all__ = [
     "BEGIN_MARKER",

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.integration._tsh import PASSWORD, agent_lines, env_for
 from tests.integration._tsh import run_tsh as tsh
-
 from tsh._store import ProfileStore
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,14 @@ import subprocess
 import pytest
 
 from tsh import InvalidNameError, Profile, ProfileStore, UsageError
-from tsh._sshcmd import SSHRequest, parse_destination, parse_scp_arg, proxy_command, scp_argv, ssh_argv
+from tsh._sshcmd import (
+    SSHRequest,
+    parse_destination,
+    parse_scp_arg,
+    proxy_command,
+    scp_argv,
+    ssh_argv,
+)
 
 PROFILE = Profile(
     web_proxy_addr="proxy.example.com:3080",
