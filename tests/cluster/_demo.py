@@ -209,9 +209,10 @@ def _recordings(demo: Demo) -> None:
         demo.note("(node recording mode: the proxy only pipes bytes and records nothing)")
         return
     listing = demo.admin("recordings", "ls").splitlines()
-    if not listing:
-        raise DemoError("the proxy recorded no session")
-    demo.admin("recordings", "show", listing[-1].split()[0])
+    if len(listing) < 2:  # the plain ssh and the tsh ssh sessions
+        raise DemoError("the proxy did not record both sessions")
+    for line in listing:
+        demo.admin("recordings", "show", line.split()[0])
 
 
 def _proxysites(demo: Demo) -> None:
