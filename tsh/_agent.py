@@ -204,27 +204,19 @@ def ensure_agent_key(
     if not sock:
         return "no ssh-agent is running (SSH_AUTH_SOCK is not set); run `tsh login` again"
     from . import _fs, _secrets
+    from ._openssh import agent_holds_certificate
     from ._store import ProfileStore
 
     store = store or ProfileStore()
-    paths = store.paths_for(profile)
+    cert_path = store.paths_for(profile).ssh_cert(profile.cluster)
+    # The usual case, the key is still there, costs one `ssh-add -L`, no SSH library.
+    if agent_holds_certificate(cert_path, sock):
+        return None
     try:
-        cert_text = _fs.read_text(paths.ssh_cert(profile.cluster))
+        cert_text = _fs.read_text(cert_path)
     except OSError:
         return f"the certificate of {profile.name} is missing; run `tsh login` again"
-    from ._asyncssh import asyncssh
-
     try:
-        cert = asyncssh.import_certificate(cert_text.strip())
-    except (asyncssh.KeyImportError, ValueError):
-        return f"the certificate of {profile.name} is unreadable; run `tsh login` again"
-
-    from ._privagent import holds_certificate
-
-    try:
-        # An unreachable agent reads as "not held"; adding the key then says why it failed.
-        if _run(lambda: holds_certificate(sock, cert)):
-            return None
         pem = _secrets.load_key(profile.proxy_host, profile.user, profile.cluster)
         if pem is None:
             return (

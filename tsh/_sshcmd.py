@@ -40,6 +40,7 @@ __all__ = [
     "parse_scp_arg",
     "identity_options",
     "proxy_command",
+    "proxy_hop_argv",
     "ssh_argv",
     "scp_remote_host",
     "scp_argv",
@@ -151,31 +152,56 @@ def identity_options(profile: Profile, paths: ProfilePaths) -> list[str]:
     return opts
 
 
-def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> str:
-    """The ProxyCommand reaching ``host`` through the proxy's ``proxy:`` subsystem.
+def proxy_hop_argv(
+    profile: Profile,
+    paths: ProfilePaths,
+    host: str,
+    cluster: str,
+    login: str = "%r",
+    port: str = "%p",
+    ssh: str = "ssh",
+) -> list[str]:
+    """OpenSSH's ``ssh`` to the proxy's SSH port, opening ``proxy:<host>:<port>@<cluster>``.
 
-    ``%r`` (the node login) and ``%p`` (the node port) are left for OpenSSH to
-    fill in; everything else is literal and shell-quoted.
+    The agent is forwarded to the proxy (a recording proxy logs in to the node
+    with it); the proxy must present a host certificate from a CA in the
+    profile's known_hosts. ``-F /dev/null``: the user's ssh_config (which may
+    itself send ``*.<cluster>`` through tsh) plays no part in this hop, as in
+    real tsh. The defaults ``%r``/``%p`` are ssh_config tokens for a ProxyCommand.
     """
     validate_cluster_name(cluster)
     ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
     validate_host(ssh_host, "SSH proxy host")
     proxy_host = validate_host(profile.proxy_host, "proxy host")
     node = validate_host(clean_target_host(host, proxy_host, cluster), "host")
-    words = [
-        "ssh",
+    if login != "%r":
+        validate_login(login)
+    return [
+        ssh,
+        "-F", "/dev/null",
         "-o", "ForwardAgent=yes",
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "GlobalKnownHostsFile=/dev/null",
         # The proxy's host certificate names the proxy host, not "[host]:3023".
         "-o", f"HostKeyAlias={proxy_host}",
+        "-o", "ConnectTimeout=15",
+        "-o", "ServerAliveInterval=30",
         *identity_options(profile, paths),
         "-p", str(ssh_port),
-        "-l", "%r",
+        "-l", login,
         "-s", ssh_host,
-        subsystem_name(node, "%p", cluster),
+        subsystem_name(node, port, cluster),
     ]  # fmt: skip
+
+
+def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> str:
+    """The ProxyCommand line reaching ``host`` through the proxy's ``proxy:`` subsystem.
+
+    ``%r`` (the node login) and ``%p`` (the node port) are left for OpenSSH to
+    fill in; everything else is literal and shell-quoted.
+    """
+    words = proxy_hop_argv(profile, paths, host, cluster)
     # OpenSSH expands %r and %p before the shell sees the line; the login is
     # validated and the port is a number, so only our own words need quoting.
     return " ".join(w if w == "%r" else shlex.quote(w) for w in words)

@@ -10,6 +10,7 @@ needs no flags for either.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -313,35 +314,61 @@ def test_recordings_show_unknown_id(rec_cluster) -> None:  # type: ignore[no-unt
     )
 
 
-def test_lazy_private_agent(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
-    import asyncio
-    import time
-
+def test_private_agent_holds_key_and_certificate(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
     import asyncssh
 
-    from tsh._privagent import agent_to_forward
+    from tsh._privagent import PrivateAgent
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     ca = asyncssh.generate_private_key("ssh-ed25519")
     key = asyncssh.generate_private_key("ssh-ed25519")
     cert = ca.generate_user_certificate(key, "alice", principals=[LOGIN])
+    key_path, cert_path = tmp_path / "alice", tmp_path / "alice-cert-elsewhere.pub"
+    key.write_private_key(str(key_path))
+    key_path.chmod(0o600)
+    cert.write_certificate(str(cert_path))
 
-    async def run() -> None:
-        sock, lazy = await agent_to_forward(
-            None, key, cert, "teleport:p:c:alice", int(time.time()) + 600
-        )
-        assert lazy is not None and sock == lazy.sock
-        try:
-            assert lazy._agent is None  # nothing started yet
-            agent = await asyncssh.connect_agent(sock)
-            keys = await agent.get_keys()
-            agent.close()
-            assert [k.public_data for k in keys if k.has_cert] == [cert.public_data]
-            proc = lazy._agent.proc  # type: ignore[union-attr]
-        finally:
-            lazy.close()
-        assert proc.poll() is not None
+    agent = PrivateAgent.start(str(key_path), str(cert_path), 600)
+    try:
+        listed = subprocess.run(
+            [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": agent.sock},
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert cert_path.read_text().split()[1] in listed
+    finally:
+        agent.close()
+    assert agent.proc.poll() is not None
+    assert list((tmp_path / "tmp").iterdir()) == []
 
-    asyncio.run(run())
-    assert list(tmp_path.iterdir()) == []
+
+def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
+    import asyncssh
+
+    from tsh._privagent import LazyAgent
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    cert = ca.generate_user_certificate(key, "alice", principals=[LOGIN])
+    key_path, cert_path = tmp_path / "alice", tmp_path / "alice.cert"
+    key.write_private_key(str(key_path))
+    key_path.chmod(0o600)
+    cert.write_certificate(str(cert_path))
+
+    lazy = LazyAgent(str(key_path), str(cert_path), 600)
+    try:
+        assert lazy._agent is None  # nothing started yet
+        listed = subprocess.run(
+            [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": lazy.sock},
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert cert_path.read_text().split()[1] in listed
+        proc = lazy._agent.proc  # type: ignore[union-attr]
+    finally:
+        lazy.close()
+    assert proc.poll() is not None
+    assert list((tmp_path / "tmp").iterdir()) == []
