@@ -314,11 +314,10 @@ def test_recordings_show_unknown_id(rec_cluster) -> None:  # type: ignore[no-unt
     )
 
 
-def test_private_agent_holds_key_and_certificate(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
+@pytest.fixture
+def key_and_cert(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A key and a CA-signed certificate in files (not side by side), TMPDIR in tmp_path/tmp."""
     import asyncssh
-
-    from tsh._privagent import PrivateAgent
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -329,44 +328,40 @@ def test_private_agent_holds_key_and_certificate(openssh, tmp_path, monkeypatch)
     key.write_private_key(str(key_path))
     key_path.chmod(0o600)
     cert.write_certificate(str(cert_path))
+    return key_path, cert_path
 
+
+def _agent_lists(openssh, sock: str, cert_path: Path) -> bool:  # type: ignore[no-untyped-def]
+    listed = subprocess.run(
+        [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": sock},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return cert_path.read_text().split()[1] in listed
+
+
+def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
+    from tsh._privagent import PrivateAgent
+
+    key_path, cert_path = key_and_cert
     agent = PrivateAgent.start(str(key_path), str(cert_path), 600)
     try:
-        listed = subprocess.run(
-            [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": agent.sock},
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        assert cert_path.read_text().split()[1] in listed
+        assert _agent_lists(openssh, agent.sock, cert_path)
     finally:
         agent.close()
     assert agent.proc.poll() is not None
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
-    import asyncssh
-
     from tsh._privagent import LazyAgent
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    ca = asyncssh.generate_private_key("ssh-ed25519")
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    cert = ca.generate_user_certificate(key, "alice", principals=[LOGIN])
-    key_path, cert_path = tmp_path / "alice", tmp_path / "alice.cert"
-    key.write_private_key(str(key_path))
-    key_path.chmod(0o600)
-    cert.write_certificate(str(cert_path))
-
+    key_path, cert_path = key_and_cert
     lazy = LazyAgent(str(key_path), str(cert_path), 600)
     try:
         assert lazy._agent is None  # nothing started yet
-        listed = subprocess.run(
-            [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": lazy.sock},
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        assert cert_path.read_text().split()[1] in listed
+        assert _agent_lists(openssh, lazy.sock, cert_path)
         proc = lazy._agent.proc  # type: ignore[union-attr]
     finally:
         lazy.close()
