@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tsh import cli
-from tsh.cli import main
+from tsh.cli import _app, main
 
 
 @pytest.mark.parametrize(
@@ -27,8 +26,8 @@ def test_unexpected_exception_is_one_line_unless_debugging(capsys, monkeypatch):
     def boom() -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cli.version, "version", boom)
-    monkeypatch.setattr(cli.app.registered_commands[0], "callback", boom)
+    monkeypatch.setattr(_app.version, "version", boom)
+    monkeypatch.setattr(_app.app.registered_commands[0], "callback", boom)
     monkeypatch.delenv("TSH_DEBUG", raising=False)
     assert main(["version"]) == 1
     err = capsys.readouterr().err
@@ -47,6 +46,7 @@ def test_os_errors_are_one_line(capsys, monkeypatch):
     def denied() -> None:
         raise PermissionError(13, "Permission denied", "/root/.local/share/tsh-py")
 
-    monkeypatch.setattr(cli.app.registered_commands[0], "callback", denied)
+    monkeypatch.setattr(_app.app.registered_commands[0], "callback", denied)
     assert main(["version"]) == 1
     assert capsys.readouterr().err == "error: Permission denied: /root/.local/share/tsh-py\n"
+

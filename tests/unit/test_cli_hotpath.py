@@ -1,0 +1,66 @@
+"""tsh.cli._hotpath: `tsh proxy ssh` without typer reads every command line as typer does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tsh.cli import _hotpath, main
+
+WORDS = st.sampled_from(
+    ["proxy", "ssh", "--cluster", "--cluster=c1", "--cluster=", "--proxy", "--proxy=p:3080",
+     "root@node1:22", "node2:3022", "-h", "--help", "--", "--bogus", "-x", "c2", "p2:1"]
+)  # fmt: skip
+
+
+def _typer_reading(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, object] | None:
+    """What the typer command passes to proxy_ssh for ``args`` (None: it does not call it)."""
+    import tsh._proxycmd
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(tsh._proxycmd, "proxy_ssh", lambda target, **kw: calls.append(
+        {"target": target, **kw}) or 0)  # fmt: skip
+    monkeypatch.setattr(_hotpath, "run_hot", lambda args: None)  # force the typer path
+    main(args)
+    return calls[0] if calls else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(tail=st.lists(WORDS, max_size=5))
+def test_every_plain_reading_is_typers(tail: list[str]) -> None:
+    args = ["proxy", "ssh", *tail]
+    fast = _hotpath.parse_proxy_ssh(args)
+    if fast is None:
+        return  # left to typer: nothing to compare
+    with pytest.MonkeyPatch.context() as mp:
+        assert _typer_reading(args, mp) == fast
+
+
+def test_the_line_tsh_config_writes_takes_the_hot_path() -> None:
+    args = ["proxy", "ssh", "--cluster=example.test", "--proxy=proxy.example.com:3080",
+            "root@node1.example.test:3022"]  # fmt: skip
+    assert _hotpath.parse_proxy_ssh(args) == {
+        "target": "root@node1.example.test:3022",
+        "cluster": "example.test",
+        "proxy": "proxy.example.com:3080",
+    }
+    assert _hotpath.parse_proxy_ssh(["proxy", "ssh", "--cluster", "c", "n:22"]) == {
+        "target": "n:22", "cluster": "c", "proxy": None,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["proxy", "ssh"], ["proxy", "ssh", "-h"], ["proxy", "ssh", "--bogus", "n:22"],
+     ["proxy", "ssh", "n:22", "extra"], ["proxy", "ssh", "--cluster"], ["proxy", "ssh", "--", "n:22"],
+     ["proxy"], ["status"], []],
+)  # fmt: skip
+def test_anything_else_is_left_to_typer(args: list[str]) -> None:
+    assert _hotpath.parse_proxy_ssh(args) is None
+
+
+def test_usage_errors_still_come_from_typer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["proxy", "ssh", "--bogus", "n:22"]) == 2
+    assert capsys.readouterr().err == "error: No such option: --bogus (see 'tsh proxy ssh -h')\n"
+

@@ -1,0 +1,41 @@
+"""The typer application: one command per module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from . import config, login, logout, proxy, scp, ssh, status, version
+
+app = typer.Typer(
+    name="tsh",
+    help="Log in to a Teleport-style proxy and use OpenSSH through it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Log in to a Teleport-style proxy and use OpenSSH through it."""
+
+
+app.command("version", help="Print the client version.")(version.version)
+app.command("login", help="Log in to a proxy: certificates on disk and in the ssh-agent.")(
+    login.login
+)
+app.command("status", help="Show the profiles you are logged in with.")(status.status)
+app.command("logout", help="Remove keys and certificates (one user, or everything).")(
+    logout.logout
+)
+app.command("config", help="Print an OpenSSH configuration for the proxy's clusters.")(
+    config.config
+)
+app.command(
+    "ssh",
+    help="Run OpenSSH's ssh on a node through the proxy.",
+    context_settings={"allow_interspersed_args": False},
+)(ssh.ssh)
+app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)
+app.add_typer(proxy.app, name="proxy")
