@@ -10,7 +10,6 @@ importing ``tsh.cli`` for a quick command costs only what that command needs.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from ._exceptions import (
     AccessDeniedError,
@@ -62,7 +61,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tsh' has no attribute {name!r}")

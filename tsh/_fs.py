@@ -13,7 +13,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +83,8 @@ class StagedFiles:
         if isinstance(data, str):
             data = data.encode()
         _refuse_symlink(path)
+        import tempfile  # here, not at the top: reading a profile must start fast
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         self._staged.append((tmp, path))
         os.fchmod(fd, mode)

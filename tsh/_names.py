@@ -12,7 +12,6 @@ may also contain spaces (they are always quoted).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from ._exceptions import InvalidNameError
@@ -71,6 +70,8 @@ def validate_host(s: str, kind: str = "host name") -> str:
         InvalidNameError: anything else.
     """
     if isinstance(s, str) and ":" in s:
+        import ipaddress  # only for IPv6 literals: start-up time
+
         bare = s[1:-1] if s.startswith("[") and s.endswith("]") else s
         try:
             return str(ipaddress.IPv6Address(bare))

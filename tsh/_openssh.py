@@ -12,7 +12,6 @@ the ProxyCommand becomes `tsh proxy ssh` (see proxy_via).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +61,8 @@ def find_binary(name: str) -> str:
     Raises:
         UsageError: it is not on PATH.
     """
+    import shutil
+
     path = shutil.which(name)
     if path is None:
         raise UsageError(f"cannot find OpenSSH's `{name}` on PATH; install the OpenSSH client")
@@ -74,14 +75,13 @@ def agent_holds_certificate(cert_path: os.PathLike[str] | str, sock: str | None)
     Asks OpenSSH's ``ssh-add -L`` and compares key blobs as text: cheaper than
     importing an SSH library on every `tsh ssh`.
     """
-    ssh_add = shutil.which("ssh-add")
-    if not sock or ssh_add is None:
+    if not sock:
         return False
     try:
         with open(cert_path, encoding="ascii") as f:
             blob = f.read().split()[1]
         listed = subprocess.run(
-            [ssh_add, "-L"], capture_output=True, text=True, timeout=10,
+            ["ssh-add", "-L"], capture_output=True, text=True, timeout=10,
             env={**os.environ, "SSH_AUTH_SOCK": sock},
         ).stdout  # fmt: skip
     except (OSError, IndexError, UnicodeDecodeError, subprocess.SubprocessError):

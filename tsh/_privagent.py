@@ -1,26 +1,26 @@
-"""A private ssh-agent to forward to the proxy when the user's own agent cannot serve.
+"""The agent `tsh proxy ssh` forwards to the proxy, set up only if the proxy uses it.
 
 A proxy in recording mode (``session_recording: proxy``) logs in to the node
 with the agent the client forwarded to it. Real tsh forwards its in-process
 keyring, so that works even with ``--add-keys-to-agent=no``. `tsh proxy ssh`
-does the equivalent with OpenSSH's own tools: when the profile's key is on disk
-and the agent at ``SSH_AUTH_SOCK`` is missing or lacks the profile's
-certificate, it forwards a private socket instead (:class:`LazyAgent`). Only a
-recording proxy ever uses the forwarded agent, so the private ``ssh-agent`` is
-started behind that socket on first use, in a 0700 temporary directory, with
-the key and certificate loaded by ``ssh-add`` (lifetime: the certificate's).
+does the equivalent with OpenSSH's own tools: it forwards a private socket
+(:class:`LazyAgent`), and only when the proxy first uses it decides what is
+behind it: the user's agent at ``SSH_AUTH_SOCK`` if that holds the profile's
+certificate, else a private ``ssh-agent`` started then, in a 0700 temporary
+directory, with the key and certificate loaded by ``ssh-add`` (lifetime: the
+certificate's). Only a recording proxy ever asks, so a connection through a
+proxy that does not record runs no agent process and no ``ssh-add``.
 Everything is stopped when the connection ends.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["LazyAgent", "PrivateAgent"]
 
@@ -43,6 +43,9 @@ class PrivateAgent:
         Raises:
             OSError: no ssh-agent/ssh-add, the agent did not start, or it refused the key.
         """
+        import shutil
+        import tempfile
+
         ssh_agent, ssh_add = shutil.which("ssh-agent"), shutil.which("ssh-add")
         if ssh_agent is None or ssh_add is None:
             raise OSError("cannot find OpenSSH's `ssh-agent` and `ssh-add` on PATH")
@@ -86,6 +89,8 @@ class PrivateAgent:
 
     def close(self) -> None:
         """Stop the agent and remove its directory."""
+        import shutil
+
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -97,43 +102,55 @@ class PrivateAgent:
 
 
 class LazyAgent:
-    """A socket to forward that starts a :class:`PrivateAgent` when first used.
+    """Sockets for the hop to the proxy; what is behind them is decided on first use.
 
-    With a proxy that does not record, nobody connects and no agent process
-    starts. Connections are relayed byte for byte to the private agent by
-    daemon threads.
+    :attr:`sock` is the agent to forward (``ForwardAgent <sock>``): on first
+    use it leads to ``user_sock`` (the user's agent) if that holds the
+    certificate at ``cert_path``, else to a :class:`PrivateAgent` started then
+    with ``key_path``. With a proxy that does not record, nobody connects and
+    nothing of this runs. Connections are relayed byte for byte by daemon threads.
+
+    :attr:`presence_sock` is for the hop's ``SSH_AUTH_SOCK``: OpenSSH forwards
+    an agent only if ``SSH_AUTH_SOCK`` accepts a connection, and it asks that
+    agent for keys while logging in. This socket accepts and hangs up, which
+    satisfies the first and makes the login use the key files, without
+    starting anything.
     """
 
-    def __init__(self, key_path: str, cert_path: str, lifetime: int) -> None:
+    def __init__(
+        self, key_path: str, cert_path: str, lifetime: int, user_sock: str | None = None
+    ) -> None:
         self._args = (key_path, cert_path, lifetime)
-        self._directory = tempfile.mkdtemp(prefix="tsh-agent-")  # 0700
+        self._user_sock = user_sock
+        self._directory = _private_dir("tsh-agent-")
         self.sock = os.path.join(self._directory, "forward.sock")
+        self.presence_sock = os.path.join(self._directory, "presence.sock")
         self._agent: PrivateAgent | None = None
+        self._upstream: str | None = None
         self._starting = threading.Lock()
-        self._listener = socket.socket(socket.AF_UNIX)
+        self._listeners: list[socket.socket] = []
         try:
-            self._listener.bind(self.sock)
-            self._listener.listen(8)
+            for path, handle in ((self.sock, self._relay_in_thread),
+                                 (self.presence_sock, socket.socket.close)):
+                listener = socket.socket(socket.AF_UNIX)
+                self._listeners.append(listener)
+                listener.bind(path)
+                listener.listen(8)
+                threading.Thread(target=_accept, args=(listener, handle), daemon=True).start()
         except OSError:
             self.close()
             raise
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+    def _relay_in_thread(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, conn: socket.socket) -> None:
         upstream = socket.socket(socket.AF_UNIX)
         try:
             with self._starting:
-                if self._agent is None:
-                    self._agent = PrivateAgent.start(*self._args)
-            upstream.connect(self._agent.sock)
+                if self._upstream is None:
+                    self._upstream = self._choose_upstream()
+            upstream.connect(self._upstream)
         except OSError:
             conn.close()  # the proxy sees a failed agent request
             upstream.close()
@@ -144,17 +161,61 @@ class LazyAgent:
             _copy(conn, upstream)
             back.join()
 
+    def _choose_upstream(self) -> str:
+        from ._openssh import agent_holds_certificate
+
+        cert_path = self._args[1]
+        if self._user_sock and agent_holds_certificate(cert_path, self._user_sock):
+            return self._user_sock
+        self._agent = PrivateAgent.start(*self._args)
+        return self._agent.sock
+
     def close(self) -> None:
         """Stop listening, stop the private agent if it ran, remove the directory."""
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        except OSError:
-            pass
-        self._listener.close()
+        for listener in self._listeners:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            except OSError:
+                pass
+            listener.close()
         with self._starting:
             if self._agent is not None:
                 self._agent.close()
-        shutil.rmtree(self._directory, ignore_errors=True)
+        for remove, path in (
+            (os.unlink, self.sock),
+            (os.unlink, self.presence_sock),
+            (os.rmdir, self._directory),
+        ):
+            try:
+                remove(path)
+            except OSError:
+                pass
+
+
+def _accept(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Hand each connection to ``handle``, until ``listener`` closes."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return  # closed
+        handle(conn)
+
+
+def _private_dir(prefix: str) -> str:
+    """A new 0700 directory under the temporary directory (tempfile.mkdtemp's job).
+
+    Done by hand because this runs for every connection through `tsh proxy
+    ssh`, and importing tempfile (with shutil and random) is most of its cost.
+    """
+    base = os.environ.get("TMPDIR") or "/tmp"
+    while True:
+        path = os.path.join(base, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _copy(src: socket.socket, dst: socket.socket) -> None:

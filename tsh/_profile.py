@@ -12,9 +12,8 @@ paths that `tsh config` puts into ssh_config look like real tsh's.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from collections import namedtuple
 from pathlib import Path
-from typing import Any
 
 from ._exceptions import ProfileError
 
@@ -52,33 +51,42 @@ def join_host_port(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(frozen=True)
-class Profile:
-    """One logged-in proxy and user.
+# Named tuples, not dataclasses: `tsh proxy ssh` reads a profile on every
+# OpenSSH connection, and importing dataclasses (it imports inspect) costs more
+# than the rest of that command's start-up.
+_ProfileFields = namedtuple(
+    "_ProfileFields",
+    [
+        "web_proxy_addr",
+        "ssh_proxy_addr",
+        "user",
+        "cluster",
+        "root_cluster",
+        "clusters",  # root cluster first, then every leaf whose host CA the proxy sent
+        "valid_after",
+        "valid_before",
+        "principals",
+        "extensions",
+        "roles",
+        "key_storage",  # "disk": private key under keys/; "agent": `-k only`, agent and keyring
+        "server_version",
+        "private_key_policy",
+        "piv_slot",
+        "extra",  # fields of the file that tsh-py does not know, written back unchanged
+    ],
+    defaults=["", (), 0, 0, (), (), (), "disk", "", "none", "", None],
+)
+
+
+class Profile(_ProfileFields):
+    """One logged-in proxy and user (immutable; ``_replace`` makes a changed copy).
 
     The certificate facts (validity, principals, extensions, roles) are those of
     ``<user>-ssh/<cluster>-cert.pub``, recorded when login checked that
     certificate, so that status and config need no certificate parser at start-up.
     """
 
-    web_proxy_addr: str
-    ssh_proxy_addr: str
-    user: str
-    cluster: str
-    root_cluster: str = ""
-    #: Root cluster first, then every leaf cluster whose host CA the proxy sent.
-    clusters: tuple[str, ...] = ()
-    valid_after: int = 0
-    valid_before: int = 0
-    principals: tuple[str, ...] = ()
-    extensions: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
-    #: "disk": private key under keys/; "agent": `-k only`, key in agent and keyring.
-    key_storage: str = "disk"
-    server_version: str = ""
-    private_key_policy: str = "none"
-    piv_slot: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    __slots__ = ()
 
     @property
     def proxy_host(self) -> str:
@@ -99,8 +107,8 @@ class Profile:
 
     def to_json(self) -> str:
         """The profile file's text; keys we do not know (``extra``) are written back."""
-        data = asdict(self)
-        extra = data.pop("extra")
+        data = self._asdict()
+        extra = data.pop("extra") or {}
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
         return json.dumps({**extra, **data}, indent=2, sort_keys=False) + "\n"
 
@@ -117,25 +125,26 @@ class Profile:
             raise ProfileError(f"{source} is not a profile written by tsh-py") from None
         if not isinstance(data, dict):
             raise ProfileError(f"{source} is not a profile written by tsh-py")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in data and f.name != "extra":
-                value = data[f.name]
-                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        known = set(cls._fields) - {"extra"}
+        kwargs = {
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in data.items()
+            if name in known
+        }
+        extra = {k: v for k, v in data.items() if k not in known}
         try:
-            return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+            return cls(**kwargs, extra=extra or None)
         except TypeError:
             raise ProfileError(f"{source} lacks required fields") from None
 
 
-@dataclass(frozen=True)
-class ProfilePaths:
-    """Where one profile's files live, following real tsh's ~/.tsh layout."""
+class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):
+    """Where one profile's files live, following real tsh's ~/.tsh layout.
 
-    home: Path
-    proxy_host: str
-    user: str
+    ``home`` is a Path; ``proxy_host`` and ``user`` name the profile.
+    """
+
+    __slots__ = ()
 
     @property
     def profile_file(self) -> Path:

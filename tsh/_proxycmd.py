@@ -2,7 +2,7 @@
 
 OpenSSH starts ``tsh proxy ssh --cluster=C --proxy=P %r@%h:%p`` and speaks
 SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
-``ssh -s`` (tsh._sshcmd.proxy_hop_argv), run as a child: it logs in to the
+``ssh -s`` (tsh._hop.proxy_hop_argv), run as a child: it logs in to the
 proxy's SSH port with the profile's certificate, accepts only a proxy host
 certificate from the profile's known_hosts CAs, forwards the agent (a recording
 proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (teleport-wire.md
@@ -18,39 +18,43 @@ What tsh adds around the child:
   dropped, a new child is started after a jittered backoff and the kept bytes
   are replayed, so ssh never notices. Authentication failures, untrusted
   proxies and anything after the node spoke are never retried.
-- A private agent (tsh._privagent), started only if the proxy uses it, when
-  the key is on disk but the user's agent does not hold the certificate, so a
-  recording proxy can still log in.
+- The agent to forward (tsh._privagent): with the key on disk, a socket
+  behind which, if a recording proxy uses it, is the user's agent when that
+  holds the certificate, else a private agent holding the key on disk. The
+  hop itself logs in with the key files (no agent query on the way).
 - Exit as soon as the node side ends, even while ssh keeps our stdin open.
 
-The top half of this module is pure (target parsing, subsystem name, retry
-policy, error classification).
+Start-up time is part of every connection's set-up, so this module and what
+it imports stay lean: no typer (tsh.cli._hotpath), no dataclasses, tempfile
+or shutil, no SSH library; random only for a retry.
+
+The top half of this module is pure (target parsing, retry policy, error
+classification).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-import random
 import selectors
 import signal
 import subprocess
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from ._exceptions import NotLoggedInError, SSHError, UsageError
 from ._names import validate_cluster_name, validate_host, validate_login
-from ._profile import Profile, join_host_port
+from ._privagent import LazyAgent
+from ._profile import Profile, ProfilePaths
 
 __all__ = [
     "Target",
     "backoff_delays",
-    "clean_target_host",
     "parse_target",
     "proxy_ssh",
-    "subsystem_name",
 ]
 
 #: Attempts in all (first try included) for drops before the node speaks.
@@ -61,17 +65,16 @@ REPLAY_LIMIT = 1 << 16
 #: Node output held back while waiting for its "SSH-" version line.
 _BANNER_LIMIT = 8192
 _CHUNK = 1 << 18
+#: Pipe buffer for the bulk of a session (see _grow_pipe); Linux's default limit.
+_PIPE_SIZE = 1 << 20
 #: Seconds to wait for the child ssh to end once the node side has ended.
 _EXIT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where ssh wants to go: ``[login@]host:port``."""
+class Target(namedtuple("_TargetFields", ["login", "host", "port"])):
+    """Where ssh wants to go: ``[login@]host:port`` (login None if not given)."""
 
-    login: str | None
-    host: str
-    port: str
+    __slots__ = ()
 
 
 def parse_target(text: str) -> Target:
@@ -100,36 +103,22 @@ def parse_target(text: str) -> Target:
     return Target(login, validate_host(host, "node host"), port)
 
 
-def clean_target_host(host: str, proxy_host: str, cluster: str) -> str:
-    """Strip a trailing ``.<proxy_host>`` and then ``.<cluster>`` (as tsh does).
-
-    That is what lets ``ssh node1.<cluster>`` reach the node named ``node1``.
-    ssh lower-cases host names, so the suffixes match case-insensitively.
-    """
-    for suffix in (proxy_host, cluster):
-        tail = "." + suffix
-        if suffix and len(host) > len(tail) and host.lower().endswith(tail.lower()):
-            host = host[: -len(tail)]
-    return host
-
-
-def subsystem_name(host: str, port: str, cluster: str) -> str:
-    """``proxy:<host>:<port>[@<cluster>]``; IPv6 hosts get brackets."""
-    addr = join_host_port(host, port)
-    return f"proxy:{addr}@{cluster}" if cluster else f"proxy:{addr}"
-
-
 def backoff_delays(
     attempts: int = MAX_ATTEMPTS,
     base: float = 0.05,
     cap: float = 2.0,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] | None = None,
 ) -> list[float]:
     """Sleeps before each retry: "full jitter" exponential backoff.
 
     Delay *i* is uniform in [0, min(cap, base * 2**i)], so many clients that
-    were dropped together do not come back together.
+    were dropped together do not come back together. ``rand`` defaults to
+    random.random (imported only when a retry is due).
     """
+    if rand is None:
+        import random
+
+        rand = random.random
     return [rand() * min(cap, base * 2**i) for i in range(attempts - 1)]
 
 
@@ -202,29 +191,41 @@ def proxy_ssh(
         SSHError: the proxy refused, is not trusted, or kept dropping us.
         UsageError: a bad target, or no OpenSSH client.
     """
-    import getpass
-
-    from ._openssh import find_binary
-    from ._sshcmd import proxy_hop_argv
+    from ._hop import proxy_hop_argv
     from ._store import ProfileStore
 
     store = ProfileStore()
     profile = store.select(proxy)
     tgt = parse_target(target)
     cluster = validate_cluster_name(cluster) if cluster else (profile.root_cluster or profile.cluster)
-    login = validate_login(tgt.login or getpass.getuser())
+    login = tgt.login
+    if login is None:  # OpenSSH always passes %r; by hand, the login may be left out
+        import getpass
+
+        login = validate_login(getpass.getuser())
     paths = store.paths_for(profile)
     for needed in (paths.known_hosts, paths.ssh_cert(profile.cluster)):
         if not needed.is_file():
             raise NotLoggedInError(f"{needed} is missing; run tsh login")
-    argv = proxy_hop_argv(
-        profile, paths, tgt.host, cluster, login=login, port=tgt.port, ssh=find_binary("ssh")
-    )
+    def hop(agent_sock: str | None = None) -> list[str]:
+        # "ssh" is looked up on PATH when started (no shutil import: start-up time).
+        return proxy_hop_argv(profile, paths, tgt.host, cluster, login=login, port=tgt.port,
+                              ssh="ssh", agent_sock=agent_sock)
+
     env = dict(os.environ)
     with _hangup_raises():
-        agent = _agent_to_forward(profile, paths, env)
+        agent = _agent_to_forward(profile, paths)
+        if agent is None:
+            forms = [(hop(), env)]
+        else:
+            forms = [
+                (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
+                # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
+                # lazy agent as SSH_AUTH_SOCK (its login then starts what is behind it).
+                (hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
+            ]
         try:
-            return _Attempts(argv, env, stdin, stdout, stderr).run(
+            return _Attempts(forms, stdin, stdout, stderr).run(
                 proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=str(paths.known_hosts)
             )
         except _HangUp:
@@ -249,10 +250,8 @@ def _hangup_raises() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _agent_to_forward(profile: Profile, paths: object, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """Point ``env`` at the agent to forward; return a private agent to close, or None."""
-    from ._openssh import agent_holds_certificate
-
+def _agent_to_forward(profile: Profile, paths: ProfilePaths) -> LazyAgent | None:
+    """The agent socket to forward (and close), or None to forward ``$SSH_AUTH_SOCK``."""
     if profile.key_storage == "agent":
         from ._agent import ensure_agent_key
 
@@ -260,59 +259,69 @@ def _agent_to_forward(profile: Profile, paths: object, env: dict[str, str]):  # 
         if warning:
             raise NotLoggedInError(warning)
         return None
-    cert = paths.ssh_cert(profile.cluster)  # type: ignore[attr-defined]
-    if agent_holds_certificate(cert, env.get("SSH_AUTH_SOCK")):
-        return None
-    from ._privagent import LazyAgent
-
     try:
-        agent = LazyAgent(
-            str(paths.private_key), str(cert), int(profile.valid_before - time.time())  # type: ignore[attr-defined]
+        return LazyAgent(
+            str(paths.private_key),
+            str(paths.ssh_cert(profile.cluster)),
+            int(profile.valid_before - time.time()),
+            user_sock=os.environ.get("SSH_AUTH_SOCK"),
         )
     except OSError:
         return None  # a node-recording proxy needs no agent; a recording one says what is missing
-    env["SSH_AUTH_SOCK"] = agent.sock
-    return agent
 
 
 class _Attempts:
     """Start the child ssh, retry drops with a replay, then copy bytes both ways."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], stdin: int, stdout: int,
+    def __init__(self, forms: list[tuple[list[str], dict[str, str]]], stdin: int, stdout: int,
                  stderr: int) -> None:
-        self.argv, self.env = argv, env
+        # (argv, env) of the child, and fallbacks for an ssh that refuses an option.
+        (self.argv, self.env), self.fallbacks = forms[0], forms[1:]
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.sent = bytearray()  # what ssh sent, kept for a replay until the node speaks
         self.stdin_eof = False
         self.child: subprocess.Popen[bytes] | None = None
 
     def run(self, *, proxy_addr: str, login: str, known_hosts: str) -> int:
-        delays = backoff_delays()
-        said = ""
+        drops = 0
+        delays: list[float] = []
         try:
-            for attempt in range(MAX_ATTEMPTS):
-                if attempt:
-                    time.sleep(delays[attempt - 1])
-                self.child = subprocess.Popen(
-                    self.argv, env=self.env, bufsize=0,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                )  # fmt: skip
+            while True:
+                self.child = self._start()
                 spoke, held, err = self._until_node_speaks(self.child)
                 if spoke:
                     return self._copy_both_ways(self.child, held, err)
                 err += self._finish(self.child)
                 text = err.decode(errors="replace")
+                if self.fallbacks and "unsupported option" in text:
+                    self.argv, self.env = self.fallbacks.pop(0)  # an older OpenSSH
+                    continue
                 if not is_drop(text) or len(self.sent) > REPLAY_LIMIT:
                     raise SSHError(failure_message(text, proxy_addr, login, known_hosts))
-                said = held.decode(errors="replace").strip() or text.strip()
-            raise SSHError(
-                f"dropped {MAX_ATTEMPTS} times before the node answered"
-                + (f": {said}" if said else "")
-            )
+                drops += 1
+                if drops == MAX_ATTEMPTS:
+                    said = held.decode(errors="replace").strip() or text.strip()
+                    raise SSHError(
+                        f"dropped {MAX_ATTEMPTS} times before the node answered"
+                        + (f": {said}" if said else "")
+                    )
+                delays = delays or backoff_delays()
+                time.sleep(delays[drops - 1])
         finally:
             if self.child is not None and self.child.poll() is None:
                 self.child.kill()
                 self.child.wait()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                self.argv, env=self.env, bufsize=0,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise UsageError(
+                f"cannot find OpenSSH's `{self.argv[0]}` on PATH; install the OpenSSH client"
+            ) from None
 
     def _until_node_speaks(self, child: subprocess.Popen[bytes]) -> tuple[bool, bytes, bytes]:
         """Replay, then relay ssh's bytes until the node's version line (or the end)."""
@@ -390,6 +399,8 @@ class _Attempts:
             pumps.append(threading.Thread(target=_pump, args=(self.stdin, child_in),
                                           kwargs={"at_eof": lambda: _end_input(child_in)},  # type: ignore[arg-type]
                                           daemon=True))
+        for fd in (self.stdin, self.stdout, child.stdout.fileno(), child_in):
+            _grow_pipe(fd)
         for pump in pumps:
             pump.start()
         try:
@@ -418,6 +429,22 @@ def _pump(src: int, dst: int, at_eof: Callable[[], None] | None = None) -> None:
     finally:
         if at_eof is not None:
             at_eof()
+
+
+def _grow_pipe(fd: int | None) -> None:
+    """Give the pipe at ``fd`` a 1 MiB buffer, if it is a pipe and the system allows.
+
+    With the default 64 KiB, bulk data wakes the three processes on the path
+    (ssh, this relay, the hop's ssh) so often that the relay costs a tenth of
+    the throughput; with 1 MiB it costs about nothing. Pages are only used
+    while data is in flight.
+    """
+    if fd is None or not hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux only
+        return
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass  # not a pipe, or over the per-user limit: keep the default
 
 
 def _end_input(fd: int) -> None:

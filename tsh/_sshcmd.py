@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._exceptions import UsageError
-from ._names import validate_cluster_name, validate_host, validate_login, validate_path
+from ._hop import identity_options, proxy_hop_argv
+from ._names import validate_cluster_name, validate_host, validate_login
 from ._profile import Profile, ProfilePaths, split_host_port
-from ._proxycmd import clean_target_host, subsystem_name
 from ._sshconfig import DEFAULT_NODE_PORT, tsh_proxy_command
 
 __all__ = [
@@ -38,9 +38,7 @@ __all__ = [
     "Remote",
     "parse_destination",
     "parse_scp_arg",
-    "identity_options",
     "proxy_command",
-    "proxy_hop_argv",
     "ssh_argv",
     "scp_remote_host",
     "scp_argv",
@@ -125,74 +123,6 @@ def _remote_colon(text: str) -> int | None:
         if c == ":":
             return i if i > 0 else None
     return None
-
-
-def _opt(name: str, value: str) -> list[str]:
-    return ["-o", f'{name}="{value}"']
-
-
-def identity_options(profile: Profile, paths: ProfilePaths) -> list[str]:
-    """``-o`` options that make OpenSSH use the profile's credentials and CAs.
-
-    The certificate is the profile cluster's for every cluster, as real tsh does.
-    """
-    known_hosts = validate_path(str(paths.known_hosts))
-    cert = validate_path(str(paths.ssh_cert(profile.cluster)))
-    opts = [
-        *_opt("UserKnownHostsFile", known_hosts),
-        *_opt("CertificateFile", cert),
-    ]
-    if profile.key_storage == "agent":
-        # The private key lives only in the agent: name the public key so ssh
-        # picks the agent's matching key (with its certificate) and no other.
-        opts += [*_opt("IdentityFile", validate_path(str(paths.public_key)))]
-        opts += ["-o", "IdentitiesOnly=yes"]
-    else:
-        opts += _opt("IdentityFile", validate_path(str(paths.private_key)))
-    return opts
-
-
-def proxy_hop_argv(
-    profile: Profile,
-    paths: ProfilePaths,
-    host: str,
-    cluster: str,
-    login: str = "%r",
-    port: str = "%p",
-    ssh: str = "ssh",
-) -> list[str]:
-    """OpenSSH's ``ssh`` to the proxy's SSH port, opening ``proxy:<host>:<port>@<cluster>``.
-
-    The agent is forwarded to the proxy (a recording proxy logs in to the node
-    with it); the proxy must present a host certificate from a CA in the
-    profile's known_hosts. ``-F /dev/null``: the user's ssh_config (which may
-    itself send ``*.<cluster>`` through tsh) plays no part in this hop, as in
-    real tsh. The defaults ``%r``/``%p`` are ssh_config tokens for a ProxyCommand.
-    """
-    validate_cluster_name(cluster)
-    ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
-    validate_host(ssh_host, "SSH proxy host")
-    proxy_host = validate_host(profile.proxy_host, "proxy host")
-    node = validate_host(clean_target_host(host, proxy_host, cluster), "host")
-    if login != "%r":
-        validate_login(login)
-    return [
-        ssh,
-        "-F", "/dev/null",
-        "-o", "ForwardAgent=yes",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        # The proxy's host certificate names the proxy host, not "[host]:3023".
-        "-o", f"HostKeyAlias={proxy_host}",
-        "-o", "ConnectTimeout=15",
-        "-o", "ServerAliveInterval=30",
-        *identity_options(profile, paths),
-        "-p", str(ssh_port),
-        "-l", login,
-        "-s", ssh_host,
-        subsystem_name(node, port, cluster),
-    ]  # fmt: skip
 
 
 def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> str:

@@ -367,3 +367,95 @@ def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert,
         lazy.close()
     assert proc.poll() is not None
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The hop's SSH_AUTH_SOCK accepts and hangs up: ssh sees an agent with nothing to offer."""
+    from tsh._privagent import LazyAgent
+
+    key_path, cert_path = key_and_cert
+    lazy = LazyAgent(str(key_path), str(cert_path), 600)
+    try:
+        listed = subprocess.run(
+            [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": lazy.presence_sock},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert listed.returncode != 0 and listed.stdout == ""
+        assert lazy._agent is None
+    finally:
+        lazy.close()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_lazy_agent_prefers_the_users_agent_holding_the_certificate(
+    openssh, key_and_cert, ssh_agent, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tsh._privagent import LazyAgent
+
+    key_path, cert_path = key_and_cert
+    side_by_side = tmp_path / "id"
+    side_by_side.symlink_to(key_path)
+    (tmp_path / "id-cert.pub").symlink_to(cert_path)
+    subprocess.run([openssh.ssh_add, "-q", str(side_by_side)], env=ssh_agent.env, check=True)
+    lazy = LazyAgent(str(key_path), str(cert_path), 600, user_sock=ssh_agent.sock)
+    try:
+        assert _agent_lists(openssh, lazy.sock, cert_path)
+        assert lazy._agent is None  # relayed to the user's agent: no private one
+    finally:
+        lazy.close()
+
+
+def _path_with(tmp_path: Path, name: str, script: str) -> str:
+    """PATH with a wrapper ``name`` (a shell script) in front of the real tools."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / name
+    wrapper.write_text("#!/bin/sh\n" + script)
+    wrapper.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _ssh_via_tsh_config(openssh, cluster, node, env, tmp_path, *cmd: str):  # type: ignore[no-untyped-def]
+    conf = run_tsh("config", f"--port={node.port}", env=env)
+    assert conf.returncode == 0, conf.stderr
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(conf.stdout)
+    return subprocess.run(
+        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
+         f"{LOGIN}@{node.name}.{cluster.name}", *cmd],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`-k no`, no agent: `tsh proxy ssh` starts ssh-agent only if the proxy asks for it."""
+    cluster, node = mode
+    marker = tmp_path / "ssh-agent-ran"
+    env = env_for(cluster)
+    env["PATH"] = _path_with(tmp_path, "ssh-agent", f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n')
+    r = login(cluster, USER, env, "--add-keys-to-agent=no")
+    assert r.returncode == 0, r.stderr
+    r = _ssh_via_tsh_config(openssh, cluster, node, env, tmp_path, "echo", "ok")
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+    recording_proxy = cluster.recording == "proxy"
+    assert marker.exists() == recording_proxy
+
+
+def test_openssh_without_forward_agent_path_falls_back(rec_cluster, rec_nodes, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """OpenSSH before 8.2 refuses `ForwardAgent <path>`: the hop forwards SSH_AUTH_SOCK instead."""
+    node = rec_nodes["node1"]
+    refused = tmp_path / "refused"
+    old_ssh = (
+        'for a in "$@"; do case "$a" in ForwardAgent=/*)\n'
+        f'  echo >> "{refused}"\n'
+        '  echo "command-line line 0: unsupported option \\"${a#ForwardAgent=}\\"." >&2; exit 255;;\n'
+        "esac; done\n"
+        f'exec "{openssh.ssh}" "$@"\n'
+    )
+    env = env_for(rec_cluster)
+    env["PATH"] = _path_with(tmp_path, "ssh", old_ssh)
+    r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
+    assert r.returncode == 0, r.stderr
+    r = _ssh_via_tsh_config(openssh, rec_cluster, node, env, tmp_path, "echo", "old-openssh")
+    assert (r.returncode, r.stdout) == (0, "old-openssh\n"), r.stderr
+    assert refused.exists()  # the first form was tried, and refused

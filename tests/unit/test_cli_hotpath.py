@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,3 +67,18 @@ def test_usage_errors_still_come_from_typer(capsys: pytest.CaptureFixture[str]) 
     assert main(["proxy", "ssh", "--bogus", "n:22"]) == 2
     assert capsys.readouterr().err == "error: No such option: --bogus (see 'tsh proxy ssh -h')\n"
 
+
+def test_the_hot_path_imports_only_what_the_data_path_needs() -> None:
+    # Start-up time is part of every connection's set-up (benchmarks/proxy_ssh.py);
+    # these modules cost more than the rest of it together.
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import tsh.cli, tsh.cli._hotpath, tsh._proxycmd, tsh._hop, tsh._store, tsh._privagent\n"
+        "slow = {'typer', 'click', 'rich', 'dataclasses', 'inspect', 'typing', 'tempfile', 'shutil',\n"
+        "        'random', 'getpass', 'ipaddress', 'asyncssh', 'httpx', 'keyring', 'cryptography',\n"
+        "        'platformdirs', 'tsh._sshcmd', 'tsh._sshconfig'}\n"
+        "loaded = (set(sys.modules) - before) & slow\n"
+        "assert not loaded, sorted(loaded)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

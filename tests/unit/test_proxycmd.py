@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tsh import InvalidNameError, UsageError
-from tsh._proxycmd import (
-    Target,
-    backoff_delays,
-    clean_target_host,
-    parse_target,
-    subsystem_name,
-)
+from tsh._hop import clean_target_host, subsystem_name
+from tsh._proxycmd import Target, backoff_delays, parse_target
 
 
 def test_parse_target() -> None:
@@ -69,3 +66,28 @@ def test_config_and_proxy_cli_import_nothing_heavy() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")
+def test_grow_pipe_enlarges_pipes_and_leaves_other_files_alone(tmp_path) -> None:
+    from tsh._proxycmd import _PIPE_SIZE, _grow_pipe
+
+    r, w = os.pipe()
+    try:
+        _grow_pipe(w)
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) >= _PIPE_SIZE
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(tmp_path / "f", "wb") as f:
+        _grow_pipe(f.fileno())  # not a pipe: no error
+    _grow_pipe(None)
+
+
+def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
+    from tsh._privagent import _private_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    a, b = _private_dir("tsh-agent-"), _private_dir("tsh-agent-")
+    assert a != b and os.path.dirname(a) == str(tmp_path)
+    assert os.stat(a).st_mode & 0o777 == 0o700

@@ -104,7 +104,7 @@ def test_flags_pass_through_and_user_options_win(paths, ssh_G):
 
 
 def test_agent_only_profile_uses_the_public_key(paths, ssh_G):
-    profile = Profile(**{**PROFILE.__dict__, "key_storage": "agent"})
+    profile = PROFILE._replace(key_storage="agent")
     cfg = ssh_G(ssh_argv(profile, paths, SSHRequest(), "node1"))
     assert cfg["identityfile"] == str(paths.public_key)
     assert cfg["identitiesonly"] == "yes"
