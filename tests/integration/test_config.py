@@ -124,20 +124,20 @@ def test_update_is_idempotent_and_preserves_the_rest(cluster, login_name, tmp_pa
     head = b"# mine\nHost github.com\n    User git\n\xff not utf-8\n"
     target.write_bytes(head)
     os.chmod(target, 0o640)
-    r = tsh("config", f"--update-file={target}", env=me.env())
+    r = tsh("config", f"--update={target}", env=me.env())
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b""
     first = target.read_bytes()
     assert first.startswith(head + b"\n# Begin generated Teleport configuration")
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert Path(f"{target}.tsh-backup").read_bytes() == head
-    # Again: nothing changes.
-    r = tsh("config", f"--update-file={target}", env=me.env())
+    # Again (the other spelling): nothing changes.
+    r = tsh("config", "--update-file", str(target), env=me.env())
     assert r.returncode == 0 and b"up to date" in r.stderr
     assert target.read_bytes() == first
     # Changed options replace the block in place; text after it stays.
     target.write_bytes(first + b"Host *\n    ServerAliveInterval 30\n")
-    r = tsh("config", f"--update-file={target}", "--port=2222", env=me.env())
+    r = tsh("config", f"--update={target}", "--port=2222", env=me.env())
     assert r.returncode == 0, r.stderr.decode()
     new = target.read_bytes()
     assert new.startswith(head) and new.endswith(b"Host *\n    ServerAliveInterval 30\n")

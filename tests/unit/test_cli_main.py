@@ -50,3 +50,18 @@ def test_os_errors_are_one_line(capsys, monkeypatch):
     assert main(["version"]) == 1
     assert capsys.readouterr().err == "error: Permission denied: /root/.local/share/tsh-py\n"
 
+
+def test_update_equals_path_is_the_update_file_option():
+    from tsh.cli.config import spell_update_path
+
+    assert spell_update_path(["config", "--update=/x/c", "-p", "22"]) == [
+        "config", "--update-file", "/x/c", "-p", "22",
+    ]  # fmt: skip
+    assert spell_update_path(["config", "--update"]) == ["config", "--update"]
+    assert spell_update_path(["config", "--update="]) == ["config", "--update="]  # click refuses it
+    assert spell_update_path(["config", "--", "--update=x"]) == ["config", "--", "--update=x"]
+
+
+def test_update_with_an_empty_path_is_a_usage_error(capsys):
+    assert main(["config", "--update="]) == 2
+    assert "does not take a value" in capsys.readouterr().err

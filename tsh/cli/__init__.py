@@ -68,6 +68,10 @@ def _run_typer(args: list[str]) -> int:
 
     from ._app import app
 
+    if args[:1] == ["config"]:
+        from .config import spell_update_path
+
+        args = spell_update_path(args)
     try:
         # Without standalone mode click returns (not raises) a typer.Exit's code.
         rc = app(args=args, prog_name="tsh", standalone_mode=False)

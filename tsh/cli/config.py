@@ -25,13 +25,12 @@ def config(
         help="ProxyCommand form: 'tsh' (tsh proxy ssh) or 'openssh' (plain ssh, no Python).",
     ),
     update: bool = typer.Option(
-        False, "--update", help="Write into ~/.ssh/config instead of printing."
+        False,
+        "--update",
+        help="Write into ~/.ssh/config (--update=PATH: into PATH) instead of printing.",
     ),
     update_file: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
-        None,
-        "--update-file",
-        metavar="PATH",
-        help="Like --update, for another ssh_config file.",
+        None, "--update-file", metavar="PATH", help="The same as --update=PATH."
     ),
 ) -> None:
     """Print an OpenSSH client configuration for the proxy's clusters.
@@ -66,6 +65,21 @@ def config(
         print(f"Wrote {target}.", file=sys.stderr)
     else:
         print(f"Updated {target} (previous version: {backup}).", file=sys.stderr)
+
+
+def spell_update_path(args: list[str]) -> list[str]:
+    """``--update=PATH`` as ``--update-file PATH`` (for ``args`` of ``tsh config``).
+
+    Click has no option that is a flag alone and takes a value after ``=``,
+    so the one spelling is turned into the other before typer parses.
+    """
+    out = []
+    for i, word in enumerate(args):
+        if word == "--":
+            return out + args[i:]
+        name, eq, value = word.partition("=")
+        out += ["--update-file", value] if name == "--update" and eq and value else [word]
+    return out
 
 
 def _warn_if_expired(valid_before: int) -> None:
