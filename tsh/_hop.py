@@ -89,7 +89,7 @@ def proxy_hop_argv(
     return [
         ssh,
         "-F", "/dev/null",
-        "-o", f"ForwardAgent={agent_sock or 'yes'}",
+        *(_opt("ForwardAgent", validate_path(agent_sock)) if agent_sock else ["-o", "ForwardAgent=yes"]),
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "GlobalKnownHostsFile=/dev/null",

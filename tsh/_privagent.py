@@ -22,6 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._exceptions import InvalidNameError
+from ._names import validate_path
+
 __all__ = ["LazyAgent", "PrivateAgent"]
 
 #: Seconds to wait for the private agent to accept connections.
@@ -44,12 +47,11 @@ class PrivateAgent:
             OSError: no ssh-agent/ssh-add, the agent did not start, or it refused the key.
         """
         import shutil
-        import tempfile
 
         ssh_agent, ssh_add = shutil.which("ssh-agent"), shutil.which("ssh-add")
         if ssh_agent is None or ssh_add is None:
             raise OSError("cannot find OpenSSH's `ssh-agent` and `ssh-add` on PATH")
-        directory = tempfile.mkdtemp(prefix="tsh-agent-")  # 0700: only we reach the socket
+        directory = _private_dir("tsh-agent-")  # 0700: only we reach the socket
         sock = os.path.join(directory, "agent.sock")
         proc = subprocess.Popen(
             [ssh_agent, "-D", "-a", sock],
@@ -70,6 +72,9 @@ class PrivateAgent:
             )  # fmt: skip
             if added.returncode != 0:
                 raise OSError(f"ssh-add refused the key: {added.stderr.strip()}")
+        except subprocess.TimeoutExpired:
+            agent.close()
+            raise OSError("ssh-add did not answer") from None
         except BaseException:
             agent.close()
             raise
@@ -127,7 +132,8 @@ class LazyAgent:
         self.presence_sock = os.path.join(self._directory, "presence.sock")
         self._agent: PrivateAgent | None = None
         self._upstream: str | None = None
-        self._starting = threading.Lock()
+        self._closed = False
+        self._starting = threading.Lock()  # guards _upstream, _agent and _closed
         self._listeners: list[socket.socket] = []
         try:
             for path, handle in ((self.sock, self._relay_in_thread),
@@ -148,6 +154,8 @@ class LazyAgent:
         upstream = socket.socket(socket.AF_UNIX)
         try:
             with self._starting:
+                if self._closed:  # a connection accepted just before close()
+                    raise OSError("closed")
                 if self._upstream is None:
                     self._upstream = self._choose_upstream()
             upstream.connect(self._upstream)
@@ -179,6 +187,7 @@ class LazyAgent:
                 pass
             listener.close()
         with self._starting:
+            self._closed = True
             if self._agent is not None:
                 self._agent.close()
         for remove, path in (
@@ -203,12 +212,24 @@ def _accept(listener: socket.socket, handle: Callable[[socket.socket], None]) ->
 
 
 def _private_dir(prefix: str) -> str:
-    """A new 0700 directory under the temporary directory (tempfile.mkdtemp's job).
+    """A new 0700 directory for agent sockets (tempfile.mkdtemp's job, by hand).
 
-    Done by hand because this runs for every connection through `tsh proxy
-    ssh`, and importing tempfile (with shutil and random) is most of its cost.
+    By hand because this runs for every connection through `tsh proxy ssh`,
+    and importing tempfile (with shutil and random) is most of its cost.
+    ``$TMPDIR`` is used if it is an absolute path that OpenSSH takes literally
+    in ``ForwardAgent`` (no ``%``, ``$``, quotes...), short enough for socket
+    paths, and writable; otherwise /tmp.
     """
-    base = os.environ.get("TMPDIR") or "/tmp"
+    tmpdir = os.environ.get("TMPDIR", "")
+    try:
+        if len(tmpdir) <= 64:  # sun_path holds 108 bytes
+            return _new_dir(validate_path(tmpdir), prefix)
+    except (InvalidNameError, OSError):
+        pass
+    return _new_dir("/tmp", prefix)
+
+
+def _new_dir(base: str, prefix: str) -> str:
     while True:
         path = os.path.join(base, prefix + os.urandom(6).hex())
         try:

@@ -88,6 +88,18 @@ class Profile(_ProfileFields):
 
     __slots__ = ()
 
+    # As when this was a dataclass with ``extra`` out of comparison: fields
+    # tsh-py does not know play no part in equality, and only a Profile can
+    # equal a Profile.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Profile) and self[:-1] == other[:-1]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:-1])
+
     @property
     def proxy_host(self) -> str:
         """Host part of the web proxy address; also the profile's name."""

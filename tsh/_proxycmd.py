@@ -21,7 +21,8 @@ What tsh adds around the child:
 - The agent to forward (tsh._privagent): with the key on disk, a socket
   behind which, if a recording proxy uses it, is the user's agent when that
   holds the certificate, else a private agent holding the key on disk. The
-  hop itself logs in with the key files (no agent query on the way).
+  hop itself logs in with the key files (OpenSSH 8.2 and later; older ones
+  get the lazy socket as their agent, and start what is behind it).
 - Exit as soon as the node side ends, even while ssh keeps our stdin open.
 
 Start-up time is part of every connection's set-up, so this module and what
@@ -65,8 +66,8 @@ REPLAY_LIMIT = 1 << 16
 #: Node output held back while waiting for its "SSH-" version line.
 _BANNER_LIMIT = 8192
 _CHUNK = 1 << 18
-#: Pipe buffer for the bulk of a session (see _grow_pipe); Linux's default limit.
-_PIPE_SIZE = 1 << 20
+#: Pipe buffer for the bulk of a session (see _grow_pipe).
+_PIPE_SIZE = 1 << 18
 #: Seconds to wait for the child ssh to end once the node side has ended.
 _EXIT_TIMEOUT = 10.0
 
@@ -204,9 +205,12 @@ def proxy_ssh(
 
         login = validate_login(getpass.getuser())
     paths = store.paths_for(profile)
-    for needed in (paths.known_hosts, paths.ssh_cert(profile.cluster)):
-        if not needed.is_file():
-            raise NotLoggedInError(f"{needed} is missing; run tsh login")
+    needed = [paths.known_hosts, paths.ssh_cert(profile.cluster)]
+    if profile.key_storage != "agent":
+        needed.append(paths.private_key)  # the hop logs in with the key file
+    for needed_file in needed:
+        if not needed_file.is_file():
+            raise NotLoggedInError(f"{needed_file} is missing; run tsh login")
     def hop(agent_sock: str | None = None) -> list[str]:
         # "ssh" is looked up on PATH when started (no shutil import: start-up time).
         return proxy_hop_argv(profile, paths, tgt.host, cluster, login=login, port=tgt.port,
@@ -216,16 +220,18 @@ def proxy_ssh(
     with _hangup_raises():
         agent = _agent_to_forward(profile, paths)
         if agent is None:
-            forms = [(hop(), env)]
+            attempts = _Attempts((hop(), env), stdin, stdout, stderr)
         else:
-            forms = [
+            attempts = _Attempts(
                 (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
+                stdin, stdout, stderr,
                 # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
-                # lazy agent as SSH_AUTH_SOCK (its login then starts what is behind it).
-                (hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
-            ]
+                # lazy socket as SSH_AUTH_SOCK (its login starts what is behind it).
+                fallback=(hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
+                fallback_sign=f'unsupported option "{agent.sock}"',
+            )  # fmt: skip
         try:
-            return _Attempts(forms, stdin, stdout, stderr).run(
+            return attempts.run(
                 proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=str(paths.known_hosts)
             )
         except _HangUp:
@@ -273,10 +279,18 @@ def _agent_to_forward(profile: Profile, paths: ProfilePaths) -> LazyAgent | None
 class _Attempts:
     """Start the child ssh, retry drops with a replay, then copy bytes both ways."""
 
-    def __init__(self, forms: list[tuple[list[str], dict[str, str]]], stdin: int, stdout: int,
-                 stderr: int) -> None:
-        # (argv, env) of the child, and fallbacks for an ssh that refuses an option.
-        (self.argv, self.env), self.fallbacks = forms[0], forms[1:]
+    def __init__(
+        self,
+        child: tuple[list[str], dict[str, str]],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        fallback: tuple[list[str], dict[str, str]] | None = None,
+        fallback_sign: str = "",
+    ) -> None:
+        # (argv, env) of the child; the fallback replaces it once if the
+        # child's stderr shows fallback_sign (an ssh refusing an option).
+        (self.argv, self.env), self.fallback, self.fallback_sign = child, fallback, fallback_sign
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.sent = bytearray()  # what ssh sent, kept for a replay until the node speaks
         self.stdin_eof = False
@@ -293,8 +307,8 @@ class _Attempts:
                     return self._copy_both_ways(self.child, held, err)
                 err += self._finish(self.child)
                 text = err.decode(errors="replace")
-                if self.fallbacks and "unsupported option" in text:
-                    self.argv, self.env = self.fallbacks.pop(0)  # an older OpenSSH
+                if self.fallback is not None and self.fallback_sign in text:
+                    (self.argv, self.env), self.fallback = self.fallback, None
                     continue
                 if not is_drop(text) or len(self.sent) > REPLAY_LIMIT:
                     raise SSHError(failure_message(text, proxy_addr, login, known_hosts))
@@ -432,12 +446,14 @@ def _pump(src: int, dst: int, at_eof: Callable[[], None] | None = None) -> None:
 
 
 def _grow_pipe(fd: int | None) -> None:
-    """Give the pipe at ``fd`` a 1 MiB buffer, if it is a pipe and the system allows.
+    """Give the pipe at ``fd`` a 256 KiB buffer, if it is a pipe and the system allows.
 
     With the default 64 KiB, bulk data wakes the three processes on the path
     (ssh, this relay, the hop's ssh) so often that the relay costs a tenth of
-    the throughput; with 1 MiB it costs about nothing. Pages are only used
-    while data is in flight.
+    the throughput; 256 KiB brings it to within a few percent. Not more: the
+    kernel counts pipe buffers against a per-user limit (64 MiB by default,
+    ``fs.pipe-user-pages-soft``), and four pipes per connection at 256 KiB
+    leave room for 64 connections before that user's new pipes shrink.
     """
     if fd is None or not hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux only
         return

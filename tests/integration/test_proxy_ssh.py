@@ -75,6 +75,15 @@ def test_unknown_node_shows_the_proxys_error(cluster, login_name) -> None:
     assert "Traceback" not in err
 
 
+def test_missing_key_file_is_a_clear_error(cluster, login_name) -> None:
+    me = log_in(cluster, [login_name])
+    key = next(p for p in (me.home / "keys").glob("*/*") if p.is_file() and not p.suffix)
+    key.unlink()
+    r = tsh("proxy", "ssh", f"{login_name}@node1.{cluster.name}:3022", env=me.env(), input=b"")
+    assert r.returncode != 0 and r.stdout == b""
+    assert r.stderr.decode() == f"error: {key} is missing; run tsh login\n"
+
+
 def test_login_not_allowed_is_not_retried(cluster, login_name) -> None:
     me = log_in(cluster, [login_name])
     t = time.monotonic()

@@ -445,10 +445,10 @@ def test_openssh_without_forward_agent_path_falls_back(rec_cluster, rec_nodes, o
     """OpenSSH before 8.2 refuses `ForwardAgent <path>`: the hop forwards SSH_AUTH_SOCK instead."""
     node = rec_nodes["node1"]
     refused = tmp_path / "refused"
-    old_ssh = (
-        'for a in "$@"; do case "$a" in ForwardAgent=/*)\n'
-        f'  echo >> "{refused}"\n'
-        '  echo "command-line line 0: unsupported option \\"${a#ForwardAgent=}\\"." >&2; exit 255;;\n'
+    old_ssh = (  # what OpenSSH 7.x says to `-o ForwardAgent="<path>"`
+        'for a in "$@"; do case "$a" in ForwardAgent=\\"/*)\n'
+        f'  echo >> "{refused}"; p="${{a#ForwardAgent=\\"}}"\n'
+        '  echo "command-line line 0: unsupported option \\"${p%\\"}\\"." >&2; exit 255;;\n'
         "esac; done\n"
         f'exec "{openssh.ssh}" "$@"\n'
     )

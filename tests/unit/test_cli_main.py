@@ -55,7 +55,7 @@ def test_update_equals_path_is_the_update_file_option():
     from tsh.cli.config import spell_update_path
 
     assert spell_update_path(["config", "--update=/x/c", "-p", "22"]) == [
-        "config", "--update-file", "/x/c", "-p", "22",
+        "config", "--update-file=/x/c", "-p", "22",
     ]  # fmt: skip
     assert spell_update_path(["config", "--update"]) == ["config", "--update"]
     assert spell_update_path(["config", "--update="]) == ["config", "--update="]  # click refuses it

@@ -62,6 +62,10 @@ def test_profile_keeps_unknown_keys():
     data["future_field"] = {"x": 1}
     profile = Profile.from_json(json.dumps(data))
     assert json.loads(profile.to_json())["future_field"] == {"x": 1}
+    # Unknown keys play no part in equality; only a Profile equals a Profile.
+    assert profile == make_profile() and hash(profile) == hash(make_profile())
+    assert profile != profile._replace(user="someone-else")
+    assert make_profile() != tuple(make_profile())
 
 
 def test_logins_hide_internal_principals():

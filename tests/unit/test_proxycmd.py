@@ -91,3 +91,16 @@ def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
     a, b = _private_dir("tsh-agent-"), _private_dir("tsh-agent-")
     assert a != b and os.path.dirname(a) == str(tmp_path)
     assert os.stat(a).st_mode & 0o777 == 0o700
+
+
+def test_private_dir_avoids_a_tmpdir_openssh_would_expand(tmp_path, monkeypatch) -> None:
+    from tsh._privagent import _private_dir
+
+    odd = tmp_path / "a%d"
+    odd.mkdir()
+    monkeypatch.setenv("TMPDIR", str(odd))
+    made = _private_dir("tsh-test-")
+    try:
+        assert os.path.dirname(made) == "/tmp"
+    finally:
+        os.rmdir(made)

@@ -208,3 +208,15 @@ def test_via_tsh_uses_tsh_proxy_ssh(paths, ssh_G):
 def test_via_tsh_refuses_an_unsafe_executable(paths):
     with pytest.raises(InvalidNameError):
         ssh_argv(PROFILE, paths, SSHRequest(), "node1", via_tsh=('/tmp/"$(id)"/tsh',))
+
+
+def test_hop_forwards_a_given_agent_socket_quoted_and_checked(paths):
+    from tsh._hop import proxy_hop_argv
+
+    argv = proxy_hop_argv(PROFILE, paths, "node1", "example.test", agent_sock="/tmp/a b/fwd.sock")
+    assert argv[argv.index('ForwardAgent="/tmp/a b/fwd.sock"') - 1] == "-o"
+    assert "ForwardAgent=yes" not in argv
+    assert "ForwardAgent=yes" in proxy_hop_argv(PROFILE, paths, "node1", "example.test")
+    for unsafe in ("/tmp/%d/fwd.sock", "/tmp/${HOME}/fwd.sock", "relative.sock"):
+        with pytest.raises(InvalidNameError):
+            proxy_hop_argv(PROFILE, paths, "node1", "example.test", agent_sock=unsafe)

@@ -7,7 +7,8 @@ costs more than the rest of tsh's start-up, so the words of that command line
 are recognised here by hand. The recogniser accepts only unambiguous
 spellings and otherwise returns None, so that typer (`tsh.cli.proxy`) stays
 the one definition of the command: its help, its usage errors, its options.
-A test checks that both read every command line alike.
+A property test checks that both read alike the command lines it generates
+from the words that matter (options, values, targets, help, ``--``).
 """
 
 from __future__ import annotations

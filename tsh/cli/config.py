@@ -68,7 +68,7 @@ def config(
 
 
 def spell_update_path(args: list[str]) -> list[str]:
-    """``--update=PATH`` as ``--update-file PATH`` (for ``args`` of ``tsh config``).
+    """``--update=PATH`` as ``--update-file=PATH`` (for ``args`` of ``tsh config``).
 
     Click has no option that is a flag alone and takes a value after ``=``,
     so the one spelling is turned into the other before typer parses.
@@ -78,7 +78,7 @@ def spell_update_path(args: list[str]) -> list[str]:
         if word == "--":
             return out + args[i:]
         name, eq, value = word.partition("=")
-        out += ["--update-file", value] if name == "--update" and eq and value else [word]
+        out.append(f"--update-file={value}" if name == "--update" and eq and value else word)
     return out
 
 
