@@ -217,25 +217,20 @@ def login(
             ttl = request.ttl_minutes * 60.0
         else:
             ttl = ping.default_session_ttl or DEFAULT_TTL
-        if keys.tls_private is None:
-            response = client.ssh_certs(
-                user=user,
-                password=password,
-                otp_token=otp,
-                ttl_seconds=ttl,
-                pub_key=keys.ssh_public,
-                route_to_cluster=request.cluster or "",
-            )
-        else:
-            response = client.ssh_certs(
-                user=user,
-                password=password,
-                otp_token=otp,
-                ttl_seconds=ttl,
-                ssh_pub_key=keys.ssh_public,
-                tls_pub_key=keys.tls_public,
-                route_to_cluster=request.cluster or "",
-            )
+        # Up to v16 one key serves SSH and TLS; v17+ sends one of each.
+        key_args = (
+            {"pub_key": keys.ssh_public}
+            if keys.tls_private is None
+            else {"ssh_pub_key": keys.ssh_public, "tls_pub_key": keys.tls_public}
+        )
+        response = client.ssh_certs(
+            user=user,
+            password=password,
+            otp_token=otp,
+            ttl_seconds=ttl,
+            route_to_cluster=request.cluster or "",
+            **key_args,
+        )
 
     now = clock()
     facts = check_user_cert(response.cert, keys.ssh_public, now)
@@ -245,7 +240,6 @@ def login(
     clusters = [root, *[c for c in dict.fromkeys(clusters) if c != root]]
     cluster = request.cluster or root
 
-    proxy_host = validate_host(split_host_port(ping.web_proxy_addr, 443)[0], "proxy host")
     profile = Profile(
         web_proxy_addr=ping.web_proxy_addr,
         ssh_proxy_addr=ping.ssh_proxy_addr,
@@ -262,18 +256,16 @@ def login(
         server_version=ping.server_version,
         private_key_policy=ping.private_key_policy,
     )
+    validate_host(profile.proxy_host, "proxy host")  # it names files and known_hosts lines
     warnings: list[str] = []
     with store.transaction():
-        _store_login(
-            store, profile, proxy_host, keys, response, request.agent_mode, environ, warnings, now
-        )
+        _store_login(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     return LoginResult(profile, warnings)
 
 
 def _store_login(
     store: ProfileStore,
     profile: Profile,
-    proxy_host: str,
     keys: _Keys,
     response: LoginResponse,
     mode: str,
@@ -285,7 +277,8 @@ def _store_login(
     from . import _agent
     from ._knownhosts import ca_lines, merge_known_hosts
 
-    paths = store.paths(proxy_host, profile.user)
+    proxy_host = profile.proxy_host
+    paths = store.paths_for(profile)
     for d in (store.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir):
         _fs.ensure_private_dir(d)
 
