@@ -125,8 +125,8 @@ def logout_user(
             try:
                 known = _fs.read_text(paths.known_hosts)
             except FileNotFoundError:
-                known = None
-            if known is not None:
+                pass
+            else:
                 _fs.atomic_write(paths.known_hosts, merge_known_hosts(known, proxy_host, []))
 
         def match(comment: str) -> bool:
@@ -149,12 +149,13 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
     if not store.home.is_dir():
         return result
     with store.transaction():
+        profiles = store.list()
         identities: set[tuple[str, str, str]] = set()
-        for profile in store.list():
+        for profile in profiles:
             for cluster in {profile.cluster, *profile.clusters}:
                 identities.add((profile.proxy_host, profile.user, cluster))
         keys_root = store.home / "keys"
-        proxies = {p.proxy_host for p in store.list()}
+        proxies = {p.proxy_host for p in profiles}
         if keys_root.is_dir() and not keys_root.is_symlink():
             for proxy_dir in keys_root.iterdir():
                 if not proxy_dir.is_dir() or proxy_dir.is_symlink():

@@ -69,9 +69,7 @@ def delete_key(proxy_host: str, user: str, cluster: str) -> bool:
     if backend is None:
         return False
     try:
-        if backend.get_password(SERVICE, account(proxy_host, user, cluster)) is None:
-            return False
         backend.delete_password(SERVICE, account(proxy_host, user, cluster))
-    except Exception:
+    except Exception:  # keyring.errors.PasswordDeleteError when there is none, or a backend failure
         return False
     return True
