@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
+from . import print_warnings
+
 if TYPE_CHECKING:
     from .._profile import Profile
 
@@ -40,8 +42,7 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
             agent_mode=mode,
         )
         result = login(request, TerminalPrompter())
-        for warning in result.warnings:
-            print(f"WARNING: {warning}", file=sys.stderr)
+        print_warnings(result.warnings)
         return result.profile
 
     return relogin

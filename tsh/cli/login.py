@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from .._exceptions import UsageError
+from . import print_warnings
 
 
 class TerminalPrompter:
@@ -113,6 +114,5 @@ def login(
         agent_mode=mode,
     )
     result = do_login(request, TerminalPrompter())
-    for warning in result.warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    print_warnings(result.warnings)
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))

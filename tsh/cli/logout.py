@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from . import print_warnings
+
 
 def logout(
     proxy: Optional[str] = typer.Option(
@@ -27,7 +29,7 @@ def logout(
     if proxy and user:
         host = parse_proxy_arg(proxy)[0]
         result = logout_user(store, host, check_user_name(user))
-        _warn(result.warnings)
+        print_warnings(result.warnings)
         if not result.removed:
             print(f"User {user} already logged out from {host}.")
             raise typer.Exit(1)
@@ -41,12 +43,7 @@ def logout(
         raise typer.Exit(2)
     else:
         result = logout_all(store)
-        _warn(result.warnings)
+        print_warnings(result.warnings)
         print(
             "Logged out all users from all proxies." if result.removed else "All users logged out."
         )
-
-
-def _warn(warnings: list[str]) -> None:
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import List, Optional
 
 import typer
+
+from . import print_warnings
 
 
 def scp(
@@ -44,6 +45,5 @@ def scp(
         scp=find_binary("scp"),
         via_tsh=proxy_via(profile, store),
     )
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    print_warnings(warnings)
     exec_argv(argv)

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from . import print_warnings
+
 
 def ssh(
     destination: str = typer.Argument(..., metavar="[LOGIN@]HOST"),
@@ -69,7 +71,6 @@ def ssh(
         ssh=find_binary("ssh"),
         via_tsh=proxy_via(profile, store),
     )
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    print_warnings(warnings)
     sys.stdout.flush()
     exec_argv(argv)

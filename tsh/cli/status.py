@@ -7,6 +7,8 @@ import time
 
 import typer
 
+from . import print_warnings
+
 
 def status(
     format: str = typer.Option(
@@ -41,5 +43,4 @@ def status(
             from .._agent import ensure_agent_key
 
             warning = ensure_agent_key(profile, store)
-            if warning:
-                print(f"WARNING: {warning}", file=sys.stderr)
+            print_warnings([warning] if warning else [])
