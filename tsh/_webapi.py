@@ -102,7 +102,6 @@ class PingResponse:
 
     cluster_name: str
     server_version: str
-    min_client_version: str
     auth_type: str
     second_factor: str
     #: Seconds, or None when the proxy did not say.
@@ -111,7 +110,6 @@ class PingResponse:
     web_proxy_addr: str
     #: host:port of the SSH proxy (section 1 resolution rules).
     ssh_proxy_addr: str
-    tls_routing_enabled: bool
     private_key_policy: str
 
 
@@ -130,7 +128,6 @@ class HostSigner:
 class LoginResponse:
     """A decoded ``SSHLoginResponse``."""
 
-    username: str
     #: The SSH user certificate, authorized_keys format.
     cert: str
     #: The TLS client certificate, PEM.
@@ -215,16 +212,16 @@ def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
             web_host, web_port = split_host_port(public, FALLBACK_WEB_PORT)
         except ValueError as e:
             raise _bad(f"proxy.ssh.public_addr: {e}") from None
+    # Checked, not used: tsh-py's version is not comparable to Teleport's.
+    _str(data, "min_client_version", "ping")
     return PingResponse(
         cluster_name=cluster,
         server_version=version,
-        min_client_version=_str(data, "min_client_version", "ping"),
         auth_type=_str(auth, "type", "auth") or "local",
         second_factor=_str(auth, "second_factor", "auth") or "off",
         default_session_ttl=ttl,
         web_proxy_addr=join_host_port(web_host, web_port),
         ssh_proxy_addr=_resolve_ssh_proxy(ssh, web_host, web_port, tls_routing),
-        tls_routing_enabled=tls_routing,
         private_key_policy=_str(auth, "private_key_policy", "auth") or "none",
     )
 
@@ -256,8 +253,8 @@ def parse_login_response(data: Any) -> LoginResponse:
                 ),
             )
         )
+    _str(data, "username", "login response")  # checked, not used: the profile keeps the name asked for
     return LoginResponse(
-        username=_str(data, "username", "login response"),
         cert=_b64_text(data.get("cert"), "cert"),
         tls_cert=_b64_text(data.get("tls_cert"), "tls_cert"),
         host_signers=tuple(signers),
