@@ -8,6 +8,7 @@ writers hold ``<home>/.lock`` for the whole multi-file update.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,31 @@ def default_home() -> Path:
     env = os.environ.get("TELEPORT_HOME")
     if env:
         return Path(env).expanduser().absolute()
+    common = _linux_data_home()
+    if common is not None:
+        return common / "tsh-py"
     import platformdirs  # only when needed: it costs start-up time
 
     return Path(platformdirs.user_data_dir("tsh-py", appauthor=False))
+
+
+def _linux_data_home() -> Path | None:
+    """platformdirs' user data directory on Linux in the common cases, or None.
+
+    ``$XDG_DATA_HOME`` if absolute, else ``$HOME/.local/share`` for an
+    absolute ``$HOME``. Worked out here because `tsh proxy ssh` needs it on
+    every connection and importing platformdirs (with tempfile and shutil)
+    costs more than the rest of finding the profile; anything less common is
+    left to platformdirs. A test compares both.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    xdg, home = os.environ.get("XDG_DATA_HOME", ""), os.environ.get("HOME", "")
+    if xdg.startswith("/"):
+        return Path(xdg)
+    if not xdg.strip() and home.startswith("/"):
+        return Path(home) / ".local" / "share"
+    return None
 
 
 class ProfileStore:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -111,6 +115,29 @@ def test_default_home_uses_teleport_home(monkeypatch, tmp_path):
     assert ProfileStore().home == tmp_path / "th"
 
 
+@pytest.mark.parametrize(
+    "xdg, home",
+    [(None, "/home/joe"), ("", "/home/joe"), ("/data/x", "/home/joe"), ("relative", "/home/joe"),
+     (None, "relative-home"), ("  ", "/home/joe")],
+)  # fmt: skip
+def test_default_home_is_platformdirs_answer(monkeypatch, xdg, home):
+    import platformdirs
+
+    from tsh._store import default_home
+
+    monkeypatch.delenv("TELEPORT_HOME", raising=False)
+    monkeypatch.setenv("HOME", home)
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    try:
+        expected = Path(platformdirs.user_data_dir("tsh-py", appauthor=False))
+    except RuntimeError:  # platformdirs cannot tell either (relative HOME)
+        return
+    assert default_home() == expected
+
+
 @pytest.mark.parametrize("proxy", ["../outside", "a b", "*"])
 def test_select_refuses_a_proxy_that_is_not_a_host_name(tmp_path, proxy):
     from tsh import InvalidNameError
@@ -119,3 +146,14 @@ def test_select_refuses_a_proxy_that_is_not_a_host_name(tmp_path, proxy):
     (tmp_path / "outside.yaml").write_text(make_profile().to_json())
     with pytest.raises(InvalidNameError):
         ProfileStore(tmp_path / "home").select(proxy)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shortcut is Linux's")
+def test_default_home_on_linux_needs_no_platformdirs(tmp_path):
+    # `tsh proxy ssh` finds the profile on every connection (see _linux_data_home).
+    env = {k: v for k, v in os.environ.items() if k not in ("TELEPORT_HOME", "XDG_DATA_HOME")}
+    code = (
+        "import sys; from tsh._store import default_home; default_home(); "
+        "assert 'platformdirs' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "HOME": str(tmp_path)})
