@@ -14,17 +14,13 @@ warning: the agent never makes a login fail.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from ._exceptions import AgentError, UsageError
-
-if TYPE_CHECKING:
-    from ._profile import Profile
-    from ._store import ProfileStore
+from ._profile import Profile
+from ._store import ProfileStore
 
 __all__ = [
     "AGENT_MODES",
@@ -93,6 +89,8 @@ def suspect_agent(sock: str) -> str | None:
 
 
 def _run(coro_factory: Callable[[], object]) -> object:
+    import asyncio  # here: `tsh proxy ssh` uses this module without any agent I/O
+
     async def bounded() -> object:
         return await asyncio.wait_for(coro_factory(), AGENT_TIMEOUT)  # type: ignore[arg-type]
 
@@ -205,7 +203,6 @@ def ensure_agent_key(
         return "no ssh-agent is running (SSH_AUTH_SOCK is not set); run `tsh login` again"
     from . import _fs, _secrets
     from ._openssh import agent_holds_certificate
-    from ._store import ProfileStore
 
     store = store or ProfileStore()
     cert_path = store.paths_for(profile).ssh_cert(profile.cluster)

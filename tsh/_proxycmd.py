@@ -49,7 +49,8 @@ from contextlib import contextmanager
 from ._exceptions import NotLoggedInError, SSHError, UsageError
 from ._names import validate_cluster_name, validate_host, validate_login
 from ._privagent import LazyAgent
-from ._profile import Profile, ProfilePaths
+from ._profile import Profile
+from ._store import ProfileStore
 
 __all__ = [
     "Target",
@@ -193,7 +194,6 @@ def proxy_ssh(
         UsageError: a bad target, or no OpenSSH client.
     """
     from ._hop import proxy_hop_argv
-    from ._store import ProfileStore
 
     store = ProfileStore()
     profile = store.select(proxy)
@@ -218,7 +218,7 @@ def proxy_ssh(
 
     env = dict(os.environ)
     with _hangup_raises():
-        agent = _agent_to_forward(profile, paths)
+        agent = _agent_to_forward(profile, store)
         if agent is None:
             attempts = _Attempts((hop(), env), stdin, stdout, stderr)
         else:
@@ -256,12 +256,13 @@ def _hangup_raises() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _agent_to_forward(profile: Profile, paths: ProfilePaths) -> LazyAgent | None:
+def _agent_to_forward(profile: Profile, store: ProfileStore) -> LazyAgent | None:
     """The agent socket to forward (and close), or None to forward ``$SSH_AUTH_SOCK``."""
+    paths = store.paths_for(profile)
     if profile.key_storage == "agent":
         from ._agent import ensure_agent_key
 
-        warning = ensure_agent_key(profile)  # `-k only`: the agent must hold the key
+        warning = ensure_agent_key(profile, store)  # `-k only`: the agent must hold the key
         if warning:
             raise NotLoggedInError(warning)
         return None
@@ -407,7 +408,7 @@ class _Attempts:
         pumps = [threading.Thread(target=_pump, args=(child.stderr.fileno(), self.stderr),
                                   daemon=True)]
         child_in = None if child.stdin.closed else child.stdin.fileno()
-        if child_in is not None and not self.stdin_eof:
+        if child_in is not None:  # None once our stdin ended (stdin_eof)
             # A daemon thread: when the node side ends we exit, even though ssh
             # still holds our stdin open (it waits for us to close stdout).
             pumps.append(threading.Thread(target=_pump, args=(self.stdin, child_in),
