@@ -27,7 +27,6 @@ def usable_profile(
     store: ProfileStore,
     proxy: str | None,
     relogin: Callable[[Profile], Profile] | None = None,
-    clock: Callable[[], float] = time.time,
 ) -> tuple[Profile, list[str]]:
     """The profile for ``proxy`` (or the current one), ready for OpenSSH.
 
@@ -38,7 +37,7 @@ def usable_profile(
         NotLoggedInError: no profile, or an expired one and no ``relogin``.
     """
     profile = store.select(proxy)
-    if profile.valid_before <= clock():
+    if profile.valid_before <= time.time():
         if relogin is None:
             raise NotLoggedInError(
                 f"the certificate for {profile.name} has expired; "

@@ -56,7 +56,6 @@ def ssh_config(
     login: str | None = None,
     proxy_command: str = "tsh",
     ssh_version: tuple[int, int] | None = None,
-    executable: tuple[str, ...] | None = None,
 ) -> str:
     """Render the OpenSSH configuration for ``profile``.
 
@@ -82,7 +81,8 @@ def ssh_config(
         known_hosts=str(paths.known_hosts.absolute()),
         identity_file=str((paths.public_key if agent_only else paths.private_key).absolute()),
         certificate_file=str(paths.ssh_cert(root).absolute()),
-        executable=executable if executable is not None else tsh_executable(),
+        # Only the tsh form names tsh: no PATH lookups for the openssh one.
+        executable=tsh_executable() if proxy_command == "tsh" else (),
         port=DEFAULT_NODE_PORT if port is None else port,
         login=login,
         proxy_command=proxy_command,
