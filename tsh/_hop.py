@@ -11,7 +11,11 @@ from __future__ import annotations
 from ._names import validate_cluster_name, validate_host, validate_login, validate_path
 from ._profile import Profile, ProfilePaths, join_host_port, split_host_port
 
-__all__ = ["clean_target_host", "identity_options", "proxy_hop_argv", "subsystem_name"]
+__all__ = ["HOP_OPTIONS", "clean_target_host", "identity_options", "proxy_hop_argv", "subsystem_name"]
+
+#: Options of every hop to the proxy, also in `tsh config`'s all-OpenSSH form:
+#: no prompts, and the proxy must present a host certificate of tsh's CAs.
+HOP_OPTIONS = ("BatchMode=yes", "StrictHostKeyChecking=yes", "GlobalKnownHostsFile=/dev/null")
 
 
 def clean_target_host(host: str, proxy_host: str, cluster: str) -> str:
@@ -90,9 +94,7 @@ def proxy_hop_argv(
         ssh,
         "-F", "/dev/null",
         *(_opt("ForwardAgent", validate_path(agent_sock)) if agent_sock else ["-o", "ForwardAgent=yes"]),
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "GlobalKnownHostsFile=/dev/null",
+        *(word for option in HOP_OPTIONS for word in ("-o", option)),
         # The proxy's host certificate names the proxy host, not "[host]:3023".
         "-o", f"HostKeyAlias={proxy_host}",
         "-o", "ConnectTimeout=15",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._exceptions import UsageError
+from ._hop import HOP_OPTIONS
 from ._names import (
     validate_cluster_name,
     validate_host,
@@ -137,10 +138,6 @@ def tsh_proxy_command(
     return f"{exe} proxy ssh --cluster={cluster} --proxy={join_host_port(proxy_host, proxy_port)} %r@%h:%p"
 
 
-def _tsh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
-    return tsh_proxy_command(p.executable, cluster, p.proxy_host, p.proxy_port)
-
-
 def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     # OpenSSH runs ProxyCommand through the user's shell, which may not be
     # POSIX, so the logic is a single-quoted `sh -c` script. ssh's %r %h %p are
@@ -150,9 +147,7 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     # %h arrives lower-cased (ssh lower-cases host names), hence .lower().
     opts = [
         "-o ForwardAgent=yes",
-        "-o BatchMode=yes",
-        "-o StrictHostKeyChecking=yes",
-        "-o GlobalKnownHostsFile=/dev/null",
+        *(f"-o {option}" for option in HOP_OPTIONS),
         '-o "$4"',
         '-o "$5"',
         '-i "$6"',
@@ -194,7 +189,7 @@ def render(p: SSHConfigParams) -> str:
     for cluster in p.clusters:
         pattern = cluster.lower()
         if p.proxy_command == "tsh":
-            command = _tsh_proxy_command(p, cluster)
+            command = tsh_proxy_command(p.executable, cluster, p.proxy_host, p.proxy_port)
         else:
             command = _openssh_proxy_command(p, cluster)
         out.append(
