@@ -82,8 +82,6 @@ def _run_typer(args: list[str]) -> int:
     try:
         # Without standalone mode click returns (not raises) a typer.Exit's code.
         rc = app(args=args, prog_name="tsh", standalone_mode=False)
-    except typer.Exit as e:
-        return e.exit_code
     except typer.Abort:
         print("Aborted.", file=sys.stderr)
         return 1
