@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.cluster import sshd as sshd_launcher
 from tests.conftest import LOGIN, launch_cluster
 from tests.integration._profiles import log_in
+from tsh import ProfileStore
+from tsh._privagent import PrivateAgent
 
 FORMS = ("tsh", "openssh")
 REPO = Path(__file__).resolve().parent.parent
@@ -53,22 +55,6 @@ def install_tsh(where: Path) -> Path:
         check=True,
     )  # fmt: skip
     return where / "bin" / "tsh"
-
-
-def agent_with_key(work: Path, home: Path, agents: list[subprocess.Popen[bytes]]) -> dict[str, str]:
-    """Start an ssh-agent holding the profile's key and certificate (as `tsh login` does)."""
-    sock = work / "agent.sock"
-    agents.append(subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL))
-    while not sock.exists():
-        time.sleep(0.01)
-    keys = next(home.glob("keys/*"))
-    key = next(p for p in keys.iterdir() if p.is_file() and not p.suffix)
-    cert = next(keys.glob("*-ssh/*-cert.pub"))
-    (work / "id").symlink_to(key)
-    (work / "id-cert.pub").symlink_to(cert)
-    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-    subprocess.run(["ssh-add", "-q", str(work / "id")], env=env, check=True)
-    return env
 
 
 def ssh_argv(cfg: Path, dest: str, *cmd: str) -> list[str]:
@@ -118,7 +104,7 @@ def main() -> None:
     tsh_exe = install_tsh(work / "venv")
     cluster = launch_cluster(work / "cluster")
     node = None
-    agents: list[subprocess.Popen[bytes]] = []
+    agent = None
     results: dict[tuple[str, str], tuple[float, float]] = {}
     try:
         node = sshd_launcher.start_node(cluster.admin, cluster.name, "node1", work / "node")
@@ -132,7 +118,11 @@ def main() -> None:
                 raise SystemExit(r.stderr.decode())
             cfgs[form] = work / f"config-{form}"
             cfgs[form].write_bytes(r.stdout)
-        cases = {"no agent": me.env(), "agent": agent_with_key(work, me.home, agents)}
+        # The seed page's case: the user's ssh-agent holds key and certificate.
+        store = ProfileStore(me.home)
+        paths = store.paths_for(store.select(None))
+        agent = PrivateAgent.start(str(paths.private_key), str(paths.ssh_cert(cluster.name)), 3600)
+        cases = {"no agent": me.env(), "agent": me.env(SSH_AUTH_SOCK=agent.sock)}
         for case, env in cases.items():
             setup_ms(cfgs, dest, env, 2)  # warm up caches (page cache, bytecode) first
             setup = setup_ms(cfgs, dest, env, args.runs)
@@ -143,9 +133,8 @@ def main() -> None:
         if node is not None:
             node.stop()
         cluster.stop()
-        for agent in agents:
-            agent.terminate()
-            agent.wait()
+        if agent is not None:
+            agent.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"tsh measured: a regular install of {REPO}")
     print(f"{'case':<10}{'ProxyCommand':<14}{'setup ms (median)':>19}{'MiB/s (median)':>16}")

@@ -50,7 +50,7 @@ def main() -> None:
     )
     with store.transaction():
         atomic_write(store.paths_for(profile).profile_file, profile.to_json())
-        atomic_write(store.home / "current-profile", profile.name + "\n")
+        atomic_write(store.paths_for(profile).current_profile, profile.name + "\n")
     env = dict(os.environ, TELEPORT_HOME=str(store.home))
     base = median_ms([sys.executable, "-c", "pass"], args.runs, env)
     print(f"{'command':<14}{'median ms':>10}{'over pass':>11}{'budget':>8}  ok")
