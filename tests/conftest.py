@@ -135,10 +135,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 # --------------------------------------------------------------------------- nodes
-def launch_node(cluster: Cluster, name: str, workdir: Path) -> sshd_launcher.SSHDNode:
-    """Start a real sshd configured from ``cluster`` and register it as ``name``."""
+def launch_node(
+    cluster: Cluster, name: str, workdir: Path, kind: str = "cert"
+) -> sshd_launcher.SSHDNode:
+    """Start a real sshd configured from ``cluster`` and register it as ``name``.
+
+    ``kind``: its host key, one of ``sshd.HOST_KEY_KINDS``: ``"cert"`` (certified by
+    the cluster), ``"plain"`` (no certificate) or ``"other-ca"`` (an unknown CA's).
+    """
     return sshd_launcher.start_node(
-        cluster.admin, cluster.name, name, workdir, sshd=sshd_launcher.find_sshd() or ""
+        cluster.admin, cluster.name, name, workdir, sshd=sshd_launcher.find_sshd() or "",
+        host_key_kind=kind,
     )
 
 

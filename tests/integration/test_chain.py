@@ -18,8 +18,7 @@ import asyncssh
 import httpx
 import pytest
 
-from tests.cluster import sshd as sshd_launcher
-from tests.conftest import LOGIN
+from tests.conftest import LOGIN, launch_node
 
 pytestmark = pytest.mark.integration
 
@@ -114,20 +113,7 @@ def test_chain_by_node_name_in_cluster_domain(openssh, cluster, start_node, iden
 
 def test_node_with_foreign_host_ca_is_refused(openssh, cluster, identity, login_name,
                                               tmp_path) -> None:
-    work = tmp_path / "rogue"
-    work.mkdir()
-    for name in ("ca", "host_key"):
-        subprocess.run([openssh.ssh_keygen, "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(work / name)], check=True)
-    subprocess.run([openssh.ssh_keygen, "-q", "-s", str(work / "ca"), "-I", "rogue", "-h",
-                    "-n", f"rogue.{cluster.name},127.0.0.1", str(work / "host_key.pub")],
-                   check=True)
-    user_ca = work / "user_ca.pub"
-    user_ca.write_text(cluster.admin("auth", "export", "--type=user")
-                       .replace("cert-authority ", "", 1))
-    with sshd_launcher.start_sshd("rogue", work, work / "host_key", work / "host_key-cert.pub",
-                                  user_ca, openssh.sshd) as rogue:
-        cluster.admin("nodes", "add", f"rogue.{cluster.name}", rogue.addr)
+    with launch_node(cluster, f"rogue.{cluster.name}", tmp_path / "rogue", "other-ca") as rogue:
         r = ssh_via_proxy(openssh, cluster, identity, f"rogue.{cluster.name}", rogue.port,
                           login_name, "echo should-not-run")
     assert r.returncode == 255

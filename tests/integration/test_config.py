@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import sshd as sshd_launcher
+from tests.conftest import launch_node
 from tests.integration._profiles import log_in, tsh
 
 pytestmark = pytest.mark.integration
@@ -57,34 +57,10 @@ def test_login_option_and_default_user(openssh, cluster, node, login_name, tmp_p
     assert r.stdout.strip() == login_name
 
 
-def _start_untrusted_node(cluster, workdir: Path, name: str, ca: bool):
-    """An sshd with a plain host key, or one certified by a CA the cluster does not know."""
-    workdir.mkdir(mode=0o700, parents=True)
-    host_key = workdir / "ssh_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
-                   check=True)
-    cert = Path(f"{host_key}-cert.pub")
-    if ca:
-        other_ca = workdir / "other_ca"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_ca)],
-                       check=True)
-        subprocess.run(["ssh-keygen", "-q", "-s", str(other_ca), "-I", name, "-h", "-n",
-                        f"{name},{name}.{cluster.name},127.0.0.1", f"{host_key}.pub"], check=True)
-    user_ca = workdir / "user_ca.pub"
-    export = cluster.admin("auth", "export", "--type=user")
-    user_ca.write_text("".join(ln.replace("cert-authority ", "", 1) + "\n"
-                               for ln in export.splitlines() if ln.strip()))
-    if not ca:  # sshd needs some HostCertificate file in this launcher: use none
-        cert = Path("/dev/null")
-    node = sshd_launcher.start_sshd(name, workdir, host_key, cert, user_ca)
-    cluster.admin("nodes", "add", name, node.addr)
-    return node
-
-
 @pytest.mark.parametrize("ca", [False, True], ids=["plain-host-key", "other-ca"])
 def test_node_host_certificate_is_checked(openssh, cluster, login_name, tmp_path, ca) -> None:
     name = "rogue-ca" if ca else "rogue-plain"
-    rogue = _start_untrusted_node(cluster, tmp_path / name, name, ca)
+    rogue = launch_node(cluster, name, tmp_path / name, "other-ca" if ca else "plain")
     try:
         me = log_in(cluster, [login_name])
         cfg = _write_config(tmp_path, me, f"--port={rogue.port}")

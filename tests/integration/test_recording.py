@@ -20,9 +20,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from tests.cluster import sshd as sshd_launcher
 from tests.cluster.launch import Cluster, launch_cluster
-from tests.conftest import LOGIN
+from tests.conftest import LOGIN, launch_node
 from tests.integration._tsh import env_for, login, run_tsh
 
 pytestmark = pytest.mark.integration
@@ -31,17 +30,6 @@ USER = "rec-tester"
 PLAIN_HOST_KEY = (
     "ssh: handshake failed: remote host presented a public key, expected a host certificate"
 )
-
-
-def _launch_node(cluster, name: str, workdir: Path, kind: str = "cert"):  # type: ignore[no-untyped-def]
-    return sshd_launcher.start_node(
-        cluster.admin,
-        cluster.name,
-        name,
-        workdir,
-        sshd=sshd_launcher.find_sshd() or "",
-        host_key_kind=kind,
-    )
 
 
 def _start(tmp_path_factory, *extra: str) -> Cluster:  # type: ignore[no-untyped-def]
@@ -66,7 +54,7 @@ def rec_nodes(rec_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
     started = {}
     try:
         for name, kind in (("node1", "cert"), ("plain1", "plain"), ("forged1", "other-ca")):
-            started[name] = _launch_node(
+            started[name] = launch_node(
                 rec_cluster, name, tmp_path_factory.mktemp(f"rec-{name}"), kind
             )
         yield started
@@ -292,7 +280,7 @@ def test_proxy_checks_host_keys_no_lets_a_plain_key_through(
     lax = _start(tmp_path_factory, "--proxy-checks-host-keys", "no")
     node = None
     try:
-        node = _launch_node(lax, "plain1", tmp_path_factory.mktemp("lax-plain"), "plain")
+        node = launch_node(lax, "plain1", tmp_path_factory.mktemp("lax-plain"), "plain")
         env = _logged_in(lax, ssh_agent)
         r = _ssh(node, f"{LOGIN}@{node.name}", "echo let-through", env=env)
         assert (r.returncode, r.stdout) == (0, "let-through\n"), r.stderr
