@@ -14,7 +14,6 @@ import itertools
 import os
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import asyncssh
 import httpx
 
+from tests.integration._tsh import tsh_argv
 from tsh import _fs
 from tsh._profile import Profile, ProfilePaths
 
@@ -117,8 +117,6 @@ def log_in(cluster, logins: list[str], *, user: str | None = None,
 
 def tsh(*args: str, env: dict[str, str], input: bytes | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    """Run the installed `tsh` entry point (the executable `tsh config` will name)."""
-    exe = Path(sys.executable).with_name("tsh")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "tsh"]
-    return subprocess.run([*argv, *args], env=env, input=input, capture_output=True,
+    """Run the installed `tsh` entry point (the executable `tsh config` will name); bytes."""
+    return subprocess.run([*tsh_argv(), *args], env=env, input=input, capture_output=True,
                           timeout=timeout, check=False)

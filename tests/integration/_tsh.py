@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyotp
 
 PASSWORD = "secret-pw"
+
+
+def tsh_argv(*, installed: bool = True) -> list[str]:
+    """How the tests start tsh: the installed `tsh` entry point, which `tsh config` then
+    names in its ProxyCommand; ``python -m tsh`` without one or with ``installed=False``
+    (what :func:`run_tsh` runs, so that tests see both forms)."""
+    exe = Path(sys.executable).with_name("tsh")
+    return [str(exe)] if installed and exe.exists() else [sys.executable, "-m", "tsh"]
 
 
 def run_tsh(
@@ -16,7 +25,7 @@ def run_tsh(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m tsh ARGS`` with ``env``; never raises on a non-zero exit."""
     return subprocess.run(
-        [sys.executable, "-m", "tsh", *args],
+        [*tsh_argv(installed=False), *args],
         input=input, capture_output=True, text=True, env=env, timeout=timeout,
     )  # fmt: skip
 

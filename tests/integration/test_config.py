@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import launch_node
 from tests.integration._profiles import log_in, tsh
+from tests.integration._tsh import tsh_argv
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +81,8 @@ def test_seed_page_append_with_fresh_home(openssh, cluster, node, login_name, tm
     home.mkdir()
     env = me.env(HOME=str(home))
     r = subprocess.run(
-        ["sh", "-c", f'mkdir -p ~/.ssh && "$0" config --port={node.port} >> ~/.ssh/config',
-         str(Path(os.sys.executable).with_name("tsh"))],
+        ["sh", "-c", f"mkdir -p ~/.ssh && {shlex.join(tsh_argv())} config --port={node.port}"
+         " >> ~/.ssh/config"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert r.returncode == 0, r.stderr

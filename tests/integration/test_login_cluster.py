@@ -17,7 +17,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.integration._tsh import PASSWORD, agent_lines, env_for, login
+from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, tsh_argv
 from tests.integration._tsh import run_tsh as tsh
 from tsh._store import ProfileStore
 
@@ -157,16 +157,8 @@ def test_concurrent_logins_leave_a_loadable_profile(cluster, login_name: str) ->
     env = env_for(cluster)
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tsh",
-                "login",
-                f"--proxy={cluster.web_addr}",
-                "--user=carol",
-                "-k",
-                "no",
-            ],
+            [*tsh_argv(installed=False), "login", f"--proxy={cluster.web_addr}", "--user=carol",
+             "-k", "no"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -13,13 +13,9 @@ import pytest
 
 from tests.cluster import sshd as sshd_launcher
 from tests.integration._profiles import log_in, tsh
+from tests.integration._tsh import tsh_argv
 
 pytestmark = pytest.mark.integration
-
-
-def _tsh_argv() -> list[str]:
-    exe = Path(os.sys.executable).with_name("tsh")
-    return [str(exe)] if exe.exists() else [os.sys.executable, "-m", "tsh"]
 
 
 def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
@@ -42,7 +38,7 @@ def test_pipes_to_node_and_exits_when_server_closes_with_stdin_open(
     """Regression: the node hangs up while ssh still holds our stdin open."""
     me = log_in(cluster, [login_name])
     proc = subprocess.Popen(
-        [*_tsh_argv(), "proxy", "ssh", f"--cluster={cluster.name}",
+        [*tsh_argv(), "proxy", "ssh", f"--cluster={cluster.name}",
          f"{login_name}@{node.name}.{cluster.name}:{node.port}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=me.env(),
     )

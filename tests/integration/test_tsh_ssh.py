@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 from tests.conftest import LOGIN
-from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, run_tsh
+from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, run_tsh, tsh_argv
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_local_forwarding(node, login_name, logged_in) -> None:  # type: ignore[
     local_port = _free_port()
     spec = f"127.0.0.1:{local_port}:127.0.0.1:{server.server_address[1]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tsh", "ssh", f"--port={node.port}", "-N", "-L", spec,
+        [*tsh_argv(installed=False), "ssh", f"--port={node.port}", "-N", "-L", spec,
          "-o", "ExitOnForwardFailure=yes", f"{login_name}@{node.name}"],
         env=logged_in, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -259,9 +259,7 @@ def test_no_ssh_binary(logged_in, tmp_path) -> None:  # type: ignore[no-untyped-
     empty = tmp_path / "nobin"
     empty.mkdir()
     env = {**logged_in, "PATH": str(empty)}
-    r = subprocess.run(
-        [sys.executable, "-m", "tsh", "ssh", "node1", "true"], env=env, capture_output=True, text=True
-    )
+    r = run_tsh("ssh", "node1", "true", env=env)
     assert r.returncode != 0 and "cannot find OpenSSH's `ssh`" in r.stderr
 
 
