@@ -30,6 +30,33 @@ def run_tsh(
     )  # fmt: skip
 
 
+def tsh_config_file(
+    path: Path, *config_args: str, env: dict[str, str], installed: bool = False
+) -> Path:
+    """Write ``tsh config CONFIG_ARGS`` (asserted to succeed) to ``path``; return it.
+
+    ``installed``: run the entry point (see :func:`tsh_argv`) rather than ``python -m tsh``.
+    """
+    r = subprocess.run(
+        [*tsh_argv(installed=installed), "config", *config_args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    path.write_text(r.stdout)
+    return path
+
+
+def ssh_with_config(
+    ssh: str, cfg: Path, dest: str, *cmd: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """OpenSSH's ``ssh -F CFG -o BatchMode=yes DEST CMD`` (stdin /dev/null, text output)."""
+    return subprocess.run(
+        [ssh, "-F", str(cfg), "-o", "BatchMode=yes", dest, *cmd],
+        capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+
+
 def env_for(cluster, agent_sock: str | None = None, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The test's environment, trusting ``cluster``'s TLS CA, with an agent if given."""
     env = dict(os.environ, SSL_CERT_FILE=str(cluster.tls_ca), **extra)

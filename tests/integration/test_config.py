@@ -12,25 +12,9 @@ import pytest
 
 from tests.conftest import launch_node
 from tests.integration._profiles import log_in, tsh
-from tests.integration._tsh import tsh_argv
+from tests.integration._tsh import ssh_with_config, tsh_argv, tsh_config_file
 
 pytestmark = pytest.mark.integration
-
-
-def _ssh(openssh, cfg: Path, dest: str, *cmd: str, env: dict[str, str], timeout: float = 60):
-    return subprocess.run(
-        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", dest, *cmd],
-        env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _write_config(tmp_path: Path, me, *args: str) -> Path:
-    r = tsh("config", *args, env=me.env())
-    assert r.returncode == 0, r.stderr.decode()
-    cfg = tmp_path / "ssh_config"
-    cfg.write_bytes(r.stdout)
-    return cfg
 
 
 @pytest.mark.parametrize("form", ["tsh", "openssh"])
@@ -38,13 +22,14 @@ def test_ssh_reaches_node_through_generated_config(
     openssh, cluster, node, login_name, ssh_agent, tmp_path, form
 ) -> None:
     me = log_in(cluster, [login_name])
-    cfg = _write_config(tmp_path, me, f"--port={node.port}", f"--proxy-command={form}")
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}",
+                          f"--proxy-command={form}", env=me.env(), installed=True)
     text = cfg.read_text()
     assert text.startswith("# Begin generated Teleport configuration for 127.0.0.1 by tsh\n")
     assert ("proxy ssh --cluster=" in text) == (form == "tsh")
     env = me.env(SSH_AUTH_SOCK=ssh_agent.sock)
-    r = _ssh(openssh, cfg, f"{login_name}@{node.name}.{cluster.name}", "echo", "hi-from-node",
-             env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{login_name}@{node.name}.{cluster.name}",
+                        "echo", "hi-from-node", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hi-from-node\n"
     # The node's own sshd saw a certificate login from the cluster's user CA.
@@ -53,8 +38,9 @@ def test_ssh_reaches_node_through_generated_config(
 
 def test_login_option_and_default_user(openssh, cluster, node, login_name, tmp_path) -> None:
     me = log_in(cluster, [login_name])
-    cfg = _write_config(tmp_path, me, f"--port={node.port}", f"--login={login_name}")
-    r = _ssh(openssh, cfg, f"{node.name}.{cluster.name}", "id", "-un", env=me.env())
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", f"--login={login_name}",
+                          env=me.env(), installed=True)
+    r = ssh_with_config(openssh.ssh, cfg, f"{node.name}.{cluster.name}", "id", "-un", env=me.env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == login_name
 
@@ -65,8 +51,10 @@ def test_node_host_certificate_is_checked(openssh, cluster, login_name, tmp_path
     rogue = launch_node(cluster, name, tmp_path / name, "other-ca" if ca else "plain")
     try:
         me = log_in(cluster, [login_name])
-        cfg = _write_config(tmp_path, me, f"--port={rogue.port}")
-        r = _ssh(openssh, cfg, f"{login_name}@{name}.{cluster.name}", "true", env=me.env())
+        cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={rogue.port}", env=me.env(),
+                              installed=True)
+        r = ssh_with_config(openssh.ssh, cfg, f"{login_name}@{name}.{cluster.name}", "true",
+                            env=me.env())
         assert r.returncode == 255
         assert "Host key verification failed" in r.stderr
         assert "Accepted publickey" not in rogue.log()
@@ -90,7 +78,8 @@ def test_seed_page_append_with_fresh_home(openssh, cluster, node, login_name, tm
     cfg = home / ".ssh" / "config"
     assert cfg.read_text().startswith("# Begin generated Teleport configuration")
     # OpenSSH takes ~ from the passwd entry, so name the file explicitly.
-    r2 = _ssh(openssh, cfg, f"{login_name}@{node.name}.{cluster.name}", "hostname", env=env)
+    r2 = ssh_with_config(openssh.ssh, cfg, f"{login_name}@{node.name}.{cluster.name}", "hostname",
+                         env=env)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.strip()
 

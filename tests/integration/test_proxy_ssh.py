@@ -13,7 +13,7 @@ import pytest
 
 from tests.cluster import sshd as sshd_launcher
 from tests.integration._profiles import log_in, tsh
-from tests.integration._tsh import tsh_argv
+from tests.integration._tsh import ssh_with_config, tsh_argv, tsh_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -109,16 +109,10 @@ def test_agent_only_profile(openssh, cluster, node, login_name, ssh_agent, tmp_p
     me = log_in(cluster, [login_name], agent_only_sock=ssh_agent.sock)
     assert not me.paths.private_key.exists()
     env = me.env(SSH_AUTH_SOCK=ssh_agent.sock)
-    r = tsh("config", f"--port={node.port}", env=env)
-    assert r.returncode == 0, r.stderr.decode()
-    assert f'IdentityFile "{me.paths.public_key}"'.encode() in r.stdout
-    cfg = tmp_path / "cfg"
-    cfg.write_bytes(r.stdout)
-    r2 = subprocess.run(
-        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
-         f"{login_name}@{node.name}.{cluster.name}", "echo", "agent-only-ok"],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
-    )
+    cfg = tsh_config_file(tmp_path / "cfg", f"--port={node.port}", env=env, installed=True)
+    assert f'IdentityFile "{me.paths.public_key}"' in cfg.read_text()
+    r2 = ssh_with_config(openssh.ssh, cfg, f"{login_name}@{node.name}.{cluster.name}",
+                         "echo", "agent-only-ok", env=env)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout == "agent-only-ok\n"
 
@@ -141,18 +135,11 @@ def test_fifty_parallel_ssh_runs_at_default_maxstartups(
     busy = start_node(cluster, "busy")
     assert "MaxStartups" not in (busy.workdir / "sshd_config").read_text()
     me = log_in(cluster, [login_name])
-    r = tsh("config", f"--port={busy.port}", env=me.env())
-    assert r.returncode == 0, r.stderr.decode()
-    cfg = tmp_path / "cfg"
-    cfg.write_bytes(r.stdout)
+    cfg = tsh_config_file(tmp_path / "cfg", f"--port={busy.port}", env=me.env(), installed=True)
 
     def one(i: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
-             f"{login_name}@busy.{cluster.name}", "echo", f"run-{i}"],
-            env=me.env(), capture_output=True, text=True, timeout=120,
-            stdin=subprocess.DEVNULL, check=False,
-        )
+        return ssh_with_config(openssh.ssh, cfg, f"{login_name}@busy.{cluster.name}",
+                               "echo", f"run-{i}", env=me.env(), timeout=120)
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(one, range(50)))

@@ -22,7 +22,7 @@ import pytest
 
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
-from tests.integration._tsh import env_for, login, run_tsh
+from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -164,10 +164,8 @@ def test_scp_and_sftp(mode, ssh_agent, openssh, tmp_path) -> None:  # type: igno
     assert (remote / "payload.bin").read_bytes() == src.read_bytes()
 
     # sftp with the ssh_config `tsh config` writes (the all-OpenSSH ProxyCommand form)
-    cfg = tmp_path / "ssh_config"
-    conf = run_tsh("config", f"--port={node.port}", "--proxy-command=openssh", env=env)
-    assert conf.returncode == 0, conf.stderr
-    cfg.write_text(conf.stdout)
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}",
+                          "--proxy-command=openssh", env=env)
     batch = f"get {remote}/payload.bin {tmp_path}/back.bin\nput {src} {remote}/up.bin\n"
     s = subprocess.run(
         [openssh.sftp, "-F", str(cfg), "-b", "-", f"{LOGIN}@{node.name}.{cluster.name}"],
@@ -182,15 +180,10 @@ def test_scp_and_sftp(mode, ssh_agent, openssh, tmp_path) -> None:  # type: igno
 def test_tsh_config_forms(mode, ssh_agent, openssh, tmp_path, form) -> None:  # type: ignore[no-untyped-def]
     cluster, node = mode
     env = _logged_in(cluster, ssh_agent)
-    conf = run_tsh("config", f"--port={node.port}", f"--proxy-command={form}", env=env)
-    assert conf.returncode == 0, conf.stderr
-    cfg = tmp_path / "ssh_config"
-    cfg.write_text(conf.stdout)
-    r = subprocess.run(
-        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", f"{LOGIN}@{node.name}.{cluster.name}",
-         "echo", f"via-{form}"],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}",
+                          f"--proxy-command={form}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}",
+                        "echo", f"via-{form}", env=env)
     assert (r.returncode, r.stdout) == (0, f"via-{form}\n"), r.stderr
 
 
@@ -241,14 +234,9 @@ def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> 
     env = env_for(rec_cluster, TMPDIR=str(tmpdir))
     r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
     assert r.returncode == 0, r.stderr
-    conf = run_tsh("config", f"--port={node.port}", env=env)
-    cfg = tmp_path / "ssh_config"
-    cfg.write_text(conf.stdout)
-    r = subprocess.run(
-        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
-         f"{LOGIN}@{node.name}.{rec_cluster.name}", "echo", "private-agent"],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{rec_cluster.name}",
+                        "echo", "private-agent", env=env)
     assert (r.returncode, r.stdout) == (0, "private-agent\n"), r.stderr
     assert not list(tmpdir.glob("tsh-agent-*"))  # stopped and removed after the session
 
@@ -403,18 +391,6 @@ def _path_with(tmp_path: Path, name: str, script: str) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
-def _ssh_via_tsh_config(openssh, cluster, node, env, tmp_path, *cmd: str):  # type: ignore[no-untyped-def]
-    conf = run_tsh("config", f"--port={node.port}", env=env)
-    assert conf.returncode == 0, conf.stderr
-    cfg = tmp_path / "ssh_config"
-    cfg.write_text(conf.stdout)
-    return subprocess.run(
-        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes",
-         f"{LOGIN}@{node.name}.{cluster.name}", *cmd],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
-
-
 def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`-k no`, no agent: `tsh proxy ssh` starts ssh-agent only if the proxy asks for it."""
     cluster, node = mode
@@ -423,7 +399,8 @@ def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_pat
     env["PATH"] = _path_with(tmp_path, "ssh-agent", f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n')
     r = login(cluster, USER, env, "--add-keys-to-agent=no")
     assert r.returncode == 0, r.stderr
-    r = _ssh_via_tsh_config(openssh, cluster, node, env, tmp_path, "echo", "ok")
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "ok", env=env)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
     recording_proxy = cluster.recording == "proxy"
     assert marker.exists() == recording_proxy
@@ -444,6 +421,8 @@ def test_openssh_without_forward_agent_path_falls_back(rec_cluster, rec_nodes, o
     env["PATH"] = _path_with(tmp_path, "ssh", old_ssh)
     r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
     assert r.returncode == 0, r.stderr
-    r = _ssh_via_tsh_config(openssh, rec_cluster, node, env, tmp_path, "echo", "old-openssh")
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{rec_cluster.name}",
+                        "echo", "old-openssh", env=env)
     assert (r.returncode, r.stdout) == (0, "old-openssh\n"), r.stderr
     assert refused.exists()  # the first form was tried, and refused
