@@ -4,6 +4,7 @@ Contract (other test modules rely on these names and attributes):
 
 * ``openssh`` -> namespace of absolute paths: .ssh .sshd .ssh_agent .ssh_add
   .ssh_keygen .scp .sftp. Skips when one is missing; FAILS under ``CI=true``.
+  ``require_tool(name) -> path`` does the same for any other program on PATH.
 * ``login_name`` / ``LOGIN``: the local user name (``root`` in CI).
 * ``start_cluster(name=..., server_version=..., second_factor=..., recording=...,
   data_dir=None) -> Cluster`` (stopped at teardown). Cluster: .name .web_addr
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NoReturn
 
 import pytest
 
@@ -85,13 +87,26 @@ def _find_openssh() -> tuple[SimpleNamespace, list[str]]:
     return SimpleNamespace(**{k: v and os.path.abspath(v) for k, v in paths.items()}), missing
 
 
+def _skip_or_fail(msg: str) -> NoReturn:
+    """Skip the test, or fail it under ``CI=true``, where integration tests may not skip."""
+    if _IN_CI:
+        pytest.fail(msg + " (CI=true: integration tests may not skip)", pytrace=False)
+    pytest.skip(msg)
+
+
+def require_tool(name: str) -> str:
+    """Absolute path of the program ``name`` on PATH; skips the test (fails under CI=true)
+    when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        _skip_or_fail(f"{name} is missing")
+    return os.path.abspath(path)
+
+
 def _require_openssh() -> SimpleNamespace:
     found, missing = _find_openssh()
     if missing:
-        msg = f"OpenSSH binaries missing: {', '.join(sorted(missing))}"
-        if _IN_CI:
-            pytest.fail(msg + " (CI=true: integration tests may not skip)", pytrace=False)
-        pytest.skip(msg)
+        _skip_or_fail(f"OpenSSH binaries missing: {', '.join(sorted(missing))}")
     return found
 
 

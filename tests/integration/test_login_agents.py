@@ -13,28 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration._tsh import PASSWORD, agent_lines, env_for
+from tests.conftest import require_tool
+from tests.integration._tsh import agent_lines, env_for, login
 from tests.integration._tsh import run_tsh as tsh
 from tsh._store import ProfileStore
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
-_IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if _IN_CI:
-            pytest.fail(f"{tool} is missing (CI=true: may not skip)", pytrace=False)
-        pytest.skip(f"{tool} is missing")
-    return path
 
 
 @pytest.fixture
 def gpg_agent_sock() -> Iterator[str]:
     """A real gpg-agent with SSH support (no pinentry: it refuses to import keys)."""
-    gpg_agent, gpgconf = _need("gpg-agent"), _need("gpgconf")
+    gpg_agent, gpgconf = require_tool("gpg-agent"), require_tool("gpgconf")
     home = tempfile.mkdtemp(prefix="gpg-")  # short: socket paths are limited
     os.chmod(home, 0o700)
     try:
@@ -65,14 +56,7 @@ def test_gpg_agent_warns_and_keeps_keys_on_disk(
 ) -> None:  # type: ignore[no-untyped-def]
     user = f"gpg{mode}"
     cluster.add_user(user, [login_name])
-    r = tsh(
-        "login",
-        f"--proxy={cluster.web_addr}",
-        f"--user={user}",
-        f"--add-keys-to-agent={mode}",
-        env=env_for(cluster, gpg_agent_sock),
-        input=PASSWORD + "\n",
-    )
+    r = login(cluster, user, env_for(cluster, gpg_agent_sock), f"--add-keys-to-agent={mode}")
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("WARNING: ")
     if mode == "yes":  # tried, refused, verified: the fix is named
@@ -89,15 +73,7 @@ def test_only_without_keyring_keeps_key_in_agent_only(
 ) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("onlyfail", [login_name])
     env = env_for(cluster, ssh_agent.sock, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
-    r = tsh(
-        "login",
-        f"--proxy={cluster.web_addr}",
-        "--user=onlyfail",
-        "-k",
-        "only",
-        env=env,
-        input=PASSWORD + "\n",
-    )
+    r = login(cluster, "onlyfail", env, "-k", "only")
     assert r.returncode == 0, r.stderr
     assert "no usable OS keyring" in r.stderr and "ssh-agent only" in r.stderr
     store = ProfileStore()
@@ -116,22 +92,14 @@ def test_only_without_keyring_keeps_key_in_agent_only(
 def test_only_without_agent_or_keyring_fails_and_saves_nothing(cluster, login_name: str) -> None:  # type: ignore[no-untyped-def]
     cluster.add_user("nowhere", [login_name])
     env = env_for(cluster, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
-    r = tsh(
-        "login",
-        f"--proxy={cluster.web_addr}",
-        "--user=nowhere",
-        "-k",
-        "only",
-        env=env,
-        input=PASSWORD + "\n",
-    )
+    r = login(cluster, "nowhere", env, "-k", "only")
     assert r.returncode == 1 and "nothing was saved" in r.stderr
     assert ProfileStore().list() == []
 
 
 def test_only_with_secret_service(cluster, ssh_agent, login_name: str) -> None:  # type: ignore[no-untyped-def]
-    dbus_run_session = _need("dbus-run-session")
-    _need("gnome-keyring-daemon")
+    dbus_run_session = require_tool("dbus-run-session")
+    require_tool("gnome-keyring-daemon")
     cluster.add_user("kr", [login_name])
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
     r = subprocess.run(
