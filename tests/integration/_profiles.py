@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import httpx
 
-from tests.integration._tsh import tsh_argv
+from tests.integration._tsh import PASSWORD, tsh_argv
 from tsh import _fs
 from tsh._profile import Profile, ProfilePaths
 
@@ -43,6 +43,26 @@ class LoggedIn:
         return {**os.environ, "TELEPORT_HOME": str(self.home), **extra}
 
 
+def request_cert(cluster, user: str, key: asyncssh.SSHKey) -> dict[str, Any]:
+    """The cluster's answer to ``POST /v1/webapi/ssh/certs`` for ``user`` (password
+    ``PASSWORD``, no OTP) and ``key``'s public half, for an hour: ``cert`` (base64),
+    ``host_signers``, ..."""
+    r = httpx.post(
+        f"{cluster.web_url}/v1/webapi/ssh/certs",
+        json={
+            "user": user,
+            "password": PASSWORD,
+            "otp_token": "",
+            "ssh_pub_key": base64.b64encode(key.export_public_key("openssh")).decode(),
+            "ttl": 3600 * 10**9,
+        },
+        verify=cluster.ssl_context(),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def log_in(cluster, logins: list[str], *, user: str | None = None,
            home: Path | None = None, agent_only_sock: str | None = None) -> LoggedIn:
     """Create a user with ``logins`` and write a profile for it.
@@ -55,20 +75,7 @@ def log_in(cluster, logins: list[str], *, user: str | None = None,
     cluster.add_user(user, logins)
     key = asyncssh.generate_private_key("ssh-ed25519")
     pub_line = key.export_public_key("openssh").decode()
-    r = httpx.post(
-        f"https://{cluster.web_addr}/v1/webapi/ssh/certs",
-        json={
-            "user": user,
-            "password": "secret-pw",
-            "otp_token": "",
-            "pub_key": base64.b64encode(pub_line.encode()).decode(),
-            "ttl": 3600 * 10**9,
-        },
-        verify=ssl.create_default_context(cafile=str(cluster.tls_ca)),
-        timeout=30,
-    )
-    r.raise_for_status()
-    body = r.json()
+    body = request_cert(cluster, user, key)
     cert_line = base64.b64decode(body["cert"]).decode()
     cert = asyncssh.import_certificate(cert_line)
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
-import httpx
 import pytest
 
 from tests.conftest import LOGIN, launch_node
+from tests.integration._profiles import request_cert
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +35,11 @@ def identity(cluster, tmp_path_factory) -> Identity:
     tmp_path = tmp_path_factory.mktemp("identity")
     cluster.add_user("chain-user", [LOGIN])
     key = asyncssh.generate_private_key("ssh-ed25519")
-    with httpx.Client(verify=cluster.ssl_context(), timeout=10) as c:
-        r = c.post(f"{cluster.web_url}/v1/webapi/ssh/certs", json={
-            "user": "chain-user", "password": "secret-pw", "otp_token": "",
-            "ssh_pub_key": base64.b64encode(key.export_public_key()).decode(),
-            "ttl": 3600 * 10**9, "RouteToCluster": "",
-        })
-    assert r.status_code == 200, r.text
+    body = request_cert(cluster, "chain-user", key)
     ident = Identity(tmp_path / "id", tmp_path / "id-cert.pub", tmp_path / "known_hosts")
     ident.key.write_bytes(key.export_private_key())
     ident.key.chmod(0o600)
-    ident.cert.write_bytes(base64.b64decode(r.json()["cert"]))
+    ident.cert.write_bytes(base64.b64decode(body["cert"]))
     # The exported line covers *.<cluster>; the proxy hop is dialled as 127.0.0.1.
     lines = cluster.admin("auth", "export", "--type=host").splitlines()
     assert lines and all(line.startswith(f"@cert-authority *.{cluster.name} ") for line in lines)

@@ -7,8 +7,9 @@ import base64
 import hashlib
 
 import asyncssh
-import httpx
 import pytest
+
+from tests.integration._profiles import request_cert
 
 pytestmark = pytest.mark.integration
 
@@ -17,12 +18,17 @@ pytestmark = pytest.mark.integration
 def user_identity(cluster) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
     cluster.add_user("pipe-user", ["root", "pipe"])
     key = asyncssh.generate_private_key("ssh-ed25519")
-    r = httpx.post(f"{cluster.web_url}/v1/webapi/ssh/certs", verify=cluster.ssl_context(), json={
-        "user": "pipe-user", "password": "secret-pw",
-        "ssh_pub_key": base64.b64encode(key.export_public_key()).decode(),
-    })
-    assert r.status_code == 200, r.text
-    return key, asyncssh.import_certificate(base64.b64decode(r.json()["cert"]))
+    cert = request_cert(cluster, "pipe-user", key)["cert"]
+    return key, asyncssh.import_certificate(base64.b64decode(cert))
+
+
+@pytest.fixture(scope="module")
+def known_hosts(cluster) -> asyncssh.SSHKnownHosts:
+    """The cluster's host CA, trusted for the proxy dialled as 127.0.0.1 too."""
+    return asyncssh.import_known_hosts(
+        cluster.admin("auth", "export", "--type=host").replace(
+            f"*.{cluster.name} ", f"*.{cluster.name},127.0.0.1 ", 1)
+    )
 
 
 class _Collect(asyncssh.SSHClientSession):
@@ -37,11 +43,8 @@ class _Collect(asyncssh.SSHClientSession):
             self.stdout += data
 
 
-async def _proxy_session(cluster, identity, login: str, subsystem: str, payload: bytes):
-    known_hosts = asyncssh.import_known_hosts(
-        cluster.admin("auth", "export", "--type=host").replace(
-            f"*.{cluster.name} ", f"*.{cluster.name},127.0.0.1 ", 1)
-    )
+async def _proxy_session(cluster, identity, known_hosts, login: str, subsystem: str,
+                         payload: bytes):
     async with asyncssh.connect(
         "127.0.0.1", cluster.ssh_proxy_port, username=login, client_keys=[identity],
         known_hosts=known_hosts, agent_path=None, config=None,
@@ -61,7 +64,7 @@ async def _count_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.close()
 
 
-def test_pipe_carries_bytes_and_half_close(cluster, user_identity) -> None:
+def test_pipe_carries_bytes_and_half_close(cluster, user_identity, known_hosts) -> None:
     payload = bytes(range(256)) * 2048  # 512 KiB: more than one window and buffer
 
     async def main():
@@ -69,8 +72,8 @@ def test_pipe_carries_bytes_and_half_close(cluster, user_identity) -> None:
         port = server.sockets[0].getsockname()[1]
         cluster.admin("nodes", "add", "counter", f"127.0.0.1:{port}")
         async with server:
-            return await _proxy_session(cluster, user_identity, "pipe", f"proxy:counter:{port}",
-                                        payload)
+            return await _proxy_session(cluster, user_identity, known_hosts, "pipe",
+                                        f"proxy:counter:{port}", payload)
 
     status, session = asyncio.run(main())
     digest = hashlib.sha256(payload).hexdigest()
@@ -78,23 +81,24 @@ def test_pipe_carries_bytes_and_half_close(cluster, user_identity) -> None:
     assert status == 0
 
 
-def test_unknown_node_gives_stderr_and_exit_1(cluster, user_identity) -> None:
+def test_unknown_node_gives_stderr_and_exit_1(cluster, user_identity, known_hosts) -> None:
     status, session = asyncio.run(
-        _proxy_session(cluster, user_identity, "root", "proxy:nowhere:3022", b"")
+        _proxy_session(cluster, user_identity, known_hosts, "root", "proxy:nowhere:3022", b"")
     )
     assert status == 1
     assert b'no node named "nowhere"' in session.stderr
 
 
-def test_unknown_cluster_is_refused(cluster, user_identity) -> None:
+def test_unknown_cluster_is_refused(cluster, user_identity, known_hosts) -> None:
     status, session = asyncio.run(
-        _proxy_session(cluster, user_identity, "root", "proxy:node1:3022@leaf.test", b"")
+        _proxy_session(cluster, user_identity, known_hosts, "root", "proxy:node1:3022@leaf.test",
+                       b"")
     )
     assert status == 1
     assert b'unknown cluster "leaf.test"' in session.stderr
 
 
-def test_node_down_is_a_clear_error(cluster, user_identity) -> None:
+def test_node_down_is_a_clear_error(cluster, user_identity, known_hosts) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -102,7 +106,7 @@ def test_node_down_is_a_clear_error(cluster, user_identity) -> None:
         port = s.getsockname()[1]
     cluster.admin("nodes", "add", "down", f"127.0.0.1:{port}")
     status, session = asyncio.run(
-        _proxy_session(cluster, user_identity, "root", f"proxy:down:{port}", b"")
+        _proxy_session(cluster, user_identity, known_hosts, "root", f"proxy:down:{port}", b"")
     )
     assert status == 1
     assert b"failed connecting to node down" in session.stderr
