@@ -10,7 +10,7 @@ Contract (other test modules rely on these names and attributes):
   data_dir=None) -> Cluster`` (stopped at teardown). Cluster: .name .web_addr
   .ssh_proxy_addr .tls_ca (Path) .data_dir .admin(*args, input=None) -> stdout
   .add_user(name, logins, password=..., otp=False, ttl=None) -> TOTP secret or None
-  .stop(); extras: .web_url .ssl_context() .web_port .ssh_proxy_port .log().
+  .stop(); extras: .web_url .ssl_context() .ssh_proxy_port .log().
 * ``cluster``: a default cluster (v17, second factor off, node recording),
   shared by the tests of one module. Do not stop it: use ``start_cluster``.
 * ``start_node(cluster, name="node1") -> Node`` (a real sshd, registered);
@@ -41,9 +41,7 @@ from typing import NoReturn
 import pytest
 
 from tests.cluster import sshd as sshd_launcher
-from tests.cluster.launch import REPO_ROOT, Cluster, launch_cluster, run_cluster_cli
-
-__all__ = ["LOGIN", "REPO_ROOT", "Cluster", "launch_cluster", "run_cluster_cli"]
+from tests.cluster.launch import Cluster, launch_cluster
 
 LOGIN = getpass.getuser()
 _IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -77,10 +77,6 @@ class Cluster:
         return ssl.create_default_context(cafile=str(self.tls_ca))
 
     @property
-    def web_port(self) -> int:
-        return int(self.web_addr.rsplit(":", 1)[1])
-
-    @property
     def ssh_proxy_port(self) -> int:
         return int(self.ssh_proxy_addr.rsplit(":", 1)[1])
 

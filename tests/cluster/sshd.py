@@ -189,7 +189,6 @@ def start_node(
     name: str,
     workdir: Path,
     sshd: str = SSHD,
-    register: bool = True,
     host_key_kind: str = "cert",
 ) -> SSHDNode:
     """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it.
@@ -217,12 +216,11 @@ def start_node(
     elif host_key_kind == "other-ca":
         _resign_with_other_ca(host_key, Path(f"{host_key}-cert.pub"))
     node = start_sshd(name, workdir, host_key, host_cert, user_ca, sshd)
-    if register:
-        try:
-            admin("nodes", "add", name, node.addr)
-        except BaseException:
-            node.stop()
-            raise
+    try:
+        admin("nodes", "add", name, node.addr)
+    except BaseException:
+        node.stop()
+        raise
     return node
 
 

@@ -33,10 +33,7 @@ class LoggedIn:
     """A profile written under ``home`` (the TELEPORT_HOME of the test)."""
 
     home: Path
-    profile: Profile
     paths: ProfilePaths
-    key: asyncssh.SSHKey
-    cert_line: str
 
     def env(self, **extra: str) -> dict[str, str]:
         """os.environ with TELEPORT_HOME set (plus ``extra``), for subprocesses."""
@@ -63,15 +60,14 @@ def request_cert(cluster, user: str, key: asyncssh.SSHKey) -> dict[str, Any]:
     return r.json()
 
 
-def log_in(cluster, logins: list[str], *, user: str | None = None,
-           home: Path | None = None, agent_only_sock: str | None = None) -> LoggedIn:
-    """Create a user with ``logins`` and write a profile for it.
+def log_in(cluster, logins: list[str], *, agent_only_sock: str | None = None) -> LoggedIn:
+    """Create a user with ``logins`` and write a profile for it under $TELEPORT_HOME.
 
     With ``agent_only_sock`` the profile is a ``-k only`` one: the private key
     and its certificate go into that ssh-agent (comment
     ``teleport:<proxy>:<cluster>:<user>``), not onto disk.
     """
-    user = user or f"user{next(_counter)}"
+    user = f"user{next(_counter)}"
     cluster.add_user(user, logins)
     key = asyncssh.generate_private_key("ssh-ed25519")
     pub_line = key.export_public_key("openssh").decode()
@@ -79,7 +75,7 @@ def log_in(cluster, logins: list[str], *, user: str | None = None,
     cert_line = base64.b64decode(body["cert"]).decode()
     cert = asyncssh.import_certificate(cert_line)
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
-    home = home or Path(os.environ["TELEPORT_HOME"])
+    home = Path(os.environ["TELEPORT_HOME"])
     paths = ProfilePaths(home, proxy_host, user)
     _fs.ensure_private_dir(paths.ssh_cert_dir)
     _fs.atomic_write(paths.public_key, pub_line, 0o644)
@@ -119,7 +115,7 @@ def log_in(cluster, logins: list[str], *, user: str | None = None,
     )
     _fs.atomic_write(paths.profile_file, profile.to_json())
     _fs.atomic_write(paths.current_profile, proxy_host + "\n")
-    return LoggedIn(home, profile, paths, key, cert_line)
+    return LoggedIn(home, paths)
 
 
 def tsh(*args: str, env: dict[str, str], input: bytes | None = None,

@@ -191,10 +191,9 @@ def test_concurrent_logins_leave_a_loadable_profile(cluster, login_name: str) ->
 @pytest.fixture
 def good_login(cluster, ssh_agent, openssh, login_name: str):  # type: ignore[no-untyped-def]
     """A good profile (and agent key) that each hostile case must leave exactly as it was."""
-    secret = None
     cluster.add_user("dave", [login_name])
     env = env_for(cluster, ssh_agent.sock)
-    assert login(cluster, "dave", env, secret=secret).returncode == 0
+    assert login(cluster, "dave", env).returncode == 0
     before = (home_snapshot(), agent_lines(openssh, ssh_agent.sock))
     yield env
 
