@@ -18,6 +18,7 @@ Layout::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -82,9 +83,11 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
-# Checked when a user name is unknown, so that "no such user" and "wrong
-# password" take the same time.
-_DUMMY_HASH = hash_password(secrets.token_hex(8))
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when a user name is unknown, so that "no such user" and "wrong
+    password" take the same time; made on first use, not at import (a 60 ms scrypt)."""
+    return hash_password(secrets.token_hex(8))
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -248,7 +251,7 @@ class ClusterState:
     def check_password(self, name: str, password: str) -> User | None:
         """The user if ``password`` is right, else None (same cost either way)."""
         user = self.users().get(name)
-        ok = verify_password(password, user.password_hash if user else _DUMMY_HASH)
+        ok = verify_password(password, user.password_hash if user else _dummy_hash())
         return user if ok and user else None
 
     # ---- nodes
