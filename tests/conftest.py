@@ -5,6 +5,7 @@ Contract (other test modules rely on these names and attributes):
 * ``openssh`` -> namespace of absolute paths: .ssh .sshd .ssh_agent .ssh_add
   .ssh_keygen .scp .sftp. Skips when one is missing; FAILS under ``CI=true``.
   ``require_tool(name) -> path`` does the same for any other program on PATH.
+* ``ssh_G(*args, config="/dev/null") -> {keyword: value}``: OpenSSH's ``ssh -G`` reading.
 * ``login_name`` / ``LOGIN``: the local user name (``root`` in CI).
 * ``start_cluster(name=..., server_version=..., second_factor=..., recording=...,
   data_dir=None) -> Cluster`` (stopped at teardown). Cluster: .name .web_addr
@@ -112,6 +113,25 @@ def _require_openssh() -> SimpleNamespace:
 def openssh() -> SimpleNamespace:
     """Absolute paths of the OpenSSH tools; skip when missing, fail under CI=true."""
     return _require_openssh()
+
+
+@pytest.fixture
+def ssh_G(openssh: SimpleNamespace) -> Callable[..., dict[str, str]]:
+    """``ssh_G(*args, config="/dev/null")``: what OpenSSH's ``ssh -G -F CONFIG ARGS`` resolves
+    (it makes no connection, and ignores a remote command), as keyword -> first value."""
+
+    def resolve(*args: str, config: str | Path = "/dev/null") -> dict[str, str]:
+        out = subprocess.run(
+            [openssh.ssh, "-G", "-F", str(config), *args],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        values: dict[str, str] = {}
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            values.setdefault(key, value)
+        return values
+
+    return resolve
 
 
 # --------------------------------------------------------------------------- cluster

@@ -8,7 +8,6 @@ none of them; every refused name raises InvalidNameError.
 from __future__ import annotations
 
 import getpass
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -33,22 +32,10 @@ name = st.one_of(dns_name, dns_name, dns_name.map(str.upper), hostile)
 login = st.one_of(st.from_regex(r"[a-z_][a-z0-9._@-]{0,10}", fullmatch=True), hostile)
 
 
-def _ssh_g(ssh: str, cfg: Path, host: str, user: str | None = None) -> dict[str, str]:
-    argv = [ssh, "-G", "-F", str(cfg)]
-    if user:
-        argv += ["-l", user]
-    out = subprocess.run([*argv, host], capture_output=True, text=True, timeout=10, check=True)
-    values: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        values.setdefault(key, value)
-    return values
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cluster=name, proxy=name, user=login, form=st.sampled_from(["tsh", "openssh"]))
 def test_generated_values_apply_exactly_inside_the_cluster(
-    openssh, cluster: str, proxy: str, user: str, form: str
+    ssh_G, cluster: str, proxy: str, user: str, form: str
 ) -> None:
     params = SSHConfigParams(
         proxy_host=proxy, proxy_port=3080, ssh_proxy_host=proxy, ssh_proxy_port=3023,
@@ -63,7 +50,7 @@ def test_generated_values_apply_exactly_inside_the_cluster(
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "config"
         cfg.write_text(text)
-        inside = _ssh_g(openssh.ssh, cfg, f"node1.{cluster}".lower())
+        inside = ssh_G(f"node1.{cluster}".lower(), config=cfg)
         assert inside["user"] == user
         assert inside["port"] == "3022"
         assert inside["userknownhostsfile"] == KH
@@ -81,13 +68,13 @@ def test_generated_values_apply_exactly_inside_the_cluster(
                                     f"'{KEY}'")
             assert f'"proxy:${{h%%.{cluster.lower()}}}:$3@{cluster}"' in command
         # The proxy itself gets the files and login, but no ProxyCommand.
-        on_proxy = _ssh_g(openssh.ssh, cfg, proxy.lower())
+        on_proxy = ssh_G(proxy.lower(), config=cfg)
         assert on_proxy["identityfile"] == KEY and "proxycommand" not in on_proxy
         # Outside the cluster: none of it.
         for host in (f"x{cluster}", cluster, f"node1.{cluster}.evil", "example.invalid"):
             if host.lower() == proxy.lower():
                 continue
-            outside = _ssh_g(openssh.ssh, cfg, host.lower())
+            outside = ssh_G(host.lower(), config=cfg)
             assert "proxycommand" not in outside
             assert outside["port"] == "22"
             assert outside.get("userknownhostsfile") != KH
