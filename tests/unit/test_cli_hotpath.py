@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -68,17 +69,34 @@ def test_usage_errors_still_come_from_typer(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err == "error: No such option: --bogus (see 'tsh proxy ssh -h')\n"
 
 
-def test_the_hot_path_imports_only_what_the_data_path_needs() -> None:
-    # Start-up time is part of every connection's set-up (benchmarks/proxy_ssh.py);
-    # these modules cost more than the rest of it together.
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict[str, list[str]]:
+    """One fresh interpreter: the modules the hot path's imports load ("hot"), then every
+    module loaded once `tsh config`'s tsh._sshconfig_file is imported as well ("all")."""
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
         "import tsh.cli, tsh.cli._hotpath, tsh._proxycmd, tsh._hop, tsh._store, tsh._privagent\n"
-        "slow = {'typer', 'click', 'rich', 'dataclasses', 'inspect', 'typing', 'tempfile', 'shutil',\n"
-        "        'random', 'getpass', 'ipaddress', 'asyncssh', 'httpx', 'keyring', 'cryptography',\n"
-        "        'platformdirs', 'tsh._sshcmd', 'tsh._sshconfig'}\n"
-        "loaded = (set(sys.modules) - before) & slow\n"
-        "assert not loaded, sorted(loaded)\n"
+        "hot = set(sys.modules) - before\n"
+        "import tsh._sshconfig_file\n"
+        "loaded = set(sys.modules)\n"
+        "import json\n"
+        "print(json.dumps({'hot': sorted(hot), 'all': sorted(loaded)}))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> None:
+    # Start-up time is part of every connection's set-up (benchmarks/proxy_ssh.py);
+    # these modules cost more than the rest of it together.
+    slow = {"typer", "click", "rich", "dataclasses", "inspect", "typing", "tempfile", "shutil",
+            "random", "getpass", "ipaddress", "asyncssh", "httpx", "keyring", "cryptography",
+            "platformdirs", "tsh._sshcmd", "tsh._sshconfig"}  # fmt: skip
+    loaded = set(fresh_imports["hot"]) & slow
+    assert not loaded, sorted(loaded)
+
+
+def test_config_and_proxy_cli_import_nothing_heavy(fresh_imports) -> None:
+    heavy = {"asyncssh", "httpx", "keyring", "cryptography"} & set(fresh_imports["all"])
+    assert not heavy, heavy
