@@ -78,15 +78,8 @@ class _Context:
         self.state = proxy.state
         self.authority = proxy.authority
         self.config = proxy.config
-        self._host_key: asyncssh.SSHKey | None = None
-
-    @property
-    def host_key(self) -> asyncssh.SSHKey:
-        # The proxy's own host key (written by start_ssh_proxy before it listens),
-        # certified per node for the inner servers.
-        if self._host_key is None:
-            self._host_key = asyncssh.read_private_key(self.state.proxy_dir / "ssh_host_key")
-        return self._host_key
+        # The proxy's own host key (start_ssh_proxy's), certified per node for the inner servers.
+        self.host_key: asyncssh.SSHKey = proxy.host_key
 
 
 class RecordingForwarder:

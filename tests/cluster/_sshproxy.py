@@ -232,10 +232,12 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
 
 class _Proxy:
-    def __init__(self, state: ClusterState, authority: Authority, config: ServerConfig):
+    def __init__(self, state: ClusterState, authority: Authority, config: ServerConfig,
+                 host_key: asyncssh.SSHKey):
         self.state = state
         self.authority = authority
         self.config = config
+        self.host_key = host_key  # the proxy's own, which the recording forwarders certify
         cls = FORWARDERS[config.recording]
         bind = getattr(cls, "bind", None)
         self.forwarder_cls: Callable[[asyncssh.SSHServerChannel, Node], Forwarder] = (
@@ -266,7 +268,7 @@ async def start_ssh_proxy(
         atomic_write(key_path, host_key.export_private_key("openssh"), 0o600)
     principals = ["127.0.0.1", "localhost", "::1", state.name]
     host_cert = authority.sign_host(host_key, principals, f"proxy.{state.name}", 365 * 86400)
-    proxy = _Proxy(state, authority, config)
+    proxy = _Proxy(state, authority, config, host_key)
     return await asyncssh.listen(
         "127.0.0.1",
         port,
