@@ -23,6 +23,7 @@ import pexpect
 import pytest
 
 from tests.conftest import LOGIN
+from tests.integration._profiles import log_in
 from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, run_tsh, tsh_argv
 
 pytestmark = pytest.mark.integration
@@ -199,8 +200,9 @@ def test_expired_certificate_offers_login_on_a_terminal(node, login_name, logged
 
 
 @pytest.fixture
-def fake_ssh(tmp_path, logged_in):  # type: ignore[no-untyped-def]
-    """PATH with an `ssh`/`scp` that only records that it was started."""
+def fake_ssh(tmp_path, cluster):  # type: ignore[no-untyped-def]
+    """A profile (written, no `tsh login`: these tests never reach ssh) and PATH with an
+    `ssh`/`scp` that only records that it was started."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     marker = tmp_path / "ssh-was-started"
@@ -208,8 +210,8 @@ def fake_ssh(tmp_path, logged_in):  # type: ignore[no-untyped-def]
         script = bin_dir / name
         script.write_text(f"#!/bin/sh\ntouch '{marker}'\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    env = {**logged_in, "PATH": f"{bin_dir}:{logged_in['PATH']}"}
-    return env, marker
+    env = log_in(cluster, [LOGIN]).env()
+    return {**env, "PATH": f"{bin_dir}:{env['PATH']}"}, marker
 
 
 @pytest.mark.parametrize(
