@@ -17,6 +17,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
+from tests.cluster.launch import launch_cluster
 from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, tsh_argv
 from tests.integration._tsh import run_tsh as tsh
 from tsh._store import ProfileStore
@@ -38,14 +39,26 @@ def home_snapshot() -> dict[str, bytes]:
     }
 
 
+@pytest.fixture(scope="module")
+def otp_cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A v17 cluster with second factor otp, shared by the module like ``cluster``."""
+    c = launch_cluster(tmp_path_factory.mktemp("otp-cluster") / "data", second_factor="otp")
+    yield c
+    c.stop()
+
+
 @pytest.mark.parametrize(
     ("version", "factor"),
     [("17.0.0", "off"), ("17.0.0", "otp"), ("16.4.0", "off"), ("16.4.0", "otp")],
 )
 def test_login_loads_agent_with_our_comment(
-    start_cluster, ssh_agent, openssh, login_name: str, tmp_path: Path, version: str, factor: str
+    request, start_cluster, ssh_agent, openssh, login_name: str, tmp_path: Path, version: str,
+    factor: str,
 ) -> None:  # type: ignore[no-untyped-def]
-    cluster = start_cluster(server_version=version, second_factor=factor)
+    if version == "17.0.0":  # the module's shared clusters
+        cluster = request.getfixturevalue("cluster" if factor == "off" else "otp_cluster")
+    else:
+        cluster = start_cluster(server_version=version, second_factor=factor)
     secret = cluster.add_user("alice", [login_name], otp=factor == "otp")
     r = login(cluster, "alice", env_for(cluster, ssh_agent.sock), secret=secret)
     assert r.returncode == 0, r.stderr
@@ -214,8 +227,8 @@ def test_wrong_password(cluster, good_login) -> None:  # type: ignore[no-untyped
     )
 
 
-def test_wrong_otp(start_cluster, ssh_agent, openssh, login_name: str) -> None:  # type: ignore[no-untyped-def]
-    cluster = start_cluster(second_factor="otp")
+def test_wrong_otp(otp_cluster, ssh_agent, openssh, login_name: str) -> None:  # type: ignore[no-untyped-def]
+    cluster = otp_cluster
     secret = cluster.add_user("erin", [login_name], otp=True)
     env = env_for(cluster, ssh_agent.sock)
     assert login(cluster, "erin", env, secret=secret).returncode == 0
@@ -272,10 +285,10 @@ def test_not_a_teleport_proxy(good_login, tmp_path: Path) -> None:  # type: igno
         _assert_clean_failure(r, "is it a Teleport proxy?")
 
 
-def test_terminal_prompts(start_cluster, login_name: str) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_prompts(otp_cluster, login_name: str) -> None:  # type: ignore[no-untyped-def]
     import pexpect
 
-    cluster = start_cluster(second_factor="otp")
+    cluster = otp_cluster
     secret = cluster.add_user("frank", [login_name], otp=True)
     child = pexpect.spawn(
         sys.executable,
