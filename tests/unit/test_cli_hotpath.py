@@ -77,6 +77,7 @@ def fresh_imports() -> dict[str, list[str]]:
         "import sys\n"
         "before = set(sys.modules)\n"
         "import tsh.cli, tsh.cli._hotpath, tsh._proxycmd, tsh._hop, tsh._store, tsh._privagent\n"
+        "import tsh._agent, tsh._openssh\n"  # `-k only` profiles
         "hot = set(sys.modules) - before\n"
         "import tsh._sshconfig_file\n"
         "loaded = set(sys.modules)\n"
@@ -92,7 +93,7 @@ def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> No
     # these modules cost more than the rest of it together.
     slow = {"typer", "click", "rich", "dataclasses", "inspect", "typing", "tempfile", "shutil",
             "random", "getpass", "ipaddress", "asyncssh", "httpx", "keyring", "cryptography",
-            "platformdirs", "tsh._sshcmd", "tsh._sshconfig"}  # fmt: skip
+            "platformdirs", "asyncio", "ssl", "tsh._sshcmd", "tsh._sshconfig"}  # fmt: skip
     loaded = set(fresh_imports["hot"]) & slow
     assert not loaded, sorted(loaded)
 
