@@ -16,6 +16,7 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,11 @@ STEPS: list[Step] = [
 
 def run_demo(wait: bool = False, recording: str = "proxy") -> int:
     """Run every step; with ``wait``, keep everything up until Ctrl-C. Returns an exit status."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, timeout) cleans up as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupted)
     demo = Demo(Path(tempfile.mkdtemp(prefix="tsh-demo-")), recording=recording)
     try:
         for number, step in enumerate(STEPS, 1):

@@ -105,3 +105,30 @@ def test_demo_runs_the_openssh_flow(openssh) -> None:
     shown = r.stdout.split("recordings show", 1)[1]
     assert (platform.system() + " " + platform.release()) in shown
     assert r.stdout.rstrip().endswith("The OpenSSH flow works.")
+
+
+def test_demo_wait_cleans_up_on_sigterm(openssh) -> None:
+    """`demo --wait` stopped by kill/timeout (SIGTERM) stops its cluster, node and agent."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster", "demo", "--wait", "--recording", "node"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    workdir = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # readiness: the demo says where its files are, then waits
+            found = re.search(r"files in (\S+)\.$", line)
+            if found:
+                workdir = found.group(1)
+            if "Press Ctrl-C to stop." in line:
+                break
+        else:
+            pytest.fail("the demo ended before waiting")
+        proc.terminate()
+        assert proc.wait(30) == 130
+        assert workdir is not None and not os.path.exists(workdir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
