@@ -101,12 +101,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tsh-bench-"))
     os.environ["TELEPORT_HOME"] = str(work / "tsh")
-    tsh_exe = install_tsh(work / "venv")
-    cluster = launch_cluster(work / "cluster")
-    node = None
-    agent = None
+    cluster = node = agent = None
     results: dict[tuple[str, str], tuple[float, float]] = {}
     try:
+        tsh_exe = install_tsh(work / "venv")
+        cluster = launch_cluster(work / "cluster")
         node = sshd_launcher.start_node(cluster.admin, cluster.name, "node1", work / "node")
         me = log_in(cluster, [LOGIN])
         dest = f"{LOGIN}@node1.{cluster.name}"
@@ -132,7 +131,8 @@ def main() -> None:
     finally:
         if node is not None:
             node.stop()
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         if agent is not None:
             agent.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -41,24 +41,26 @@ def main() -> None:
     from tsh._fs import atomic_write
 
     compileall.compile_dir(Path(tsh.__file__).parent, quiet=1)
-    store = ProfileStore(Path(tempfile.mkdtemp(prefix="tsh-bench-")))
-    profile = Profile(
-        web_proxy_addr="proxy.example.com:3080", ssh_proxy_addr="proxy.example.com:3023",
-        user="joe", cluster="example.com", root_cluster="example.com",
-        clusters=("example.com", "leaf.example.com"), principals=("root", "joe"),
-        valid_before=int(time.time()) + 3600, roles=("access",),
-    )
-    with store.transaction():
-        atomic_write(store.paths_for(profile).profile_file, profile.to_json())
-        atomic_write(store.paths_for(profile).current_profile, profile.name + "\n")
-    env = dict(os.environ, TELEPORT_HOME=str(store.home))
-    base = median_ms([sys.executable, "-c", "pass"], args.runs, env)
-    print(f"{'command':<14}{'median ms':>10}{'over pass':>11}{'budget':>8}  ok")
-    print(f"{'python pass':<14}{base:>10.1f}")
-    for cmd, budget in BUDGET_MS.items():
-        ms = median_ms([sys.executable, "-m", "tsh", cmd], args.runs, env)
-        over = ms - base
-        print(f"{'tsh ' + cmd:<14}{ms:>10.1f}{over:>11.1f}{budget:>8}  {'yes' if over <= budget else 'NO'}")
+    with tempfile.TemporaryDirectory(prefix="tsh-bench-") as home:
+        store = ProfileStore(Path(home))
+        profile = Profile(
+            web_proxy_addr="proxy.example.com:3080", ssh_proxy_addr="proxy.example.com:3023",
+            user="joe", cluster="example.com", root_cluster="example.com",
+            clusters=("example.com", "leaf.example.com"), principals=("root", "joe"),
+            valid_before=int(time.time()) + 3600, roles=("access",),
+        )
+        with store.transaction():
+            atomic_write(store.paths_for(profile).profile_file, profile.to_json())
+            atomic_write(store.paths_for(profile).current_profile, profile.name + "\n")
+        env = dict(os.environ, TELEPORT_HOME=str(store.home))
+        base = median_ms([sys.executable, "-c", "pass"], args.runs, env)
+        print(f"{'command':<14}{'median ms':>10}{'over pass':>11}{'budget':>8}  ok")
+        print(f"{'python pass':<14}{base:>10.1f}")
+        for cmd, budget in BUDGET_MS.items():
+            ms = median_ms([sys.executable, "-m", "tsh", cmd], args.runs, env)
+            over = ms - base
+            ok = "yes" if over <= budget else "NO"
+            print(f"{'tsh ' + cmd:<14}{ms:>10.1f}{over:>11.1f}{budget:>8}  {ok}")
 
 
 if __name__ == "__main__":
