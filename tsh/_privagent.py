@@ -15,15 +15,19 @@ Everything is stopped when the connection ends.
 
 from __future__ import annotations
 
+import _socket  # socket.py, subprocess and threading only once needed: start-up time
 import os
-import socket
-import subprocess
-import threading
 import time
-from collections.abc import Callable
 
 from ._exceptions import InvalidNameError
 from ._names import validate_path
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    import socket
+    import subprocess
+    import threading
+    from collections.abc import Callable
 
 __all__ = ["LazyAgent", "PrivateAgent"]
 
@@ -47,6 +51,7 @@ class PrivateAgent:
             OSError: no ssh-agent/ssh-add, the agent did not start, or it refused the key.
         """
         import shutil
+        import subprocess
 
         ssh_agent, ssh_add = shutil.which("ssh-agent"), shutil.which("ssh-add")
         if ssh_agent is None or ssh_add is None:
@@ -81,6 +86,8 @@ class PrivateAgent:
         return agent
 
     def _wait_ready(self) -> None:
+        import socket
+
         deadline = time.monotonic() + START_TIMEOUT
         while True:  # readiness: the agent accepts a connection
             with socket.socket(socket.AF_UNIX) as probe:
@@ -95,6 +102,7 @@ class PrivateAgent:
     def close(self) -> None:
         """Stop the agent and remove its directory."""
         import shutil
+        import subprocess
 
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -120,6 +128,11 @@ class LazyAgent:
     agent for keys while logging in. This socket accepts and hangs up, which
     satisfies the first and makes the login use the key files, without
     starting anything.
+
+    Both sockets listen once this is made; :meth:`serve` starts answering.
+    In between, a connection waits in the listen queue. That lets `tsh proxy
+    ssh` start the hop first and import threading and socket.py while the
+    hop connects, instead of before.
     """
 
     def __init__(
@@ -133,24 +146,39 @@ class LazyAgent:
         self._agent: PrivateAgent | None = None
         self._upstream: str | None = None
         self._closed = False
-        self._starting = threading.Lock()  # guards _upstream, _agent and _closed
-        self._listeners: list[socket.socket] = []
+        self._starting: threading.Lock | None = None  # guards _upstream, _agent and _closed
+        self._listeners: list[_socket.socket] = []
         try:
-            for path, handle in ((self.sock, self._relay_in_thread),
-                                 (self.presence_sock, socket.socket.close)):
-                listener = socket.socket(socket.AF_UNIX)
+            for path in (self.sock, self.presence_sock):
+                listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 self._listeners.append(listener)
                 listener.bind(path)
                 listener.listen(8)
-                threading.Thread(target=_accept, args=(listener, handle), daemon=True).start()
         except OSError:
             self.close()
             raise
 
+    def serve(self) -> None:
+        """Answer connections from now on, in daemon threads."""
+        import socket
+        import threading
+
+        self._starting = threading.Lock()
+        self._listeners = [socket.socket(fileno=listener.detach()) for listener in self._listeners]
+        handlers = (self._relay_in_thread, socket.socket.close)
+        for listener, handle in zip(self._listeners, handlers, strict=True):
+            threading.Thread(target=_accept, args=(listener, handle), daemon=True).start()
+
     def _relay_in_thread(self, conn: socket.socket) -> None:
+        import threading
+
         threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, conn: socket.socket) -> None:
+        import socket
+        import threading
+
+        assert self._starting is not None
         upstream = socket.socket(socket.AF_UNIX)
         try:
             with self._starting:
@@ -182,14 +210,17 @@ class LazyAgent:
         """Stop listening, stop the private agent if it ran, remove the directory."""
         for listener in self._listeners:
             try:
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+                listener.shutdown(_socket.SHUT_RDWR)  # wakes the accepting thread
             except OSError:
                 pass
             listener.close()
-        with self._starting:
+        if self._starting is None:  # never served: no thread can be starting an agent
             self._closed = True
-            if self._agent is not None:
-                self._agent.close()
+        else:
+            with self._starting:
+                self._closed = True
+                if self._agent is not None:
+                    self._agent.close()
         for remove, path in (
             (os.unlink, self.sock),
             (os.unlink, self.presence_sock),
@@ -247,6 +278,6 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         try:
-            dst.shutdown(socket.SHUT_WR)
+            dst.shutdown(_socket.SHUT_WR)
         except OSError:
             pass

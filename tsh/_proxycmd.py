@@ -27,7 +27,10 @@ What tsh adds around the child:
 
 Start-up time is part of every connection's set-up, so this module and what
 it imports stay lean: no typer (tsh.cli._hotpath), no dataclasses, tempfile
-or shutil, no SSH library; random only for a retry.
+or shutil, no SSH library; random only for a retry. Until the hop is started
+not even subprocess, socket.py or threading: the hop is spawned directly
+(:class:`_Child`), and what only the copying needs is imported while the hop
+connects.
 
 The top half of this module is pure (target parsing, retry policy, error
 classification).
@@ -37,10 +40,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import selectors
+import select
 import signal
-import subprocess
-import threading
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -204,12 +205,12 @@ def proxy_ssh(
         import getpass
 
         login = validate_login(getpass.getuser())
-    paths = store.paths_for(profile)
+    paths = store.paths_for(profile, as_str=True)
     needed = [paths.known_hosts, paths.ssh_cert(profile.cluster)]
     if profile.key_storage != "agent":
         needed.append(paths.private_key)  # the hop logs in with the key file
     for needed_file in needed:
-        if not needed_file.is_file():
+        if not os.path.isfile(needed_file):
             raise NotLoggedInError(f"{needed_file} is missing; run tsh login")
     def hop(agent_sock: str | None = None) -> list[str]:
         # "ssh" is looked up on PATH when started (no shutil import: start-up time).
@@ -219,20 +220,21 @@ def proxy_ssh(
     env = dict(os.environ)
     with _hangup_raises():
         agent = _agent_to_forward(profile, store)
-        if agent is None:
-            attempts = _Attempts((hop(), env), stdin, stdout, stderr)
-        else:
-            attempts = _Attempts(
-                (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
-                stdin, stdout, stderr,
-                # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
-                # lazy socket as SSH_AUTH_SOCK (its login starts what is behind it).
-                fallback=(hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
-                fallback_sign=f'unsupported option "{agent.sock}"',
-            )  # fmt: skip
         try:
+            if agent is None:
+                attempts = _Attempts((hop(), env), stdin, stdout, stderr)
+            else:
+                attempts = _Attempts(
+                    (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
+                    stdin, stdout, stderr,
+                    # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
+                    # lazy socket as SSH_AUTH_SOCK (its login starts what is behind it).
+                    fallback=(hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
+                    fallback_sign=f'unsupported option "{agent.sock}"',
+                    started=agent.serve,  # the sockets listen already; answer from now on
+                )  # fmt: skip
             return attempts.run(
-                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=str(paths.known_hosts)
+                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=paths.known_hosts
             )
         except _HangUp:
             return 128 + signal.SIGHUP
@@ -258,7 +260,7 @@ def _hangup_raises() -> Iterator[None]:
 
 def _agent_to_forward(profile: Profile, store: ProfileStore) -> LazyAgent | None:
     """The agent socket to forward (and close), or None to forward ``$SSH_AUTH_SOCK``."""
-    paths = store.paths_for(profile)
+    paths = store.paths_for(profile, as_str=True)
     if profile.key_storage == "agent":
         from ._agent import ensure_agent_key
 
@@ -268,13 +270,86 @@ def _agent_to_forward(profile: Profile, store: ProfileStore) -> LazyAgent | None
         return None
     try:
         return LazyAgent(
-            str(paths.private_key),
-            str(paths.ssh_cert(profile.cluster)),
+            paths.private_key,
+            paths.ssh_cert(profile.cluster),
             int(profile.valid_before - time.time()),
             user_sock=os.environ.get("SSH_AUTH_SOCK"),
         )
     except OSError:
         return None  # a node-recording proxy needs no agent; a recording one says what is missing
+
+
+class _Child:
+    """OpenSSH's ssh, with pipes to its stdin, stdout and stderr (our ends as descriptors).
+
+    Spawned with os.posix_spawnp rather than subprocess, whose import (with
+    locale, warnings, selectors and threading) costs more start-up time than
+    this class does. As with subprocess, SIGPIPE and SIGXFSZ, which Python
+    ignores, are back to their defaults in the child. Descriptors we inherited
+    without close-on-exec are passed on, as by a shell's ``exec``; Python opens
+    its own with close-on-exec.
+    """
+
+    stdin: int | None  # None once closed
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        pipes: list[int] = []
+        try:
+            for _ in range(3):
+                pipes += os.pipe()
+            in_r, self.stdin, self.stdout, out_w, self.stderr, err_w = pipes
+            self.pid = os.posix_spawnp(
+                argv[0], argv, env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate((in_r, out_w, err_w))],
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )  # fmt: skip
+        except BaseException:
+            for fd in pipes:
+                os.close(fd)
+            raise
+        for fd in (in_r, out_w, err_w):  # the child's ends
+            os.close(fd)
+        self.returncode: int | None = None
+
+    def close_stdin(self) -> None:
+        """End the child's input (once)."""
+        if self.stdin is not None:
+            os.close(self.stdin)
+            self.stdin = None
+
+    def close(self) -> None:
+        """Close our ends of the pipes (once: a number closed twice may be another file's)."""
+        self.close_stdin()
+        if self.stdout >= 0:
+            os.close(self.stdout)
+            os.close(self.stderr)
+            self.stdout = self.stderr = -1
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (negative: the signal that ended it), or None after ``timeout``."""
+        if self.returncode is not None:
+            return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+            assert deadline is not None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(delay, remaining))  # as subprocess does: no portable wait with timeout
+            delay = min(delay * 2, 0.05)
+
+    def kill(self) -> int:
+        """Kill the child if it still runs; return its exit status."""
+        if self.wait(0) is None:
+            os.kill(self.pid, signal.SIGKILL)
+        status = self.wait()
+        assert status is not None
+        return status
 
 
 class _Attempts:
@@ -288,14 +363,16 @@ class _Attempts:
         stderr: int,
         fallback: tuple[list[str], dict[str, str]] | None = None,
         fallback_sign: str = "",
+        started: Callable[[], None] | None = None,
     ) -> None:
         # (argv, env) of the child; the fallback replaces it once if the
         # child's stderr shows fallback_sign (an ssh refusing an option).
         (self.argv, self.env), self.fallback, self.fallback_sign = child, fallback, fallback_sign
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.started = started  # called once, after the first child started
         self.sent = bytearray()  # what ssh sent, kept for a replay until the node speaks
         self.stdin_eof = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: _Child | None = None
 
     def run(self, *, proxy_addr: str, login: str, known_hosts: str) -> int:
         drops = 0
@@ -303,6 +380,9 @@ class _Attempts:
         try:
             while True:
                 self.child = self._start()
+                if self.started is not None:
+                    self.started()
+                    self.started = None
                 spoke, held, err = self._until_node_speaks(self.child)
                 if spoke:
                     return self._copy_both_ways(self.child, held, err)
@@ -323,113 +403,101 @@ class _Attempts:
                 delays = delays or backoff_delays()
                 time.sleep(delays[drops - 1])
         finally:
-            if self.child is not None and self.child.poll() is None:
+            if self.child is not None:
                 self.child.kill()
-                self.child.wait()
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def _start(self) -> _Child:
         try:
-            return subprocess.Popen(
-                self.argv, env=self.env, bufsize=0,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            return _Child(self.argv, self.env)
         except FileNotFoundError:
             raise UsageError(
                 f"cannot find OpenSSH's `{self.argv[0]}` on PATH; install the OpenSSH client"
             ) from None
 
-    def _until_node_speaks(self, child: subprocess.Popen[bytes]) -> tuple[bool, bytes, bytes]:
+    def _until_node_speaks(self, child: _Child) -> tuple[bool, bytes, bytes]:
         """Replay, then relay ssh's bytes until the node's version line (or the end)."""
-        assert child.stdin and child.stdout and child.stderr
-        child_in = child.stdin.fileno()
+        assert child.stdin is not None
+        child_in = child.stdin
         try:
             _write_all(child_in, bytes(self.sent))  # a few KiB at most: fits the pipe
         except BrokenPipeError:
             pass
         if self.stdin_eof:
-            child.stdin.close()
+            child.close_stdin()
         held, err = b"", b""
         # select(), not epoll: our stdin may be a regular file or /dev/null.
-        with selectors.SelectSelector() as sel:
-            sel.register(child.stdout, selectors.EVENT_READ, "out")
-            sel.register(child.stderr, selectors.EVENT_READ, "err")
-            if not self.stdin_eof:
-                sel.register(self.stdin, selectors.EVENT_READ, "in")
-            while True:
-                for key, _ in sel.select():
-                    data = os.read(key.fd, _CHUNK)
-                    if key.data == "out":
-                        if not data:
-                            return False, held, err
-                        held += data
-                        if has_banner(held) or len(held) > _BANNER_LIMIT:
-                            return True, held, err
-                    elif key.data == "err":
-                        if not data:
-                            sel.unregister(key.fileobj)
-                        err += data
-                    elif not data:
-                        self.stdin_eof = True
-                        sel.unregister(self.stdin)
-                        child.stdin.close()
-                    else:
-                        self.sent += data
-                        try:
-                            _write_all(child_in, data)
-                        except BrokenPipeError:
-                            pass  # the child is ending: its stdout tells how
+        readers = {child.stdout: "out", child.stderr: "err"}
+        if not self.stdin_eof:
+            readers[self.stdin] = "in"
+        while True:
+            for fd in select.select(list(readers), [], [])[0]:
+                data = os.read(fd, _CHUNK)
+                kind = readers[fd]
+                if kind == "out":
+                    if not data:
+                        return False, held, err
+                    held += data
+                    if has_banner(held) or len(held) > _BANNER_LIMIT:
+                        return True, held, err
+                elif kind == "err":
+                    if not data:
+                        del readers[fd]
+                    err += data
+                elif not data:
+                    self.stdin_eof = True
+                    del readers[fd]
+                    child.close_stdin()
+                else:
+                    self.sent += data
+                    try:
+                        _write_all(child_in, data)
+                    except BrokenPipeError:
+                        pass  # the child is ending: its stdout tells how
 
-    def _finish(self, child: subprocess.Popen[bytes]) -> bytes:
+    def _finish(self, child: _Child) -> bytes:
         """End a failed attempt; return the rest of its stderr."""
-        assert child.stdin and child.stderr
-        child.stdin.close()  # ssh ends its session once its stdin ends
+        child.close_stdin()  # ssh ends its session once its stdin ends
         err = b""
         deadline = time.monotonic() + _EXIT_TIMEOUT
-        with selectors.SelectSelector() as sel:
-            sel.register(child.stderr, selectors.EVENT_READ)
-            while sel.select(max(0.0, deadline - time.monotonic())):
-                data = os.read(child.stderr.fileno(), _CHUNK)
-                if not data:
-                    break
-                err += data
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        while select.select([child.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            data = os.read(child.stderr, _CHUNK)
+            if not data:
+                break
+            err += data
+        if child.wait(max(0.0, deadline - time.monotonic())) is None:
             child.kill()
-            child.wait()
+        child.close()
         return err
 
-    def _copy_both_ways(self, child: subprocess.Popen[bytes], held: bytes, err: bytes) -> int:
+    def _copy_both_ways(self, child: _Child, held: bytes, err: bytes) -> int:
         """The node spoke: no more retries. Copy until the node side ends."""
-        assert child.stdin and child.stdout and child.stderr
+        import threading
+
         self.sent.clear()
         if err:
             _write_all(self.stderr, err)
-        pumps = [threading.Thread(target=_pump, args=(child.stderr.fileno(), self.stderr),
-                                  daemon=True)]
-        child_in = None if child.stdin.closed else child.stdin.fileno()
-        if child_in is not None:  # None once our stdin ended (stdin_eof)
+        pumps = [threading.Thread(target=_pump, args=(child.stderr, self.stderr), daemon=True)]
+        child_in = child.stdin  # None once our stdin ended (stdin_eof)
+        if child_in is not None:
             # A daemon thread: when the node side ends we exit, even though ssh
             # still holds our stdin open (it waits for us to close stdout).
             pumps.append(threading.Thread(target=_pump, args=(self.stdin, child_in),
-                                          kwargs={"at_eof": lambda: _end_input(child_in)},  # type: ignore[arg-type]
+                                          kwargs={"at_eof": lambda: _end_input(child_in)},
                                           daemon=True))
-        for fd in (self.stdin, self.stdout, child.stdout.fileno(), child_in):
+        for fd in (self.stdin, self.stdout, child.stdout, child_in):
             _grow_pipe(fd)
         for pump in pumps:
             pump.start()
         try:
             _write_all(self.stdout, held)
-            _pump(child.stdout.fileno(), self.stdout)
+            _pump(child.stdout, self.stdout)
         except BrokenPipeError:
             pass  # ssh went away
         if child_in is not None:
             _end_input(child_in)  # the stdin pump may still hold it: no close() under it
-        try:
-            status = child.wait(_EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            status = child.wait()
+        status = child.wait(_EXIT_TIMEOUT)
+        if status is None:
+            status = child.kill()
         pumps[0].join(_EXIT_TIMEOUT)  # the rest of the proxy's messages
         return 0 if status < 0 else status
 

@@ -335,6 +335,7 @@ def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert,
 
     key_path, cert_path = key_and_cert
     lazy = LazyAgent(str(key_path), str(cert_path), 600)
+    lazy.serve()
     try:
         assert lazy._agent is None  # nothing started yet
         assert _agent_lists(openssh, lazy.sock, cert_path)
@@ -351,6 +352,7 @@ def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, tmp_pa
 
     key_path, cert_path = key_and_cert
     lazy = LazyAgent(str(key_path), str(cert_path), 600)
+    lazy.serve()
     try:
         listed = subprocess.run(
             [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": lazy.presence_sock},
@@ -374,6 +376,7 @@ def test_lazy_agent_prefers_the_users_agent_holding_the_certificate(
     (tmp_path / "id-cert.pub").symlink_to(cert_path)
     subprocess.run([openssh.ssh_add, "-q", str(side_by_side)], env=ssh_agent.env, check=True)
     lazy = LazyAgent(str(key_path), str(cert_path), 600, user_sock=ssh_agent.sock)
+    lazy.serve()
     try:
         assert _agent_lists(openssh, lazy.sock, cert_path)
         assert lazy._agent is None  # relayed to the user's agent: no private one

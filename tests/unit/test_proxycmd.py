@@ -1,9 +1,10 @@
-"""tsh._proxycmd's pure parts: target parsing, host cleaning, subsystem name, backoff."""
+"""tsh._proxycmd's pure parts (target parsing, host cleaning, subsystem name, backoff) and its child."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 
 import pytest
 
@@ -93,3 +94,46 @@ def test_private_dir_avoids_a_tmpdir_openssh_would_expand(tmp_path, monkeypatch)
         assert os.path.dirname(made) == "/tmp"
     finally:
         os.rmdir(made)
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_child_gets_pipes_and_default_sigpipe() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ; ssh must not inherit that (as with subprocess).
+    from tsh._proxycmd import _Child
+
+    child = _Child(["cat", "/proc/self/status"], dict(os.environ))
+    child.close_stdin()
+    status = _read_all(child.stdout).decode()
+    assert child.wait() == 0
+    child.close()
+    ignored = int(next(ln for ln in status.splitlines() if ln.startswith("SigIgn:")).split()[1], 16)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (sig - 1)), sig
+
+
+def test_child_wait_times_out_and_kill_ends_it() -> None:
+    from tsh._proxycmd import _Child
+
+    child = _Child(["sh", "-c", "echo oops >&2; exec sleep 30"], dict(os.environ))
+    assert os.read(child.stderr, 100) == b"oops\n"
+    assert child.wait(0.05) is None
+    assert child.kill() == -signal.SIGKILL
+    assert child.wait(0) == -signal.SIGKILL
+    child.close()
+
+
+def test_child_missing_program_leaves_no_descriptors() -> None:
+    from tsh._proxycmd import _Child
+
+    before = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with pytest.raises(FileNotFoundError):
+        _Child(["tsh-no-such-program"], dict(os.environ))
+    if before is not None:
+        assert set(os.listdir("/proc/self/fd")) <= before
