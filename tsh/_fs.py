@@ -15,9 +15,12 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from ._exceptions import ProfileError
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Seconds to wait for the store's write lock.
 LOCK_TIMEOUT = 10.0
@@ -113,7 +116,7 @@ class StagedFiles:
         self.discard()
 
 
-def read_text(path: Path) -> str:
+def read_text(path: str | Path) -> str:
     """Read a file tsh wrote, refusing to follow a symlink planted in its place."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

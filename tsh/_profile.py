@@ -12,10 +12,14 @@ paths that `tsh config` puts into ssh_config look like real tsh's.
 from __future__ import annotations
 
 import json
+import os
 from collections import namedtuple
-from pathlib import Path
 
 from ._exceptions import ProfileError
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["Profile", "ProfilePaths", "join_host_port", "split_host_port"]
 
@@ -153,64 +157,70 @@ class Profile(_ProfileFields):
 class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):
     """Where one profile's files live, following real tsh's ~/.tsh layout.
 
-    ``home`` is a Path; ``proxy_host`` and ``user`` name the profile.
+    ``home`` is a Path, and then so is every path here; or a str, and then
+    every path is a str (for `tsh proxy ssh`, which does not import pathlib:
+    start-up time). ``proxy_host`` and ``user`` name the profile.
     """
 
     __slots__ = ()
 
+    def _path(self, *parts: str) -> Path:
+        home = self.home
+        return os.path.join(home, *parts) if isinstance(home, str) else home.joinpath(*parts)  # type: ignore[return-value]
+
     @property
     def profile_file(self) -> Path:
-        return self.home / f"{self.proxy_host}.yaml"
+        return self._path(f"{self.proxy_host}.yaml")
 
     @property
     def current_profile(self) -> Path:
-        return self.home / "current-profile"
+        return self._path("current-profile")
 
     @property
     def known_hosts(self) -> Path:
-        return self.home / "known_hosts"
+        return self._path("known_hosts")
 
     @property
     def keys_dir(self) -> Path:
-        return self.home / "keys" / self.proxy_host
+        return self._path("keys", self.proxy_host)
 
     @property
     def private_key(self) -> Path:
-        return self.keys_dir / self.user
+        return self._path("keys", self.proxy_host, self.user)
 
     @property
     def public_key(self) -> Path:
-        return self.keys_dir / f"{self.user}.pub"
+        return self._path("keys", self.proxy_host, f"{self.user}.pub")
 
     @property
     def tls_key(self) -> Path:
         """v17+: the separate TLS private key."""
-        return self.keys_dir / f"{self.user}.key"
+        return self._path("keys", self.proxy_host, f"{self.user}.key")
 
     @property
     def tls_cert(self) -> Path:
         """v17+ name of the TLS client certificate."""
-        return self.keys_dir / f"{self.user}.crt"
+        return self._path("keys", self.proxy_host, f"{self.user}.crt")
 
     @property
     def tls_cert_legacy(self) -> Path:
         """Up to v16: TLS client certificate for the single key."""
-        return self.keys_dir / f"{self.user}-x509.pem"
+        return self._path("keys", self.proxy_host, f"{self.user}-x509.pem")
 
     @property
     def ssh_cert_dir(self) -> Path:
-        return self.keys_dir / f"{self.user}-ssh"
+        return self._path("keys", self.proxy_host, f"{self.user}-ssh")
 
     def ssh_cert(self, cluster: str) -> Path:
-        return self.ssh_cert_dir / f"{cluster}-cert.pub"
+        return self._path("keys", self.proxy_host, f"{self.user}-ssh", f"{cluster}-cert.pub")
 
     @property
     def cas_dir(self) -> Path:
-        return self.keys_dir / "cas"
+        return self._path("keys", self.proxy_host, "cas")
 
     def tls_ca(self, cluster: str) -> Path:
-        return self.cas_dir / f"{cluster}.pem"
+        return self._path("keys", self.proxy_host, "cas", f"{cluster}.pem")
 
     @property
     def certs_pem(self) -> Path:
-        return self.keys_dir / "certs.pem"
+        return self._path("keys", self.proxy_host, "certs.pem")

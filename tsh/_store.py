@@ -3,6 +3,9 @@
 Home is ``$TELEPORT_HOME`` if set, else platformdirs' user data directory for
 ``tsh-py``. Reads never take the lock (every file is replaced atomically);
 writers hold ``<home>/.lock`` for the whole multi-file update.
+
+What `tsh proxy ssh` uses on every connection (finding and reading a
+profile) works on str paths, so that it does not import pathlib (start-up time).
 """
 
 from __future__ import annotations
@@ -11,29 +14,33 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from . import _fs
 from ._exceptions import NotLoggedInError, ProfileError, UsageError
 from ._profile import Profile, ProfilePaths, split_host_port
 
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = ["ProfileStore", "default_home"]
 
 
-def default_home() -> Path:
+def default_home() -> str:
     """``$TELEPORT_HOME``, else the platform's per-user data directory for tsh-py."""
     env = os.environ.get("TELEPORT_HOME")
     if env:
-        return Path(env).expanduser().absolute()
+        home = os.path.expanduser(env)
+        return home if os.path.isabs(home) else os.path.join(os.getcwd(), home)
     common = _linux_data_home()
     if common is not None:
-        return common / "tsh-py"
+        return os.path.join(common, "tsh-py")
     import platformdirs  # only when needed: it costs start-up time
 
-    return Path(platformdirs.user_data_dir("tsh-py", appauthor=False))
+    return platformdirs.user_data_dir("tsh-py", appauthor=False)
 
 
-def _linux_data_home() -> Path | None:
+def _linux_data_home() -> str | None:
     """platformdirs' user data directory on Linux in the common cases, or None.
 
     ``$XDG_DATA_HOME`` if absolute, else ``$HOME/.local/share`` for an
@@ -46,25 +53,35 @@ def _linux_data_home() -> Path | None:
         return None
     xdg, home = os.environ.get("XDG_DATA_HOME", ""), os.environ.get("HOME", "")
     if xdg.startswith("/"):
-        return Path(xdg)
+        return xdg
     if not xdg.strip() and home.startswith("/"):
-        return Path(home) / ".local" / "share"
+        return os.path.join(home, ".local", "share")
     return None
 
 
 class ProfileStore:
     """Profiles, keys and certificates under one tsh home directory."""
 
-    def __init__(self, home: Path | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self._home = os.fspath(home) if home is not None else default_home()
 
-    def paths(self, proxy_host: str, user: str) -> ProfilePaths:
-        """Where ``user``'s files for ``proxy_host`` live in this store."""
-        return ProfilePaths(self.home, proxy_host, user)
+    @property
+    def home(self) -> Path:
+        """The home directory."""
+        from pathlib import Path
 
-    def paths_for(self, profile: Profile) -> ProfilePaths:
-        """Where ``profile``'s files live in this store."""
-        return self.paths(profile.proxy_host, profile.user)
+        return Path(self._home)
+
+    def paths(self, proxy_host: str, user: str, *, as_str: bool = False) -> ProfilePaths:
+        """Where ``user``'s files for ``proxy_host`` live in this store.
+
+        The paths are Paths, or with ``as_str`` strs (no pathlib import).
+        """
+        return ProfilePaths(self._home if as_str else self.home, proxy_host, user)
+
+    def paths_for(self, profile: Profile, *, as_str: bool = False) -> ProfilePaths:
+        """Where ``profile``'s files live in this store (see :meth:`paths`)."""
+        return self.paths(profile.proxy_host, profile.user, as_str=as_str)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -76,19 +93,19 @@ class ProfileStore:
     def current_name(self) -> str | None:
         """Name of the current profile, or None."""
         try:
-            name = _fs.read_text(self.home / "current-profile").strip()
+            name = _fs.read_text(os.path.join(self._home, "current-profile")).strip()
         except FileNotFoundError:
             return None
         return name or None
 
     def load(self, proxy_host: str) -> Profile:
         """Load the profile named ``proxy_host``; ProfileError if missing or corrupt."""
-        path = self.home / f"{proxy_host}.yaml"
+        path = os.path.join(self._home, f"{proxy_host}.yaml")
         try:
             text = _fs.read_text(path)
         except FileNotFoundError:
             raise ProfileError(f"no profile for {proxy_host}") from None
-        return Profile.from_json(text, source=str(path))
+        return Profile.from_json(text, source=path)
 
     def current(self) -> Profile | None:
         """The current profile, or None when not logged in."""

@@ -110,9 +110,25 @@ def test_paths_follow_real_tsh_layout(tmp_path):
     assert paths.profile_file == tmp_path / "proxy.example.com.yaml"
 
 
+def test_str_paths_name_the_same_files_as_paths(tmp_path):
+    # `tsh proxy ssh` uses the str face (no pathlib import on every connection).
+    store = ProfileStore(tmp_path)
+    as_path = store.paths("proxy.example.com", "joe")
+    as_str = store.paths("proxy.example.com", "joe", as_str=True)
+    for name in ("profile_file", "current_profile", "known_hosts", "keys_dir", "private_key", "public_key",
+                 "tls_key", "tls_cert", "tls_cert_legacy", "ssh_cert_dir", "cas_dir", "certs_pem"):
+        assert isinstance(getattr(as_path, name), Path)
+        assert getattr(as_str, name) == str(getattr(as_path, name)), name
+    assert as_str.ssh_cert("leaf") == str(as_path.ssh_cert("leaf"))
+    assert as_str.tls_ca("leaf") == str(as_path.tls_ca("leaf"))
+
+
 def test_default_home_uses_teleport_home(monkeypatch, tmp_path):
     monkeypatch.setenv("TELEPORT_HOME", str(tmp_path / "th"))
     assert ProfileStore().home == tmp_path / "th"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TELEPORT_HOME", "rel")
+    assert ProfileStore().home == tmp_path / "rel"
 
 
 @pytest.mark.parametrize(
@@ -132,7 +148,7 @@ def test_default_home_is_platformdirs_answer(monkeypatch, xdg, home):
     else:
         monkeypatch.setenv("XDG_DATA_HOME", xdg)
     try:
-        expected = Path(platformdirs.user_data_dir("tsh-py", appauthor=False))
+        expected = platformdirs.user_data_dir("tsh-py", appauthor=False)
     except RuntimeError:  # platformdirs cannot tell either (relative HOME)
         return
     assert default_home() == expected
