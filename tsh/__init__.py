@@ -9,8 +9,6 @@ importing ``tsh.cli`` for a quick command costs only what that command needs.
 
 from __future__ import annotations
 
-import importlib
-
 from ._exceptions import (
     AccessDeniedError,
     AgentError,
@@ -65,6 +63,8 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tsh' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    # __import__, not importlib.import_module: importlib (with warnings) costs
+    # start-up time that `tsh proxy ssh` pays on every connection.
+    value = getattr(__import__(__name__ + module, fromlist=[name]), name)
     globals()[name] = value
     return value
