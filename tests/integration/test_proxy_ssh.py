@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,20 @@ def test_missing_key_file_is_a_clear_error(cluster, login_name) -> None:
     r = tsh("proxy", "ssh", f"{login_name}@node1.{cluster.name}:3022", env=me.env(), input=b"")
     assert r.returncode != 0 and r.stdout == b""
     assert r.stderr.decode() == f"error: {key} is missing; run tsh login\n"
+
+
+def test_no_ssh_on_path_is_a_clear_error_and_leaves_nothing(cluster, login_name, tmp_path) -> None:
+    # The agent sockets were made before the (failed) start of the hop: they go too.
+    me = log_in(cluster, [login_name])
+    (tmp_path / "nobin").mkdir()
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmpdir:  # short: tsh uses it for sockets
+        env = me.env(PATH=str(tmp_path / "nobin"), TMPDIR=tmpdir)
+        r = tsh("proxy", "ssh", f"{login_name}@node1.{cluster.name}:3022", env=env, input=b"")
+        assert r.returncode == 2 and r.stdout == b""
+        assert r.stderr.decode() == (
+            "error: cannot find OpenSSH's `ssh` on PATH; install the OpenSSH client\n"
+        )
+        assert os.listdir(tmpdir) == []
 
 
 def test_login_not_allowed_is_not_retried(cluster, login_name) -> None:
