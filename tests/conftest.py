@@ -43,6 +43,7 @@ import pytest
 
 from tests.cluster import sshd as sshd_launcher
 from tests.cluster.launch import Cluster, launch_cluster
+from tsh._procs import stop_process
 
 LOGIN = getpass.getuser()
 _IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -247,12 +248,7 @@ def ssh_agent(openssh: SimpleNamespace) -> Iterator[Agent]:
         env = dict(os.environ, SSH_AUTH_SOCK=sock)
         yield Agent(sock=sock, env=env, proc=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 5)
         if proc.stderr:
             proc.stderr.close()
         shutil.rmtree(sock_dir, ignore_errors=True)

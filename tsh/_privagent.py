@@ -21,6 +21,7 @@ import time
 
 from ._exceptions import InvalidNameError
 from ._names import validate_path
+from ._procs import stop_process
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
@@ -102,15 +103,8 @@ class PrivateAgent:
     def close(self) -> None:
         """Stop the agent and remove its directory."""
         import shutil
-        import subprocess
 
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -11,12 +11,13 @@ import contextlib
 import io
 import json
 import selectors
-import signal
 import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tsh._procs import stop_process
 
 __all__ = ["REPO_ROOT", "Cluster", "launch_cluster", "run_cluster_cli"]
 
@@ -109,13 +110,7 @@ class Cluster:
 
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         if self.proc.stdout:
             self.proc.stdout.close()
         return self.proc.returncode

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tsh._procs import stop_process
+
 __all__ = [
     "HOST_KEY_KINDS",
     "SSHD",
@@ -69,13 +71,7 @@ class SSHDNode:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
 
     def __enter__(self) -> SSHDNode:
         return self
