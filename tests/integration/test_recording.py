@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pexpect
@@ -23,6 +24,7 @@ import pytest
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
 from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
+from tsh._privagent import LazyAgent
 
 pytestmark = pytest.mark.integration
 
@@ -315,6 +317,18 @@ def _agent_lists(openssh, sock: str, cert_path: Path) -> bool:  # type: ignore[n
     return cert_path.read_text().split()[1] in listed
 
 
+@contextmanager
+def _served_lazy_agent(key_and_cert, user_sock: str | None = None) -> Iterator[LazyAgent]:  # type: ignore[no-untyped-def]
+    """A LazyAgent for the key and certificate, answering; closed afterwards."""
+    key_path, cert_path = key_and_cert
+    lazy = LazyAgent(str(key_path), str(cert_path), 600, user_sock=user_sock)
+    try:
+        lazy.serve()
+        yield lazy
+    finally:
+        lazy.close()
+
+
 def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
     from tsh._privagent import PrivateAgent
@@ -331,57 +345,37 @@ def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, tmp_path
 
 def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
-    from tsh._privagent import LazyAgent
-
-    key_path, cert_path = key_and_cert
-    lazy = LazyAgent(str(key_path), str(cert_path), 600)
-    lazy.serve()
-    try:
+    with _served_lazy_agent(key_and_cert) as lazy:
         assert lazy._agent is None  # nothing started yet
-        assert _agent_lists(openssh, lazy.sock, cert_path)
+        assert _agent_lists(openssh, lazy.sock, key_and_cert[1])
         proc = lazy._agent.proc  # type: ignore[union-attr]
-    finally:
-        lazy.close()
     assert proc.poll() is not None
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The hop's SSH_AUTH_SOCK accepts and hangs up: ssh sees an agent with nothing to offer."""
-    from tsh._privagent import LazyAgent
-
-    key_path, cert_path = key_and_cert
-    lazy = LazyAgent(str(key_path), str(cert_path), 600)
-    lazy.serve()
-    try:
+    with _served_lazy_agent(key_and_cert) as lazy:
         listed = subprocess.run(
             [openssh.ssh_add, "-L"], env={**os.environ, "SSH_AUTH_SOCK": lazy.presence_sock},
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert listed.returncode != 0 and listed.stdout == ""
         assert lazy._agent is None
-    finally:
-        lazy.close()
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_lazy_agent_prefers_the_users_agent_holding_the_certificate(
     openssh, key_and_cert, ssh_agent, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    from tsh._privagent import LazyAgent
-
     key_path, cert_path = key_and_cert
     side_by_side = tmp_path / "id"
     side_by_side.symlink_to(key_path)
     (tmp_path / "id-cert.pub").symlink_to(cert_path)
     subprocess.run([openssh.ssh_add, "-q", str(side_by_side)], env=ssh_agent.env, check=True)
-    lazy = LazyAgent(str(key_path), str(cert_path), 600, user_sock=ssh_agent.sock)
-    lazy.serve()
-    try:
+    with _served_lazy_agent(key_and_cert, user_sock=ssh_agent.sock) as lazy:
         assert _agent_lists(openssh, lazy.sock, cert_path)
         assert lazy._agent is None  # relayed to the user's agent: no private one
-    finally:
-        lazy.close()
 
 
 def _path_with(tmp_path: Path, name: str, script: str) -> str:
