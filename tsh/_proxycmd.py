@@ -212,6 +212,7 @@ def proxy_ssh(
     for needed_file in needed:
         if not os.path.isfile(needed_file):
             raise NotLoggedInError(f"{needed_file} is missing; run tsh login")
+
     def hop(agent_sock: str | None = None) -> list[str]:
         # "ssh" is looked up on PATH when started (no shutil import: start-up time).
         return proxy_hop_argv(profile, paths, tgt.host, cluster, login=login, port=tgt.port,

@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class SSHRequest:
     """What `tsh ssh` was asked to do, besides the destination."""
