@@ -74,6 +74,68 @@ def test_grow_pipe_enlarges_pipes_and_leaves_other_files_alone(tmp_path) -> None
     _grow_pipe(None)
 
 
+def _through_pump(src_pair: tuple[int, int], dst_pair: tuple[int, int], data: bytes) -> bytes:
+    """Run _pump from src_pair's read end to dst_pair's write end; what came out."""
+    import threading
+
+    from tsh._proxycmd import _pump
+
+    (src_r, src_w), (dst_r, dst_w) = src_pair, dst_pair
+    out = bytearray()
+
+    def feed() -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(src_w, view):]
+        os.close(src_w)
+
+    def drain() -> None:
+        while chunk := os.read(dst_r, 1 << 16):
+            out.extend(chunk)
+
+    threads = [threading.Thread(target=feed), threading.Thread(target=drain)]
+    for t in threads:
+        t.start()
+    ended = []
+    _pump(src_r, dst_w, at_eof=lambda: ended.append(True))
+    os.close(dst_w)
+    for t in threads:
+        t.join(10)
+    os.close(src_r)
+    os.close(dst_r)
+    assert ended == [True]
+    return bytes(out)
+
+
+def _socket_pair() -> tuple[int, int]:
+    import socket
+
+    a, b = socket.socketpair()
+    return a.detach(), b.detach()
+
+
+DATA = os.urandom(3 << 20)  # more than the pipes hold: the pump must keep going
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux's")
+def test_pump_moves_pipe_to_pipe_with_splice(monkeypatch) -> None:
+    spliced = []
+    real_splice = os.splice
+
+    def counting_splice(src: int, dst: int, count: int) -> int:
+        spliced.append(real_splice(src, dst, count))
+        return spliced[-1]
+
+    monkeypatch.setattr(os, "splice", counting_splice)
+    assert _through_pump(os.pipe(), os.pipe(), DATA) == DATA
+    assert sum(spliced) == len(DATA)  # all of it moved in the kernel
+
+
+def test_pump_copies_where_splice_cannot() -> None:
+    # Sockets on both sides: splice refuses (EINVAL), read and write take over.
+    assert _through_pump(_socket_pair(), _socket_pair(), DATA) == DATA
+
+
 def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
     from tsh._privagent import _private_dir
 
