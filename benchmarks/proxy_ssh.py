@@ -23,7 +23,7 @@ in a scratch virtualenv that borrows this environment's dependencies: what a
 user runs. An editable install adds an import hook to every Python start-up
 (about 15 ms here), which is not tsh's cost.
 
-    python benchmarks/proxy_ssh.py [--runs 60] [--mib 256] [--bulk-runs 3]
+    python benchmarks/proxy_ssh.py [--runs 60] [--mib 256] [--bulk-runs 5]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--mib", type=int, default=256)
-    parser.add_argument("--bulk-runs", type=int, default=3)
+    parser.add_argument("--bulk-runs", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tsh-bench-"))
     os.environ["TELEPORT_HOME"] = str(work / "tsh")
