@@ -30,7 +30,7 @@ from ._exceptions import (
     UsageError,
 )
 from ._names import validate_cluster_name, validate_host
-from ._profile import Profile, join_host_port, split_host_port
+from ._profile import Profile, join_host_port
 
 if TYPE_CHECKING:
     import httpx
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._store import ProfileStore
     from ._webapi import LoginResponse, PingResponse, WebClient
 
-__all__ = ["LoginRequest", "LoginResult", "Prompter", "login", "parse_proxy_arg", "check_user_name"]
+__all__ = ["LoginRequest", "LoginResult", "Prompter", "login", "check_user_name"]
 
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
@@ -78,21 +78,6 @@ class LoginResult:
 
     profile: Profile
     warnings: list[str] = field(default_factory=list)
-
-
-def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
-    """``HOST[:PORT]`` (or ``[V6]:PORT``) of ``--proxy``; port None when not given."""
-    text = proxy.strip()
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme.lower() != "https":
-            raise UsageError(f"--proxy {proxy!r}: only https proxies are supported")
-        text = rest.rstrip("/")
-    try:
-        host, port = split_host_port(text, 0)
-    except ValueError as e:
-        raise UsageError(f"--proxy {proxy!r}: {e}") from None
-    return validate_host(host, "proxy host"), (port or None)
 
 
 def check_user_name(user: str) -> str:
@@ -198,7 +183,7 @@ def login(
         AgentError: only for ``-k only`` when neither agent nor keyring took the key.
     """
     from ._certs import check_tls_cert, check_user_cert
-    from ._store import ProfileStore
+    from ._store import ProfileStore, parse_proxy_arg
 
     environ = os.environ if environ is None else environ
     store = store or ProfileStore()

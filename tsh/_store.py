@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ProfileStore", "default_home"]
+__all__ = ["ProfileStore", "default_home", "parse_proxy_arg"]
 
 
 def default_home() -> str:
@@ -57,6 +57,31 @@ def _linux_data_home() -> str | None:
     if not xdg.strip() and home.startswith("/"):
         return os.path.join(home, ".local", "share")
     return None
+
+
+def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
+    """``HOST[:PORT]`` (or ``[V6]:PORT``, either after ``https://``) of ``--proxy``.
+
+    Returns the host, validated (it names the profile's files), and the port,
+    None when not given.
+
+    Raises:
+        UsageError: not an address, or a scheme other than https.
+        InvalidNameError: the host is not a plain host name or address.
+    """
+    from ._names import validate_host
+
+    text = proxy.strip()
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() != "https":
+            raise UsageError(f"--proxy {proxy!r}: only https proxies are supported")
+        text = rest.rstrip("/")
+    try:
+        host, port = split_host_port(text, 0)
+    except ValueError as e:
+        raise UsageError(f"--proxy {proxy!r}: {e}") from None
+    return validate_host(host, "proxy host"), (port or None)
 
 
 class ProfileStore:
@@ -129,13 +154,7 @@ class ProfileStore:
             if profile is None:
                 raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
             return profile
-        try:
-            host, _ = split_host_port(proxy, 3080)
-        except ValueError as e:
-            raise UsageError(f"invalid --proxy: {e}") from None
-        from ._names import validate_host
-
-        host = validate_host(host, "proxy host")  # also keeps "../x" from naming a file
+        host, _ = parse_proxy_arg(proxy)  # a validated host name: "../x" names no file
         try:
             return self.load(host)
         except ProfileError:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsh import Profile, ProfileError, ProfileStore
+from tsh import Profile, ProfileError, ProfileStore, UsageError
 from tsh._fs import atomic_write
 from tsh._profile import split_host_port
 
@@ -162,6 +162,19 @@ def test_select_refuses_a_proxy_that_is_not_a_host_name(tmp_path, proxy):
     (tmp_path / "outside.yaml").write_text(make_profile().to_json())
     with pytest.raises(InvalidNameError):
         ProfileStore(tmp_path / "home").select(proxy)
+
+
+def test_select_reads_proxy_as_login_writes_it(tmp_path):
+    # `tsh login --proxy=https://h:3080/` saves the profile under "h"; every
+    # command that takes --proxy finds it with the same spelling.
+    home = tmp_path / "home"
+    home.mkdir()
+    profile = make_profile()
+    (home / f"{profile.name}.yaml").write_text(profile.to_json())
+    for spelling in (profile.name, f"{profile.name}:3080", f"https://{profile.name}:3080/"):
+        assert ProfileStore(home).select(spelling) == profile
+    with pytest.raises(UsageError):
+        ProfileStore(home).select(f"http://{profile.name}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shortcut is Linux's")

@@ -21,9 +21,9 @@ def logout(
     With --proxy and --user, only that user's keys for that proxy; with
     neither, every profile.
     """
-    from .._login import check_user_name, parse_proxy_arg
+    from .._login import check_user_name
     from .._logout import logout_all, logout_user
-    from .._store import ProfileStore
+    from .._store import ProfileStore, parse_proxy_arg
 
     store = ProfileStore()
     if proxy and user:
