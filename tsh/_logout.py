@@ -51,7 +51,13 @@ def _cert_clusters(ssh_cert_dir: Path) -> set[str]:
     return {p.name[: -len("-cert.pub")] for p in ssh_cert_dir.glob("*-cert.pub")}
 
 
-def _forget_keys(proxy: str, user: str, clusters: set[str]) -> None:
+def _forget_keys(store: ProfileStore, proxy: str, user: str, clusters: set[str]) -> None:
+    """Delete ``user``'s keyring entries, if they have any: call before removing key files.
+
+    Only a `-k only` login (no private key on disk) puts a key into the keyring.
+    """
+    if not clusters or store.paths(proxy, user).private_key.exists():
+        return
     from . import _secrets
 
     for cluster in clusters:
@@ -99,8 +105,7 @@ def logout_user(
         if ours:
             assert profile is not None
             clusters |= {profile.cluster, *profile.clusters}
-        # A `-k only` login left no private key on disk; only then is the keyring involved.
-        in_keyring = bool(clusters) and not paths.private_key.exists()
+        _forget_keys(store, proxy_host, user, clusters)
         files = [
             paths.private_key,
             paths.public_key,
@@ -111,8 +116,6 @@ def logout_user(
         ]
         for path in files:
             result.removed |= _remove_tree(path)
-        if in_keyring:
-            _forget_keys(proxy_host, user, clusters)
         if ours:
             result.removed |= _fs.remove_file(paths.profile_file)
             if store.current_name() == proxy_host:
@@ -166,9 +169,7 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
                     for cluster in _cert_clusters(ssh_dir):
                         identities.add((proxy_dir.name, user, cluster))
         for proxy, user, cluster in identities:
-            # Only `-k only` logins (no private key on disk) put a key into the keyring.
-            if not store.paths(proxy, user).private_key.exists():
-                _forget_keys(proxy, user, {cluster})
+            _forget_keys(store, proxy, user, {cluster})
 
         def match(comment: str) -> bool:
             parsed = _agent.parse_agent_comment(comment)

@@ -57,3 +57,23 @@ def test_logout_all_keeps_config_dir(store: ProfileStore) -> None:
     assert logout_all(store, environ={}).removed
     assert sorted(p.name for p in store.home.iterdir()) == [".lock", "config"]
     assert not logout_all(store, environ={}).removed
+
+
+def test_keyring_entries_go_only_for_logins_without_a_key_file(store, monkeypatch) -> None:
+    from tsh import _secrets
+
+    deleted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(_secrets, "delete_key", lambda *account: deleted.append(account) or True)
+    _login(store, "a.test", "alice")  # key file on disk: nothing in the keyring
+    _login(store, "b.test", "bob")
+    _login(store, "c.test", "carol")
+    for host, user in (("b.test", "bob"), ("c.test", "carol")):  # as `-k only` leaves them
+        store.paths(host, user).private_key.unlink()
+    cluster = store.load("b.test").cluster
+    assert logout_user(store, "a.test", "alice", environ={}).removed
+    assert deleted == []
+    assert logout_user(store, "b.test", "bob", environ={}).removed
+    assert deleted == [("b.test", "bob", cluster)]
+    deleted.clear()
+    assert logout_all(store, environ={}).removed
+    assert deleted == [("c.test", "carol", cluster)]
