@@ -227,6 +227,15 @@ def test_proxy_command_without_forward_agent_gets_the_fix(
     assert r.stderr.count("no agent was forwarded") == 1
 
 
+def _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path: Path, word: str) -> None:  # type: ignore[no-untyped-def]
+    """`tsh login -k no`, `tsh config`, then plain `ssh node.<cluster> echo word` with it."""
+    r = login(cluster, USER, env, "--add-keys-to-agent=no")
+    assert r.returncode == 0, r.stderr
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", word, env=env)
+    assert (r.returncode, r.stdout) == (0, f"{word}\n"), r.stderr
+
+
 def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`-k no` and no ssh-agent at all: `tsh proxy ssh` forwards a private agent, and
     `tsh ssh` takes `tsh proxy ssh` as its ProxyCommand for such a profile."""
@@ -234,12 +243,7 @@ def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = env_for(rec_cluster, TMPDIR=str(tmpdir))
-    r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
-    assert r.returncode == 0, r.stderr
-    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
-    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{rec_cluster.name}",
-                        "echo", "private-agent", env=env)
-    assert (r.returncode, r.stdout) == (0, "private-agent\n"), r.stderr
+    _echo_with_key_on_disk(rec_cluster, node, openssh, env, tmp_path, "private-agent")
     assert not list(tmpdir.glob("tsh-agent-*"))  # stopped and removed after the session
 
     r = _ssh(node, f"{LOGIN}@{node.name}", "echo via-tsh", env=env)
@@ -394,11 +398,7 @@ def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_pat
     marker = tmp_path / "ssh-agent-ran"
     env = env_for(cluster)
     env["PATH"] = _path_with(tmp_path, "ssh-agent", f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n')
-    r = login(cluster, USER, env, "--add-keys-to-agent=no")
-    assert r.returncode == 0, r.stderr
-    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
-    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "ok", env=env)
-    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+    _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path, "ok")
     recording_proxy = cluster.recording == "proxy"
     assert marker.exists() == recording_proxy
 
@@ -416,10 +416,5 @@ def test_openssh_without_forward_agent_path_falls_back(rec_cluster, rec_nodes, o
     )
     env = env_for(rec_cluster)
     env["PATH"] = _path_with(tmp_path, "ssh", old_ssh)
-    r = login(rec_cluster, USER, env, "--add-keys-to-agent=no")
-    assert r.returncode == 0, r.stderr
-    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
-    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{rec_cluster.name}",
-                        "echo", "old-openssh", env=env)
-    assert (r.returncode, r.stdout) == (0, "old-openssh\n"), r.stderr
+    _echo_with_key_on_disk(rec_cluster, node, openssh, env, tmp_path, "old-openssh")
     assert refused.exists()  # the first form was tried, and refused
