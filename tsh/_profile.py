@@ -168,6 +168,10 @@ class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "use
         home = self.home
         return os.path.join(home, *parts) if isinstance(home, str) else home.joinpath(*parts)  # type: ignore[return-value]
 
+    def _in_keys(self, *parts: str) -> Path:
+        """A path under ``keys/<proxy_host>``."""
+        return self._path("keys", self.proxy_host, *parts)
+
     @property
     def profile_file(self) -> Path:
         return self._path(f"{self.proxy_host}.yaml")
@@ -182,45 +186,45 @@ class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "use
 
     @property
     def keys_dir(self) -> Path:
-        return self._path("keys", self.proxy_host)
+        return self._in_keys()
 
     @property
     def private_key(self) -> Path:
-        return self._path("keys", self.proxy_host, self.user)
+        return self._in_keys(self.user)
 
     @property
     def public_key(self) -> Path:
-        return self._path("keys", self.proxy_host, f"{self.user}.pub")
+        return self._in_keys(f"{self.user}.pub")
 
     @property
     def tls_key(self) -> Path:
         """v17+: the separate TLS private key."""
-        return self._path("keys", self.proxy_host, f"{self.user}.key")
+        return self._in_keys(f"{self.user}.key")
 
     @property
     def tls_cert(self) -> Path:
         """v17+ name of the TLS client certificate."""
-        return self._path("keys", self.proxy_host, f"{self.user}.crt")
+        return self._in_keys(f"{self.user}.crt")
 
     @property
     def tls_cert_legacy(self) -> Path:
         """Up to v16: TLS client certificate for the single key."""
-        return self._path("keys", self.proxy_host, f"{self.user}-x509.pem")
+        return self._in_keys(f"{self.user}-x509.pem")
 
     @property
     def ssh_cert_dir(self) -> Path:
-        return self._path("keys", self.proxy_host, f"{self.user}-ssh")
+        return self._in_keys(f"{self.user}-ssh")
 
     def ssh_cert(self, cluster: str) -> Path:
-        return self._path("keys", self.proxy_host, f"{self.user}-ssh", f"{cluster}-cert.pub")
+        return self._in_keys(f"{self.user}-ssh", f"{cluster}-cert.pub")
 
     @property
     def cas_dir(self) -> Path:
-        return self._path("keys", self.proxy_host, "cas")
+        return self._in_keys("cas")
 
     def tls_ca(self, cluster: str) -> Path:
-        return self._path("keys", self.proxy_host, "cas", f"{cluster}.pem")
+        return self._in_keys("cas", f"{cluster}.pem")
 
     @property
     def certs_pem(self) -> Path:
-        return self._path("keys", self.proxy_host, "certs.pem")
+        return self._in_keys("certs.pem")

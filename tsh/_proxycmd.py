@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from ._exceptions import NotLoggedInError, SSHError, UsageError
 from ._names import validate_cluster_name, validate_host, validate_login
 from ._privagent import LazyAgent
-from ._profile import Profile
+from ._profile import Profile, ProfilePaths
 from ._store import ProfileStore
 
 __all__ = [
@@ -221,7 +221,7 @@ def proxy_ssh(
 
     env = dict(os.environ)
     with _hangup_raises():
-        agent = _agent_to_forward(profile, store)
+        agent = _agent_to_forward(profile, store, paths)
         try:
             if agent is None:
                 attempts = _Attempts((hop(), env), stdin, stdout, stderr)
@@ -260,9 +260,8 @@ def _hangup_raises() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _agent_to_forward(profile: Profile, store: ProfileStore) -> LazyAgent | None:
+def _agent_to_forward(profile: Profile, store: ProfileStore, paths: ProfilePaths) -> LazyAgent | None:
     """The agent socket to forward (and close), or None to forward ``$SSH_AUTH_SOCK``."""
-    paths = store.paths_for(profile, as_str=True)
     if profile.key_storage == "agent":
         from ._agent import ensure_agent_key
 
