@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ._exceptions import CertificateError
+from ._exceptions import CertificateError, InvalidNameError
+from ._names import ClusterName, Label, validate_cluster_name, validate_label
 
 __all__ = ["CLOCK_SKEW", "CertFacts", "check_user_cert", "check_tls_cert", "describe_skew"]
 
@@ -27,11 +28,19 @@ class CertFacts:
     """What status and config need to know about a checked SSH user certificate."""
 
     key_id: str
-    principals: tuple[str, ...]
+    principals: tuple[Label, ...]
     valid_after: int
     valid_before: int
-    extensions: tuple[str, ...]
-    roles: tuple[str, ...]
+    extensions: tuple[Label, ...]
+    roles: tuple[Label, ...]
+
+
+def _labels(kind: str, values: object) -> tuple[Label, ...]:
+    """Strings from a certificate that `tsh status` shows: printable, one line each."""
+    try:
+        return tuple(validate_label(v, kind) for v in values)  # type: ignore[attr-defined]
+    except InvalidNameError as e:
+        raise CertificateError(f"the proxy issued a certificate with an {e}; refusing it") from None
 
 
 def describe_skew(seconds: float) -> str:
@@ -99,7 +108,7 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
         raise CertificateError(f"the proxy sent an unusable SSH certificate: {e}") from None
     if not isinstance(raw, SSHCertificate) or raw.type != SSHCertificateType.USER:
         raise CertificateError("the proxy sent a host certificate where a user one belongs")
-    principals = tuple(cert.principals)
+    principals = _labels("principal", cert.principals)
     if not principals:
         raise CertificateError("the proxy issued a certificate with no principals; refusing it")
 
@@ -117,8 +126,10 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
             "the proxy issued a certificate that is not valid yet: it starts in "
             f"{describe_skew(valid_after - now)}, so the local clock is probably behind: check it"
         )
-    extensions = tuple(sorted(k.decode("utf-8", "replace") for k in raw.extensions))
-    roles = _roles(raw.extensions.get(b"teleport-roles", b""))
+    extensions = _labels(
+        "extension name", sorted(k.decode("utf-8", "replace") for k in raw.extensions)
+    )
+    roles = _labels("role", _roles(raw.extensions.get(b"teleport-roles", b"")))
     return CertFacts(
         key_id=raw.key_id.decode("utf-8", "replace"),
         principals=principals,
@@ -129,10 +140,10 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
     )
 
 
-def check_tls_cert(pem: str, public_key_pem: str, now: float) -> str:
+def check_tls_cert(pem: str, public_key_pem: str, now: float) -> ClusterName | None:
     """Check the TLS client certificate is for our key and valid now; return its issuer CN.
 
-    The issuer's Common Name is the root cluster's name ("" when absent).
+    The issuer's Common Name is the root cluster's name (None when absent).
 
     Raises:
         CertificateError: not PEM, for another key, or outside its validity period.
@@ -159,4 +170,10 @@ def check_tls_cert(pem: str, public_key_pem: str, now: float) -> str:
         )
     names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    value = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    if not value:
+        return None
+    try:
+        return validate_cluster_name(value)
+    except InvalidNameError as e:
+        raise CertificateError(f"the TLS certificate's issuer is not a cluster: {e}") from None

@@ -17,37 +17,62 @@ space or a newline would make OpenSSH trust the cluster's CA for unrelated hosts
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from ._exceptions import ProxyResponseError
 from ._names import validate_cluster_name, validate_host
 
-__all__ = ["ca_lines", "merge_known_hosts"]
+__all__ = ["CAKey", "ca_lines", "merge_known_hosts", "parse_ca_key"]
 
-_KEY_TYPE = re.compile(r"(?:ssh|ecdsa-sha2|sk-ssh|sk-ecdsa-sha2)-[a-z0-9@.-]+")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_KEY_TYPE = re.compile(r"(?:ssh|ecdsa-sha2|sk-ssh|sk-ecdsa-sha2)-[a-z0-9@.-]{1,60}", re.ASCII)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
 
 
-def _check_key(key_line: str, cluster: str) -> str:
-    """``<type> <base64>`` of one authorized_keys-format CA key (comment dropped)."""
-    parts = key_line.split()
+class CAKey(str):
+    """``<keytype> <base64>`` of one CA public key: safe as the key part of a known_hosts line."""
+
+    __slots__ = ()
+
+
+def parse_ca_key(text: str) -> CAKey:
+    """The ``<type> <base64>`` of an authorized_keys-format key line (its comment dropped).
+
+    Raises:
+        ValueError: not one line of ``<type> <base64> [comment]``.
+    """
+    if type(text) is CAKey:
+        return text
+    parts = text.strip().split(" ")
     if (
-        len(parts) < 2
+        len(parts) not in (2, 3)
         or not _KEY_TYPE.fullmatch(parts[0])
         or not _BASE64.fullmatch(parts[1])
-        or "\n" in key_line.strip()
+        or (len(parts) == 3 and not parts[2].isprintable())
     ):
-        raise ProxyResponseError(
-            f"malformed response from the proxy: bad host CA key for {cluster}"
-        )
-    return f"{parts[0]} {parts[1]}"
+        raise ValueError("not an SSH public key")
+    return CAKey(f"{parts[0]} {parts[1]}")
 
 
-def ca_lines(proxy_host: str, cluster: str, keys: list[str] | tuple[str, ...]) -> list[str]:
-    """The known_hosts lines (without newline) trusting ``keys`` as ``cluster``'s host CA."""
-    validate_host(proxy_host, "proxy host")
-    validate_cluster_name(cluster)
-    hosts = f"{proxy_host},{cluster},*.{cluster}"
-    return [f"@cert-authority {hosts} {_check_key(k, cluster)} type=host" for k in keys]
+def ca_lines(proxy_host: str, cluster: str, keys: Sequence[str]) -> list[str]:
+    """The known_hosts lines (without newline) trusting ``keys`` as ``cluster``'s host CA.
+
+    Names and keys arrive parsed (HostName, ClusterName, CAKey) from the login
+    answer; raw strings are checked here the same way.
+
+    Raises:
+        InvalidNameError: an unsafe proxy host or cluster name.
+        ProxyResponseError: a key that is not ``<type> <base64>``.
+    """
+    hosts = f"{validate_host(proxy_host, 'proxy host')},{validate_cluster_name(cluster)},*.{cluster}"
+    lines = []
+    for key in keys:
+        try:
+            lines.append(f"@cert-authority {hosts} {parse_ca_key(key)} type=host")
+        except ValueError:
+            raise ProxyResponseError(
+                f"malformed response from the proxy: bad host CA key for {cluster}"
+            ) from None
+    return lines
 
 
 def _proxy_of(line: str) -> str | None:

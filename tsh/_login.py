@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Protocol
 from . import _fs
 from ._exceptions import (
     AgentError,
-    InvalidNameError,
     ProxyConnectionError,
     UsageError,
 )
-from ._names import validate_cluster_name, validate_host
+from ._names import validate_cluster_name, validate_user_name
 from ._profile import Profile, join_host_port
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from ._store import ProfileStore
     from ._webapi import LoginResponse, PingResponse, WebClient
 
-__all__ = ["LoginRequest", "LoginResult", "Prompter", "login", "check_user_name"]
+__all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]
 
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
@@ -78,19 +77,6 @@ class LoginResult:
 
     profile: Profile
     warnings: list[str] = field(default_factory=list)
-
-
-def check_user_name(user: str) -> str:
-    """A Teleport user name that is safe as a file name and in the agent comment."""
-    if (
-        not user
-        or len(user) > 255
-        or user in (".", "..")
-        or any(c in user for c in "/\\:")
-        or any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in user)
-    ):
-        raise InvalidNameError(f"invalid user name {user!r}")
-    return user
 
 
 def _ping(
@@ -188,7 +174,7 @@ def login(
     environ = os.environ if environ is None else environ
     store = store or ProfileStore()
     host, port = parse_proxy_arg(request.proxy)
-    user = check_user_name(request.user or getpass.getuser())
+    user = validate_user_name(request.user or getpass.getuser())
     if request.cluster:
         validate_cluster_name(request.cluster)
     if request.ttl_minutes is not None and request.ttl_minutes <= 0:
@@ -220,8 +206,8 @@ def login(
     now = clock()
     facts = check_user_cert(response.cert, keys.ssh_public, now)
     issuer = check_tls_cert(response.tls_cert, keys.tls_public, now)
-    clusters = [validate_cluster_name(s.domain_name) for s in response.host_signers]
-    root = validate_cluster_name(issuer) if issuer else clusters[0]
+    clusters = [s.domain_name for s in response.host_signers]  # validated by parse_login_response
+    root = issuer or clusters[0]
     clusters = [root, *[c for c in dict.fromkeys(clusters) if c != root]]
     cluster = request.cluster or root
 
@@ -241,7 +227,6 @@ def login(
         server_version=ping.server_version,
         private_key_policy=ping.private_key_policy,
     )
-    validate_host(profile.proxy_host, "proxy host")  # it names files and known_hosts lines
     warnings: list[str] = []
     with store.transaction():
         _store_login(store, profile, keys, response, request.agent_mode, environ, warnings, now)

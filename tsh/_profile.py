@@ -15,7 +15,7 @@ import json
 import os
 from collections import namedtuple
 
-from ._exceptions import ProfileError
+from ._exceptions import InvalidNameError, ProfileError
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
@@ -132,26 +132,81 @@ class Profile(_ProfileFields):
     def from_json(cls, text: str, source: str = "profile") -> Profile:
         """Parse a profile file's text; ``source`` names it in errors.
 
+        Every field tsh-py writes into OpenSSH files or shows is validated
+        here, as when it came from the proxy (a profile may have been written
+        by another program, or edited).
+
         Raises:
-            ProfileError: not JSON, not an object, or required fields missing.
+            ProfileError: not JSON, not an object, required fields missing, or
+                a field of the wrong type or with an unsafe value.
         """
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProfileError(f"{source} is not a profile written by tsh-py") from None
         if not isinstance(data, dict):
             raise ProfileError(f"{source} is not a profile written by tsh-py")
         known = set(cls._fields) - {"extra"}
-        kwargs = {
-            name: tuple(value) if isinstance(value, list) else value
-            for name, value in data.items()
-            if name in known
-        }
+        kwargs = {name: value for name, value in data.items() if name in known}
         extra = {k: v for k, v in data.items() if k not in known}
         try:
+            kwargs = _checked_fields(kwargs)
             return cls(**kwargs, extra=extra or None)
         except TypeError:
             raise ProfileError(f"{source} lacks required fields") from None
+        except (ValueError, InvalidNameError) as e:
+            raise ProfileError(f"{source} is damaged: {e}") from None
+
+
+def _address(value: object, what: str) -> str:
+    from ._names import validate_host
+
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a string")
+    host, port = split_host_port(value, 0)
+    if not port:
+        raise ValueError(f"{what} {value!r} has no port")
+    return join_host_port(validate_host(host, what), port)
+
+
+def _checked_fields(fields: dict[str, object]) -> dict[str, object]:
+    """The known fields of a profile file, each validated into what Profile holds.
+
+    Raises:
+        ValueError, InvalidNameError: a field of the wrong type or value.
+    """
+    from ._names import validate_cluster_name, validate_label, validate_user_name
+
+    def names(value: object, what: str, check: object) -> tuple[object, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"{what} is not a list")
+        return tuple(check(v) for v in value)  # type: ignore[operator]
+
+    out: dict[str, object] = {}
+    for name, value in fields.items():
+        if name in ("web_proxy_addr", "ssh_proxy_addr"):
+            out[name] = _address(value, name)
+        elif name == "user":
+            out[name] = validate_user_name(value)  # type: ignore[arg-type]
+        elif name in ("cluster", "root_cluster"):
+            out[name] = validate_cluster_name(value) if value != "" else ""  # type: ignore[arg-type]
+        elif name == "clusters":
+            out[name] = names(value, name, validate_cluster_name)
+        elif name in ("valid_after", "valid_before"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} is not a whole number")
+            out[name] = value
+        elif name in ("principals", "extensions", "roles"):
+            out[name] = names(value, name, lambda v, n=name: validate_label(v, n))
+        elif name == "key_storage":
+            if value not in ("disk", "agent"):
+                raise ValueError(f"key_storage {value!r} is neither 'disk' nor 'agent'")
+            out[name] = value
+        else:  # server_version, private_key_policy, piv_slot: shown or compared only
+            if not isinstance(value, str) or (value and not value.isprintable()):
+                raise ValueError(f"{name} is not a one-line string")
+            out[name] = value
+    return out
 
 
 class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):

@@ -23,13 +23,12 @@ word. User input never passes through a shell otherwise.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._exceptions import UsageError
 from ._hop import identity_options, proxy_hop_argv
-from ._names import validate_cluster_name, validate_host, validate_login
+from ._names import shell_word, validate_cluster_name, validate_host, validate_login
 from ._profile import Profile, ProfilePaths, split_host_port
 from ._sshconfig import DEFAULT_NODE_PORT, tsh_proxy_command
 
@@ -130,10 +129,9 @@ def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str
     ``%r`` (the node login) and ``%p`` (the node port) are left for OpenSSH to
     fill in; everything else is literal and shell-quoted.
     """
-    words = proxy_hop_argv(profile, paths, host, cluster)
-    # OpenSSH expands %r and %p before the shell sees the line; the login is
-    # validated and the port is a number, so only our own words need quoting.
-    return " ".join(w if w == "%r" else shlex.quote(w) for w in words)
+    # OpenSSH expands %r and %p before the user's shell (maybe fish or csh)
+    # reads the line; every word, those tokens included, is single-quoted.
+    return " ".join(map(shell_word, proxy_hop_argv(profile, paths, host, cluster)))
 
 
 def _common(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ._exceptions import UsageError
 from ._hop import HOP_OPTIONS
 from ._names import (
+    shell_word,
     validate_cluster_name,
     validate_host,
     validate_login,
@@ -121,53 +122,60 @@ def _check(p: SSHConfigParams) -> None:
 def tsh_proxy_command(
     executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int
 ) -> str:
-    """``"<tsh>" proxy ssh --cluster=C --proxy=HOST:PORT %r@%h:%p``.
+    """``'<tsh>' proxy ssh --cluster='C' --proxy='HOST:PORT' '%r@%h:%p'``.
 
-    ``executable`` is how to start tsh (see SSHConfigParams); its path is
-    double-quoted for the shell that runs ProxyCommand. Every value is
-    validated here, because OpenSSH hands this line to a shell.
+    ``executable`` is how to start tsh (see SSHConfigParams). OpenSSH hands
+    this line to the user's shell, so every word is validated and then
+    single-quoted for it (tsh._names.shell_word), ``%r@%h:%p`` included: ssh
+    expands those tokens before the shell reads the line.
 
     Raises:
         InvalidNameError: an unsafe cluster, host, port or path.
     """
-    validate_cluster_name(cluster)
-    validate_host(proxy_host, "proxy host")
-    validate_port(proxy_port)
-    validate_path(executable[0])
-    exe = " ".join([f'"{executable[0]}"', *executable[1:]])
-    return f"{exe} proxy ssh --cluster={cluster} --proxy={join_host_port(proxy_host, proxy_port)} %r@%h:%p"
+    cluster = validate_cluster_name(cluster)
+    proxy = join_host_port(validate_host(proxy_host, "proxy host"), validate_port(proxy_port))
+    exe = " ".join([shell_word(validate_path(executable[0])), *map(shell_word, executable[1:])])
+    return (
+        f"{exe} proxy ssh --cluster={shell_word(cluster)} --proxy={shell_word(proxy)} "
+        f"{shell_word('%r@%h:%p')}"
+    )
+
+
+#: The all-OpenSSH hop as a POSIX sh script that reads every value from its
+#: positional arguments, so nothing from the profile is ever part of the
+#: script's text. ssh turns "%%" into "%": the script sees ${2%."$7"}, which
+#: strips a ".<proxy host>" and then a ".<cluster>" suffix off the node name.
+_OPENSSH_HOP_SCRIPT = (
+    'h=${2%%."$7"}; h=${h%%."$8"}; '
+    "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
+    '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
+    '-p "$9" -l "$1" -s "${10}" "proxy:$h:$3@${11}"'
+)
 
 
 def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     # OpenSSH runs ProxyCommand through the user's shell, which may not be
-    # POSIX, so the logic is a single-quoted `sh -c` script. ssh's %r %h %p are
-    # passed as positional arguments, never spliced into the script text, and so
-    # are the paths (the options ssh parses from -o need their inner quotes).
-    # ssh turns "%%" into "%": the script sees ${2%.<suffix>} (strip a suffix).
-    # %h arrives lower-cased (ssh lower-cases host names), hence .lower().
-    opts = [
-        "-o ForwardAgent=yes",
-        *(f"-o {option}" for option in HOP_OPTIONS),
-        '-o "$4"',
-        '-o "$5"',
-        '-i "$6"',
-    ]
-    if p.identities_only:
-        opts.append("-o IdentitiesOnly=yes")
-    script = (
-        f"h=${{2%%.{p.proxy_host.lower()}}}; "
-        f"exec ssh {' '.join(opts)} -p {p.ssh_proxy_port} -l \"$1\" "
-        f"-s {p.ssh_proxy_host} \"proxy:${{h%%.{cluster.lower()}}}:$3@{cluster}\""
-    )
+    # POSIX (fish, csh), so the logic is a single-quoted `sh -c` script and
+    # every value is one single-quoted argument after it; ssh's %r %h %p
+    # arrive as $1..$3. %h arrives lower-cased (ssh lower-cases host names),
+    # hence the lower-cased suffixes.
+    script = _OPENSSH_HOP_SCRIPT.replace(
+        "HOP_OPTIONS", " ".join(f"-o {option}" for option in HOP_OPTIONS)
+    ).replace("IDENTITIES_ONLY", " -o IdentitiesOnly=yes" if p.identities_only else "")
     args = [
         "%r",
         "%h",
         "%p",
-        f"'UserKnownHostsFile \"{p.known_hosts}\"'",
-        f"'CertificateFile \"{p.certificate_file}\"'",
-        f"'{p.identity_file}'",
+        f'UserKnownHostsFile "{p.known_hosts}"',
+        f'CertificateFile "{p.certificate_file}"',
+        p.identity_file,
+        p.proxy_host.lower(),
+        cluster.lower(),
+        str(p.ssh_proxy_port),
+        p.ssh_proxy_host,
+        cluster,
     ]
-    return f"sh -c '{script}' tsh-proxy {' '.join(args)}"
+    return f"sh -c {shell_word(script)} tsh-proxy {' '.join(map(shell_word, args))}"
 
 
 def render(p: SSHConfigParams) -> str:

@@ -25,9 +25,17 @@ import httpx
 
 from ._exceptions import (
     AccessDeniedError,
+    InvalidNameError,
     ProxyConnectionError,
     ProxyResponseError,
     ProxyTLSError,
+)
+from ._knownhosts import CAKey, parse_ca_key
+from ._names import (
+    ClusterName,
+    HostName,
+    validate_cluster_name,
+    validate_host,
 )
 from ._profile import join_host_port, split_host_port
 
@@ -100,7 +108,7 @@ def server_major(version: str) -> int:
 class PingResponse:
     """What ``/webapi/ping`` says about the proxy, checked and resolved."""
 
-    cluster_name: str
+    cluster_name: ClusterName
     server_version: str
     auth_type: str
     second_factor: str
@@ -115,12 +123,12 @@ class PingResponse:
 
 @dataclass(frozen=True)
 class HostSigner:
-    """One cluster's host CA as sent in ``host_signers``."""
+    """One cluster's host CA as sent in ``host_signers``, checked."""
 
-    domain_name: str
-    #: authorized_keys-format public keys (decoded from base64).
-    checking_keys: tuple[str, ...]
-    #: PEM certificates of the cluster's TLS CA.
+    domain_name: ClusterName
+    #: ``<type> <base64>`` public keys (decoded from base64, comment dropped).
+    checking_keys: tuple[CAKey, ...]
+    #: PEM certificates of the cluster's TLS CA, one ``BEGIN``/``END`` block each.
     tls_certs: tuple[str, ...]
 
 
@@ -158,6 +166,58 @@ def _str(data: dict[str, Any], key: str, what: str, required: bool = False) -> s
     return value
 
 
+#: Words that name a mode (auth type, second factor, key policy): they are
+#: stored in the profile and compared, never interpreted.
+_WORD = re.compile(r"[A-Za-z0-9_.:-]{0,64}", re.ASCII)
+_VERSION = re.compile(r"v?[0-9][0-9A-Za-z.+_-]{0,63}", re.ASCII)
+_PEM_CERT = re.compile(
+    r"-----BEGIN CERTIFICATE-----\r?\n(?:[A-Za-z0-9+/=]{1,76}\r?\n)+-----END CERTIFICATE-----\r?\n?",
+    re.ASCII,
+)
+
+
+def _word(data: dict[str, Any], key: str, what: str, pattern: re.Pattern[str] = _WORD) -> str:
+    value = _str(data, key, what)
+    if value and not pattern.fullmatch(value):
+        raise _bad(f"{what}.{key} {value[:40]!r} is not a valid value")
+    return value
+
+
+def _cluster(value: str, what: str) -> ClusterName:
+    try:
+        return validate_cluster_name(value)
+    except InvalidNameError as e:
+        raise _bad(f"{what}: {e}") from None
+
+
+def _addr(text: str, default_port: int, what: str) -> tuple[HostName, int]:
+    """A proxy-sent ``host[:port]``, with the host validated for ssh_config and known_hosts."""
+    try:
+        host, port = split_host_port(text, default_port)
+        return validate_host(host, "host"), port
+    except (ValueError, InvalidNameError) as e:
+        raise _bad(f"{what}: {e}") from None
+
+
+def _ca_key(text: str, what: str) -> CAKey:
+    try:
+        return parse_ca_key(text)
+    except ValueError:
+        raise _bad(f"{what} is not an SSH public key") from None
+
+
+def _pem_certs(text: str, what: str) -> str:
+    """One or more PEM ``CERTIFICATE`` blocks and nothing else, as they are."""
+    pos = 0
+    for m in _PEM_CERT.finditer(text):
+        if m.start() != pos:
+            break
+        pos = m.end()
+    if not text or pos != len(text):
+        raise _bad(f"{what} is not a PEM certificate")
+    return text if text.endswith("\n") else text + "\n"
+
+
 def _b64_text(value: Any, what: str) -> str:
     """A Go ``[]byte`` field: standard base64 of UTF-8 text."""
     if not isinstance(value, str) or not value:
@@ -168,61 +228,66 @@ def _b64_text(value: Any, what: str) -> str:
         raise _bad(f"{what} is not base64-encoded text") from None
 
 
-def _resolve_ssh_proxy(ssh: dict[str, Any], web_host: str, web_port: int, tls_routing: bool) -> str:
+def _resolve_ssh_proxy(ssh: dict[str, Any], web_host: HostName, web_port: int, tls_routing: bool) -> str:
     """Section 1: ``ssh_public_addr`` overrides, ``listen_addr`` gives only the port."""
-    try:
-        if tls_routing:
-            return join_host_port(web_host, web_port)
-        public = _str(ssh, "ssh_public_addr", "proxy.ssh")
-        if public:
-            host, port = split_host_port(public, SSH_PROXY_PORT)
-            return join_host_port(host, port)
-        listen = _str(ssh, "listen_addr", "proxy.ssh")
-        port = split_host_port(listen, SSH_PROXY_PORT)[1] if listen else SSH_PROXY_PORT
-    except ValueError as e:
-        raise _bad(f"proxy.ssh: {e}") from None
+    if tls_routing:
+        return join_host_port(web_host, web_port)
+    public = _str(ssh, "ssh_public_addr", "proxy.ssh")
+    if public:
+        return join_host_port(*_addr(public, SSH_PROXY_PORT, "proxy.ssh.ssh_public_addr"))
+    listen = _str(ssh, "listen_addr", "proxy.ssh")
+    port = SSH_PROXY_PORT
+    if listen:  # only its port counts: the host is where the proxy listens (often 0.0.0.0)
+        try:
+            port = split_host_port(listen, SSH_PROXY_PORT)[1]
+        except ValueError as e:
+            raise _bad(f"proxy.ssh.listen_addr: {e}") from None
     return join_host_port(web_host, port)
 
 
 def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
-    """Check and resolve a decoded ping answer from ``web_proxy_addr`` (host:port)."""
+    """Check and resolve a decoded ping answer from ``web_proxy_addr`` (host:port).
+
+    Every string that the profile, ssh_config or known_hosts will hold is
+    validated here (names through tsh._names), so a hostile proxy gets a
+    ProxyResponseError and nothing it sent is written anywhere.
+    """
     data = _obj(data, "ping response")
     auth = _obj(data.get("auth"), "auth")
     proxy = _obj(data.get("proxy"), "proxy")
     ssh = _obj(proxy.get("ssh"), "proxy.ssh")
-    cluster = _str(data, "cluster_name", "ping", required=True)
-    version = _str(data, "server_version", "ping", required=True)
+    cluster = _cluster(_str(data, "cluster_name", "ping", required=True), "cluster_name")
+    version = _word(data, "server_version", "ping", _VERSION)
+    if not version:
+        raise _bad("ping.server_version is missing")
     ttl_text = _str(auth, "default_session_ttl", "auth")
     ttl: float | None = None
     if ttl_text and ttl_text != "never":
         try:
             ttl = parse_go_duration(ttl_text)
         except ValueError:
-            raise _bad(f"auth.default_session_ttl {ttl_text!r} is not a duration") from None
+            raise _bad(f"auth.default_session_ttl {ttl_text[:40]!r} is not a duration") from None
         if ttl <= 0:
             ttl = None
     tls_routing = proxy.get("tls_routing_enabled", False)
     if not isinstance(tls_routing, bool):
         raise _bad("proxy.tls_routing_enabled is not a boolean")
 
-    web_host, web_port = split_host_port(web_proxy_addr, FALLBACK_WEB_PORT)
+    web_host, web_port = _addr(web_proxy_addr, FALLBACK_WEB_PORT, "web proxy address")
     public = _str(ssh, "public_addr", "proxy.ssh")
     if public:  # the web address real tsh switches to (and names the profile after)
-        try:
-            web_host, web_port = split_host_port(public, FALLBACK_WEB_PORT)
-        except ValueError as e:
-            raise _bad(f"proxy.ssh.public_addr: {e}") from None
+        web_host, web_port = _addr(public, FALLBACK_WEB_PORT, "proxy.ssh.public_addr")
     # Checked, not used: tsh-py's version is not comparable to Teleport's.
     _str(data, "min_client_version", "ping")
     return PingResponse(
         cluster_name=cluster,
         server_version=version,
-        auth_type=_str(auth, "type", "auth") or "local",
-        second_factor=_str(auth, "second_factor", "auth") or "off",
+        auth_type=_word(auth, "type", "auth") or "local",
+        second_factor=_word(auth, "second_factor", "auth") or "off",
         default_session_ttl=ttl,
         web_proxy_addr=join_host_port(web_host, web_port),
         ssh_proxy_addr=_resolve_ssh_proxy(ssh, web_host, web_port, tls_routing),
-        private_key_policy=_str(auth, "private_key_policy", "auth") or "none",
+        private_key_policy=_word(auth, "private_key_policy", "auth") or "none",
     )
 
 
@@ -241,15 +306,17 @@ def parse_login_response(data: Any) -> LoginResponse:
             raise _bad(f"host_signers[{i}].checking_keys is empty")
         if not isinstance(tls, list):
             raise _bad(f"host_signers[{i}].tls_certs is not a list")
+        what = f"host_signers[{i}]"
         signers.append(
             HostSigner(
-                domain_name=_str(raw, "domain_name", f"host_signers[{i}]", required=True),
+                domain_name=_cluster(_str(raw, "domain_name", what, required=True), what),
                 checking_keys=tuple(
-                    _b64_text(k, f"host_signers[{i}].checking_keys[{j}]")
+                    _ca_key(_b64_text(k, f"{what}.checking_keys[{j}]"), f"{what}.checking_keys[{j}]")
                     for j, k in enumerate(keys)
                 ),
                 tls_certs=tuple(
-                    _b64_text(c, f"host_signers[{i}].tls_certs[{j}]") for j, c in enumerate(tls)
+                    _pem_certs(_b64_text(c, f"{what}.tls_certs[{j}]"), f"{what}.tls_certs[{j}]")
+                    for j, c in enumerate(tls)
                 ),
             )
         )

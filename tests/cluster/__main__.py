@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--server-version", default="17.0.0")
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
+    s.add_argument("--public-addr", default="", help="proxy public_addr advertised in ping, verbatim")
+    s.add_argument(
+        "--ssh-public-addr", default="",
+        help="proxy ssh_public_addr advertised in ping, verbatim (default: the SSH port)",
+    )
     s.add_argument(
         "--proxy-checks-host-keys", choices=("yes", "no"), default="yes",
         help="recording proxy: require node host certificates from the host CA (default yes)",
@@ -102,6 +107,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         second_factor=args.second_factor,
         recording=args.recording,
         proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
+        public_addr=args.public_addr,
+        ssh_public_addr=args.ssh_public_addr,
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -31,6 +31,10 @@ class ServerConfig:
     proxy_checks_host_keys: bool = True
     web_addr: str = ""
     ssh_proxy_addr: str = ""
+    #: Teleport's proxy_service ``public_addr`` / ``ssh_public_addr``, sent in
+    #: ping as they are (a test can play a misconfigured or hostile proxy).
+    public_addr: str = ""
+    ssh_public_addr: str = ""
 
     @property
     def major(self) -> int:

@@ -228,14 +228,17 @@ class WebAPI:
 
     # ---- ping / find
     def _proxy_settings(self) -> dict[str, Any]:
+        ssh: dict[str, Any] = {
+            "listen_addr": self.config.ssh_proxy_addr,
+            "web_listen_addr": self.config.web_addr,
+            "ssh_public_addr": self.config.ssh_public_addr or self.config.ssh_proxy_addr,
+            "dial_timeout": 30 * NS_PER_S,
+        }
+        if self.config.public_addr:
+            ssh["public_addr"] = self.config.public_addr
         return {
             "kube": {},
-            "ssh": {
-                "listen_addr": self.config.ssh_proxy_addr,
-                "web_listen_addr": self.config.web_addr,
-                "ssh_public_addr": self.config.ssh_proxy_addr,
-                "dial_timeout": 30 * NS_PER_S,
-            },
+            "ssh": ssh,
             "db": {},
             "tls_routing_enabled": False,
         }

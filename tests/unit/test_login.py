@@ -201,7 +201,7 @@ HOSTILE = {
             p, "login_hook", lambda a, b: a["host_signers"][0].update(domain_name="*")
         ),
         None,
-        InvalidNameError,
+        ProxyResponseError,  # the proxy's fault, not the user's: refused where it is parsed
         "cluster name",
     ),
     "no host signers": (

@@ -126,3 +126,43 @@ def test_accepted_names_contain_nothing_ssh_config_interprets(s: str) -> None:
         assert out
         assert not set(out) & set(" \t\r\n,*?!%\"'\\$`;#=/")
         assert not out.startswith(("-", "."))
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["fe80::1%eth0", "[fe80::1%eth0]", "fe80::1%n'$(touch${IFS}x)'", "fe80::1%n\nMatch exec x",
+     "fe80::1%x,*", "::1 ", "::g"],
+)
+def test_ipv6_scope_ids_and_junk_are_refused(addr: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_host(addr)
+
+
+def test_validators_return_their_types_and_pass_them_through() -> None:
+    from tsh._names import ClusterName, HostName, Login, SafePath, UserName, validate_user_name
+
+    host = validate_host("[::1]")
+    assert type(host) is HostName and host == "::1"
+    assert validate_host(host) is host  # parsed once: a typed value is not checked again
+    assert type(validate_cluster_name("c")) is ClusterName
+    assert type(validate_login("root")) is Login
+    assert type(validate_path("/a b")) is SafePath
+    assert type(validate_user_name("joe@example.com")) is UserName
+
+
+@pytest.mark.parametrize("word", ["", "a b", "/path with space/tsh", "%r@%h:%p", '-o "x"'])
+def test_shell_word_single_quotes(word: str) -> None:
+    import shlex
+
+    from tsh._names import shell_word
+
+    quoted = shell_word(word)
+    assert shlex.split(quoted) == [word]
+
+
+@pytest.mark.parametrize("word", ["a'b", "a\\b", "a!b", "a\nb", "a\x00b"])
+def test_shell_word_refuses_what_some_shell_reads_inside_quotes(word: str) -> None:
+    from tsh._names import shell_word
+
+    with pytest.raises(InvalidNameError):
+        shell_word(word)

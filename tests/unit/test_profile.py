@@ -84,6 +84,41 @@ def test_corrupt_profile_is_a_profile_error(text):
         Profile.from_json(text)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ssh_proxy_addr", "[fe80::1%n'$(touch${IFS}x)']:3023"),
+        ("ssh_proxy_addr", "[fe80::1%n\nMatch exec x]:3023"),
+        ("web_proxy_addr", "*:3080"),
+        ("web_proxy_addr", "proxy.example.com"),  # no port
+        ("user", "a/b"),
+        ("cluster", "c\nHost *"),
+        ("clusters", ["ok", "*"]),
+        ("clusters", "ok"),
+        ("principals", ["root\n> Profile URL: evil"]),
+        ("roles", [1]),
+        ("valid_before", "soon"),
+        ("valid_before", True),
+        ("key_storage", "cloud"),
+        ("server_version", "17\n"),
+    ],
+)
+def test_profile_fields_are_validated_where_read(field, value):
+    data = json.loads(make_profile().to_json())
+    data[field] = value
+    with pytest.raises(ProfileError, match="damaged|lacks"):
+        Profile.from_json(json.dumps(data), source="/home/x/p.yaml")
+
+
+def test_profile_values_come_back_typed():
+    from tsh._names import ClusterName
+
+    p = Profile.from_json(make_profile().to_json())
+    assert all(type(c) is ClusterName for c in p.clusters)
+    assert type(p.user).__name__ == "UserName"
+    assert p == make_profile() and p.web_proxy_addr == "proxy.example.com:3080"
+
+
 def test_store_lists_current_first_and_skips_garbage(tmp_path):
     store = ProfileStore(tmp_path)
     assert store.list() == [] and store.current() is None

@@ -66,7 +66,11 @@ def test_golden(case: str) -> None:
 
 
 def test_matches_real_tsh_shape() -> None:
-    """Teleport's own golden (modern, username, custom port), minus HostKeyAlgorithms."""
+    """Teleport's own golden (modern, username, custom port), minus HostKeyAlgorithms.
+
+    One deliberate difference: every word of ProxyCommand is single-quoted
+    for the shell that runs it (Teleport writes ``"/tmp/tsh" ... %r@%h:%p``).
+    """
     p = dataclasses.replace(
         BASE,
         clusters=("example.com",),
@@ -87,8 +91,8 @@ def test_matches_real_tsh_shape() -> None:
         "# Flags for all example.com hosts except the proxy\n"
         "Host *.example.com !proxy.example.com\n"
         "    Port 3232\n"
-        '    ProxyCommand "/tmp/tsh" proxy ssh --cluster=example.com '
-        "--proxy=proxy.example.com:443 %r@%h:%p\n"
+        "    ProxyCommand '/tmp/tsh' proxy ssh --cluster='example.com' "
+        "--proxy='proxy.example.com:443' '%r@%h:%p'\n"
         '    User "testuser"\n\n'
         "# End generated Teleport configuration\n"
     )
@@ -183,7 +187,7 @@ def test_host_patterns_are_lower_case() -> None:
     text = render(dataclasses.replace(BASE, clusters=("Root.Example",), proxy_host="Proxy.X"))
     assert "Host *.root.example proxy.x\n" in text
     assert "Host *.root.example !proxy.x\n" in text
-    assert "--cluster=Root.Example --proxy=Proxy.X:443" in text
+    assert "--cluster='Root.Example' --proxy='Proxy.X:443'" in text
 
 
 def test_update_creates_a_missing_directory_private(tmp_path: Path) -> None:

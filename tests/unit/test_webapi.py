@@ -102,7 +102,8 @@ def _answer() -> dict:
 def test_login_response_decodes_base64() -> None:
     r = parse_login_response(_answer())
     assert r.cert.startswith("ssh-ed25519-cert-v01@openssh.com")
-    assert r.host_signers[0].checking_keys == ("ssh-ed25519 AAAA\n",)
+    # Parsed into "<type> <base64>", safe as the key part of a known_hosts line.
+    assert r.host_signers[0].checking_keys == ("ssh-ed25519 AAAA",)
 
 
 @pytest.mark.parametrize(

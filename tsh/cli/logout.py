@@ -21,14 +21,14 @@ def logout(
     With --proxy and --user, only that user's keys for that proxy; with
     neither, every profile.
     """
-    from .._login import check_user_name
     from .._logout import logout_all, logout_user
+    from .._names import validate_user_name
     from .._store import ProfileStore, parse_proxy_arg
 
     store = ProfileStore()
     if proxy and user:
         host = parse_proxy_arg(proxy)[0]
-        result = logout_user(store, host, check_user_name(user))
+        result = logout_user(store, host, validate_user_name(user))
         print_warnings(result.warnings)
         if not result.removed:
             print(f"User {user} already logged out from {host}.")
