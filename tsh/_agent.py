@@ -1,7 +1,7 @@
 """The local ssh-agent: load our key and certificate, replace and remove only ours.
 
 Keys are added through asyncssh's agent client with the comment
-``teleport:<proxy>:<cluster>:<user>`` (teleport-wire.md section 9) and a
+``teleport:<proxy>:<cluster>:<user>`` (docs/protocol.md §7) and a
 lifetime equal to the certificate's remaining validity, so the agent drops the
 key when the certificate expires. A re-login first removes the keys carrying
 the same comment; other keys are never touched.

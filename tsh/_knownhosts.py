@@ -1,6 +1,6 @@
 """Render and merge the ``@cert-authority`` lines of tsh's known_hosts (pure).
 
-Section 8 of teleport-wire.md: one line per host CA key,
+docs/protocol.md §6: one line per host CA key,
 
     @cert-authority <proxyhost>,<cluster>,*.<cluster> <keytype> <base64> type=host
 

@@ -5,8 +5,8 @@ SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
 ``ssh -s`` (tsh._hop.proxy_hop_argv), run as a child: it logs in to the
 proxy's SSH port with the profile's certificate, accepts only a proxy host
 certificate from the profile's known_hosts CAs, forwards the agent (a recording
-proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (teleport-wire.md
-section 10.1). Why a child and not an SSH library: start-up. This runs for
+proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (docs/protocol.md
+§8.1). Why a child and not an SSH library: start-up. This runs for
 every OpenSSH connection through the generated config, and importing an SSH
 library costs more than the whole hop.
 

@@ -1,6 +1,6 @@
 """Rendering of `tsh status` (pure: profiles and a clock in, text out).
 
-The text layout is real tsh's (teleport-wire.md section 12.1): the current
+The text layout is real tsh's (docs/protocol.md §10): the current
 profile first, prefixed ``> ``, labels padded to column 22, ``Valid until`` in
 Go's default time format with ``[valid for 11h59m0s]`` or ``[EXPIRED]``. The
 JSON and YAML forms carry the same facts under the keys real tsh uses.

@@ -1,6 +1,6 @@
 """The proxy's web API: ``/webapi/ping`` and ``/v1/webapi/ssh/certs`` over httpx.
 
-Wire format: teleport-wire.md sections 2, 3 and 6. ``[]byte`` fields travel as
+Wire format: docs/protocol.md §2, §3 and §4. ``[]byte`` fields travel as
 base64, durations in requests are integer nanoseconds, ``default_session_ttl``
 in ping is a Go duration string, errors are ``{"error": {"message": ...}}`` and
 bad credentials come back as HTTP 403.
@@ -114,9 +114,9 @@ class PingResponse:
     second_factor: str
     #: Seconds, or None when the proxy did not say.
     default_session_ttl: float | None
-    #: host:port of the web API, after ``proxy.ssh.public_addr`` (section 1).
+    #: host:port of the web API, after ``proxy.ssh.public_addr`` (docs/protocol.md §1).
     web_proxy_addr: str
-    #: host:port of the SSH proxy (section 1 resolution rules).
+    #: host:port of the SSH proxy (docs/protocol.md §1 resolution rules).
     ssh_proxy_addr: str
     private_key_policy: str
 
@@ -229,7 +229,7 @@ def _b64_text(value: Any, what: str) -> str:
 
 
 def _resolve_ssh_proxy(ssh: dict[str, Any], web_host: HostName, web_port: int, tls_routing: bool) -> str:
-    """Section 1: ``ssh_public_addr`` overrides, ``listen_addr`` gives only the port."""
+    """docs/protocol.md §1: ``ssh_public_addr`` overrides, ``listen_addr`` gives only the port."""
     if tls_routing:
         return join_host_port(web_host, web_port)
     public = _str(ssh, "ssh_public_addr", "proxy.ssh")
@@ -492,7 +492,7 @@ class WebClient:
         """``POST /v1/webapi/ssh/certs``: exchange a password (and OTP) for certificates.
 
         Pass ``ssh_pub_key`` and ``tls_pub_key`` to v17+ servers, ``pub_key`` to
-        older ones (section 3.2: sending both is a 400).
+        older ones (docs/protocol.md §3.2: sending both is a 400).
         """
         body: dict[str, Any] = {
             "user": user,

@@ -1,4 +1,4 @@
-"""Pure parsing and routing for the proxy's SSH subsystems (teleport-wire.md section 10.2).
+"""Pure parsing and routing for the proxy's SSH subsystems (docs/protocol.md §8.2).
 
 Kept apart from the SSH server so the grammar and the exact error texts are
 unit-tested without sockets.

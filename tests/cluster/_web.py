@@ -1,4 +1,4 @@
-"""The proxy's HTTPS web API (teleport-wire.md sections 2, 3 and 6), on aiohttp.
+"""The proxy's HTTPS web API (docs/protocol.md §2, §3 and §4), on aiohttp.
 
 Routes (each also under a leading ``/v1``): ``GET /webapi/ping``,
 ``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``.

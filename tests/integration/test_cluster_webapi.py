@@ -1,4 +1,4 @@
-"""The test cluster's web API over real TLS, against teleport-wire.md sections 2, 3 and 6."""
+"""The test cluster's web API over real TLS, against docs/protocol.md §2, §3 and §4."""
 
 from __future__ import annotations
 

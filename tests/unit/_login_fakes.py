@@ -1,7 +1,7 @@
 """An in-memory Teleport proxy for login unit tests (httpx.MockTransport, no sockets).
 
 It answers ``/webapi/ping`` and ``/v1/webapi/ssh/certs`` the way
-teleport-wire.md describes, signing the posted keys with throw-away CAs made
+docs/protocol.md §2-§4 describe, signing the posted keys with throw-away CAs made
 with cryptography. Tests tweak its answers through ``ping_body``,
 ``login_hook`` and friends to play a hostile or broken proxy.
 """
