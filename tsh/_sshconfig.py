@@ -144,9 +144,10 @@ def tsh_proxy_command(
 #: The all-OpenSSH hop as a POSIX sh script that reads every value from its
 #: positional arguments, so nothing from the profile is ever part of the
 #: script's text. ssh turns "%%" into "%": the script sees ${2%."$7"}, which
-#: strips a ".<proxy host>" and then a ".<cluster>" suffix off the node name.
+#: strips a ".<proxy host>" and then a ".<cluster>" suffix off the node name;
+#: an IPv6 node gets brackets, as the subsystem's grammar wants (docs/protocol.md §8).
 _OPENSSH_HOP_SCRIPT = (
-    'h=${2%%."$7"}; h=${h%%."$8"}; '
+    'h=${2%%."$7"}; h=${h%%."$8"}; case $h in *:*) h="[$h]";; esac; '
     "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
     '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
     '-p "$9" -l "$1" -s "${10}" "proxy:$h:$3@${11}"'

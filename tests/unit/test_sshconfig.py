@@ -221,3 +221,27 @@ def test_update_keeps_mode_and_a_backup(tmp_path: Path) -> None:
     assert target.read_text() == "Host a\n\n" + BLOCK
     assert os.stat(target).st_mode & 0o777 == 0o644
     assert update_ssh_config(target, BLOCK, "proxy.example.com") == (False, None)
+
+
+@pytest.mark.parametrize(
+    "host, subsystem",
+    [("node1.root", "proxy:node1:22@root"), ("node1.root.proxy.example.com", "proxy:node1:22@root"),
+     ("::1.root", "proxy:[::1]:22@root")],
+)
+def test_openssh_form_script_builds_the_subsystem(tmp_path: Path, host: str, subsystem: str) -> None:
+    """The openssh form's ProxyCommand, run by sh as ssh runs it, with a fake ssh logging argv."""
+    import re
+    import subprocess
+
+    text = render(dataclasses.replace(BASE, clusters=("root",), proxy_command="openssh"))
+    command = next(ln for ln in text.splitlines() if "ProxyCommand" in ln).split("ProxyCommand ", 1)[1]
+    tokens = {"r": "alice", "h": host, "p": "22", "%": "%"}
+    line = re.sub(r"%(.)", lambda m: tokens[m.group(1)], command)
+    (tmp_path / "ssh").write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$LOG"\n')
+    (tmp_path / "ssh").chmod(0o755)
+    log = tmp_path / "argv"
+    subprocess.run(["/bin/sh", "-c", f"exec {line}"], check=True, timeout=10,
+                   env={"PATH": f"{tmp_path}:/usr/bin:/bin", "LOG": str(log)})
+    argv = log.read_text().split("\0")[:-1]
+    assert argv[-4:] == ["alice", "-s", "proxy.example.com", subsystem]
+    assert argv[argv.index("-p") + 1] == "3023"
