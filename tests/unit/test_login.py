@@ -172,6 +172,18 @@ HOSTILE = {
         ProxyResponseError,
         "Teleport proxy",
     ),
+    "deeply nested login json": (
+        lambda p: setattr(p, "login_raw", (200, b"[" * 100_000 + b"]" * 100_000, "application/json")),
+        None,
+        ProxyResponseError,
+        "Teleport proxy",
+    ),
+    "5000-digit session ttl": (
+        lambda p: setattr(p, "default_ttl", "1" * 5000 + "h"),
+        None,
+        ProxyResponseError,
+        "default_session_ttl",
+    ),
     "html login": (
         lambda p: setattr(p, "login_raw", (502, b"<html>oops</html>", "text/html")),
         None,
