@@ -133,14 +133,15 @@ class Profile(_ProfileFields):
         """Parse a profile file's text; ``source`` names it in errors.
 
         Raises:
-            ProfileError: not JSON, not an object, or required fields missing.
+            ProfileError: not JSON, not an object, a required field missing,
+                or a field of the wrong type (saying how to get rid of the file).
         """
         try:
             data = json.loads(text)
-        except ValueError:
-            raise ProfileError(f"{source} is not a profile written by tsh-py") from None
+        except (ValueError, RecursionError):
+            raise _corrupt(source, "it is not a profile written by tsh-py") from None
         if not isinstance(data, dict):
-            raise ProfileError(f"{source} is not a profile written by tsh-py")
+            raise _corrupt(source, "it is not a profile written by tsh-py")
         known = set(cls._fields) - {"extra"}
         kwargs = {
             name: tuple(value) if isinstance(value, list) else value
@@ -148,10 +149,67 @@ class Profile(_ProfileFields):
             if name in known
         }
         extra = {k: v for k, v in data.items() if k not in known}
-        try:
-            return cls(**kwargs, extra=extra or None)
-        except TypeError:
-            raise ProfileError(f"{source} lacks required fields") from None
+        missing = [name for name in _REQUIRED if not kwargs.get(name)]
+        if missing:
+            raise _corrupt(source, f"it lacks {', '.join(missing)}")
+        bad = next((name for name, value in kwargs.items() if not _FIELD_CHECKS[name](value)), None)
+        if bad is not None:
+            raise _corrupt(source, f"its {bad} is not valid")
+        return cls(**kwargs, extra=extra or None)
+
+
+def _corrupt(source: str, why: str) -> ProfileError:
+    return ProfileError(f"cannot read the profile {source}: {why}; run tsh logout, or delete {source}")
+
+
+def _is_addr(value: object) -> bool:
+    try:
+        return isinstance(value, str) and bool(split_host_port(value, 3080))
+    except ValueError:
+        return False
+
+
+def _is_name(value: object) -> bool:
+    """A name that is safe as one path component (user and cluster names name files)."""
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and not any(c in value for c in "/\\\0")
+    )
+
+
+def _is_time(value: object) -> bool:
+    # Within what datetime can show (year 9999): `tsh status` prints it.
+    return type(value) is int and 0 <= value < 253402300800
+
+
+def _is_strs(value: object) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+_REQUIRED = ("web_proxy_addr", "ssh_proxy_addr", "user", "cluster")
+#: What each field of a profile file may hold (lists are tuples by then).
+_FIELD_CHECKS = {
+    "web_proxy_addr": _is_addr,
+    "ssh_proxy_addr": _is_addr,
+    "user": _is_name,
+    "cluster": _is_name,
+    "root_cluster": lambda v: v == "" or _is_name(v),
+    "clusters": lambda v: isinstance(v, tuple) and all(_is_name(c) for c in v),
+    "valid_after": _is_time,
+    "valid_before": _is_time,
+    "principals": _is_strs,
+    "extensions": _is_strs,
+    "roles": _is_strs,
+    "key_storage": lambda v: v in ("disk", "agent"),
+    "server_version": _is_str,
+    "private_key_policy": _is_str,
+    "piv_slot": _is_str,
+}
 
 
 class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):
