@@ -66,16 +66,37 @@ def resolve_agent_mode(
 
 
 def agent_comment(proxy_host: str, cluster: str, user: str) -> str:
-    """The comment that marks our agent keys (cluster before user, as tsh does)."""
+    """The comment that marks our agent keys (cluster before user, as tsh does).
+
+    Exactly real tsh's, also for an IPv6 proxy (``teleport:::1:cluster:user``).
+    """
     return f"teleport:{proxy_host}:{cluster}:{user}"
 
 
 def parse_agent_comment(comment: str) -> tuple[str, str, str] | None:
-    """(proxy, cluster, user) of a tsh agent comment, or None for anyone else's key."""
-    parts = comment.split(":")
-    if len(parts) != 4 or parts[0] != "teleport" or not all(parts[1:]):
+    """(proxy, cluster, user) of a tsh agent comment, or None for anyone else's key.
+
+    Read from the right: cluster and user names never contain a colon, but an
+    IPv6 proxy host does (real tsh splits at every colon, so it cannot read
+    back the comments it writes for one).
+    """
+    prefix, _, rest = comment.partition(":")
+    parts = rest.rsplit(":", 2)
+    if prefix != "teleport" or len(parts) != 3 or not all(parts):
         return None
-    return parts[1], parts[2], parts[3]
+    if ":" in parts[0] and not _is_ipv6(parts[0]):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _is_ipv6(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(host.partition("%")[0])  # a scope ID (fe80::1%eth0) is part of it
+    except ValueError:
+        return False
+    return True
 
 
 def suspect_agent(sock: str) -> str | None:

@@ -41,6 +41,12 @@ __all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]
 
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
+#: The longest ttl in minutes: Go's longest time.Duration (int64 nanoseconds),
+#: about 292 years. The auth server caps any ttl it can decode at the role's
+#: max_session_ttl (30h by default) without complaint, but cannot decode more
+#: than this: it answers with a raw JSON unmarshalling error. (Real tsh reads
+#: --ttl as an int32 of minutes and lets larger values wrap around.)
+MAX_TTL_MINUTES = (2**63 - 1) // (60 * 1_000_000_000)
 #: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
 _OTP_MODES = ("otp", "on", "optional")
 GPG_WARNING = (
@@ -177,8 +183,14 @@ def login(
     user = validate_user_name(request.user or getpass.getuser())
     if request.cluster:
         validate_cluster_name(request.cluster)
-    if request.ttl_minutes is not None and request.ttl_minutes <= 0:
-        raise UsageError("--ttl must be a positive number of minutes")
+    if request.ttl_minutes is not None:
+        if request.ttl_minutes <= 0:
+            raise UsageError("ttl must be a positive number of minutes")
+        if request.ttl_minutes > MAX_TTL_MINUTES:
+            raise UsageError(
+                f"ttl must be at most {MAX_TTL_MINUTES} minutes (about 292 years, the longest "
+                "the cluster can read; it caps certificates at its max_session_ttl anyway)"
+            )
 
     client, ping = _ping(host, port, request.insecure, transport)
     with client:

@@ -27,14 +27,16 @@ def usable_profile(
     store: ProfileStore,
     proxy: str | None,
     relogin: Callable[[Profile], Profile] | None = None,
-) -> tuple[Profile, list[str]]:
+) -> Profile:
     """The profile for ``proxy`` (or the current one), ready for OpenSSH.
 
-    Returns the profile and warnings to show. An expired certificate is renewed
-    with ``relogin`` when given.
+    An expired certificate is renewed with ``relogin`` when given. A `-k only`
+    profile's key must be in the agent (put back from the keyring if need be):
+    without it, OpenSSH has nothing to log in with.
 
     Raises:
-        NotLoggedInError: no profile, or an expired one and no ``relogin``.
+        NotLoggedInError: no profile, an expired one and no ``relogin``, or
+            a `-k only` key that is neither in the agent nor in the keyring.
     """
     profile = store.select(proxy)
     if profile.valid_before <= time.time():
@@ -44,14 +46,13 @@ def usable_profile(
                 f"run: tsh login --proxy={profile.web_proxy_addr}"
             )
         profile = relogin(profile)
-    warnings = []
     if profile.key_storage == "agent":
         from ._agent import ensure_agent_key
 
-        warning = ensure_agent_key(profile, store)
-        if warning:
-            warnings.append(warning)
-    return profile, warnings
+        problem = ensure_agent_key(profile, store)
+        if problem:
+            raise NotLoggedInError(problem)
+    return profile
 
 
 def find_binary(name: str) -> str:

@@ -137,35 +137,43 @@ class Profile(_ProfileFields):
         by another program, or edited).
 
         Raises:
-            ProfileError: not JSON, not an object, required fields missing, or
-                a field of the wrong type or with an unsafe value.
+            ProfileError: not JSON, not an object, a required field missing,
+                or a field of the wrong type or with an unsafe value (saying
+                how to get rid of the file).
         """
         try:
             data = json.loads(text)
         except (ValueError, RecursionError):
-            raise ProfileError(f"{source} is not a profile written by tsh-py") from None
+            raise _corrupt(source, "it is not a profile written by tsh-py") from None
         if not isinstance(data, dict):
-            raise ProfileError(f"{source} is not a profile written by tsh-py")
+            raise _corrupt(source, "it is not a profile written by tsh-py")
         known = set(cls._fields) - {"extra"}
         kwargs = {name: value for name, value in data.items() if name in known}
         extra = {k: v for k, v in data.items() if k not in known}
+        missing = [name for name in _REQUIRED if not kwargs.get(name)]
+        if missing:
+            raise _corrupt(source, f"it lacks {', '.join(missing)}")
         try:
-            kwargs = _checked_fields(kwargs)
-            return cls(**kwargs, extra=extra or None)
-        except TypeError:
-            raise ProfileError(f"{source} lacks required fields") from None
+            return cls(**_checked_fields(kwargs), extra=extra or None)
         except (ValueError, InvalidNameError) as e:
-            raise ProfileError(f"{source} is damaged: {e}") from None
+            raise _corrupt(source, f"it is damaged: {e}") from None
+
+
+def _corrupt(source: str, why: str) -> ProfileError:
+    return ProfileError(f"cannot read the profile {source}: {why}; run tsh logout, or delete {source}")
+
+
+_REQUIRED = ("web_proxy_addr", "ssh_proxy_addr", "user", "cluster")
 
 
 def _address(value: object, what: str) -> str:
     from ._names import validate_host
 
     if not isinstance(value, str):
-        raise ValueError(f"{what} is not a string")
+        raise ValueError("not a string")
     host, port = split_host_port(value, 0)
     if not port:
-        raise ValueError(f"{what} {value!r} has no port")
+        raise ValueError(f"{value!r} has no port")
     return join_host_port(validate_host(host, what), port)
 
 
@@ -173,40 +181,45 @@ def _checked_fields(fields: dict[str, object]) -> dict[str, object]:
     """The known fields of a profile file, each validated into what Profile holds.
 
     Raises:
-        ValueError, InvalidNameError: a field of the wrong type or value.
+        ValueError: a field of the wrong type or value (named in the message).
     """
-    from ._names import validate_cluster_name, validate_label, validate_user_name
-
-    def names(value: object, what: str, check: object) -> tuple[object, ...]:
-        if not isinstance(value, list):
-            raise ValueError(f"{what} is not a list")
-        return tuple(check(v) for v in value)  # type: ignore[operator]
-
     out: dict[str, object] = {}
     for name, value in fields.items():
-        if name in ("web_proxy_addr", "ssh_proxy_addr"):
-            out[name] = _address(value, name)
-        elif name == "user":
-            out[name] = validate_user_name(value)  # type: ignore[arg-type]
-        elif name in ("cluster", "root_cluster"):
-            out[name] = validate_cluster_name(value) if value != "" else ""  # type: ignore[arg-type]
-        elif name == "clusters":
-            out[name] = names(value, name, validate_cluster_name)
-        elif name in ("valid_after", "valid_before"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} is not a whole number")
-            out[name] = value
-        elif name in ("principals", "extensions", "roles"):
-            out[name] = names(value, name, lambda v, n=name: validate_label(v, n))
-        elif name == "key_storage":
-            if value not in ("disk", "agent"):
-                raise ValueError(f"key_storage {value!r} is neither 'disk' nor 'agent'")
-            out[name] = value
-        else:  # server_version, private_key_policy, piv_slot: shown or compared only
-            if not isinstance(value, str) or (value and not value.isprintable()):
-                raise ValueError(f"{name} is not a one-line string")
-            out[name] = value
+        try:
+            out[name] = _checked_field(name, value)
+        except (ValueError, InvalidNameError) as e:
+            raise ValueError(f"its {name} is not valid ({e})") from None
     return out
+
+
+def _checked_field(name: str, value: object) -> object:
+    from ._names import validate_cluster_name, validate_label, validate_user_name
+
+    if name in ("web_proxy_addr", "ssh_proxy_addr"):
+        return _address(value, name)
+    if name == "user":
+        return validate_user_name(value)  # type: ignore[arg-type]
+    if name in ("cluster", "root_cluster"):
+        return "" if value == "" else validate_cluster_name(value)  # type: ignore[arg-type]
+    if name in ("clusters", "principals", "extensions", "roles"):
+        if not isinstance(value, list):
+            raise ValueError("not a list")
+        if name == "clusters":
+            return tuple(validate_cluster_name(v) for v in value)
+        return tuple(validate_label(v, name) for v in value)
+    if name in ("valid_after", "valid_before"):
+        # Within what datetime can show (year 9999): `tsh status` prints it.
+        if type(value) is not int or not 0 <= value < 253402300800:
+            raise ValueError("not a time")
+        return value
+    if name == "key_storage":
+        if value not in ("disk", "agent"):
+            raise ValueError(f"{value!r} is neither 'disk' nor 'agent'")
+        return value
+    # server_version, private_key_policy, piv_slot: shown or compared only.
+    if not isinstance(value, str) or (value and not value.isprintable()):
+        raise ValueError("not a one-line string")
+    return value
 
 
 class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):

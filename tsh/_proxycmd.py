@@ -192,6 +192,7 @@ def proxy_ssh(
 
     Raises:
         NotLoggedInError: no profile for the proxy, or its files are missing.
+        ProfileError: the profile's file is corrupt.
         SSHError: the proxy refused, is not trusted, or kept dropping us.
         UsageError: a bad target, or no OpenSSH client.
     """

@@ -124,23 +124,34 @@ class ProfileStore:
         return name or None
 
     def load(self, proxy_host: str) -> Profile:
-        """Load the profile named ``proxy_host``; ProfileError if missing or corrupt."""
+        """Load the profile named ``proxy_host``.
+
+        Raises:
+            ProfileError: there is none, or the file is corrupt or another
+                proxy's (the message names the file and how to remove it).
+        """
+        profile = self._load(proxy_host)
+        if profile is None:
+            raise ProfileError(f"no profile for {proxy_host}")
+        return profile
+
+    def _load(self, proxy_host: str) -> Profile | None:
+        """The profile named ``proxy_host``, None if there is none; ProfileError if corrupt."""
         path = os.path.join(self._home, f"{proxy_host}.yaml")
         try:
             text = _fs.read_text(path)
         except FileNotFoundError:
-            raise ProfileError(f"no profile for {proxy_host}") from None
-        return Profile.from_json(text, source=path)
+            return None
+        return _named(Profile.from_json(text, source=path), proxy_host, path)
 
     def current(self) -> Profile | None:
-        """The current profile, or None when not logged in."""
+        """The current profile, or None when not logged in.
+
+        Raises:
+            ProfileError: the current profile's file is corrupt.
+        """
         name = self.current_name()
-        if name is None:
-            return None
-        try:
-            return self.load(name)
-        except ProfileError:
-            return None
+        return None if name is None else self._load(name)
 
     def select(self, proxy: str | None) -> Profile:
         """The profile for ``proxy`` (``HOST[:PORT]``), else the current one.
@@ -148,6 +159,7 @@ class ProfileStore:
         Raises:
             UsageError: ``proxy`` is not a valid address.
             NotLoggedInError: there is no such profile.
+            ProfileError: its file is corrupt.
         """
         if not proxy:
             profile = self.current()
@@ -155,13 +167,17 @@ class ProfileStore:
                 raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
             return profile
         host, _ = parse_proxy_arg(proxy)  # a validated host name: "../x" names no file
-        try:
-            return self.load(host)
-        except ProfileError:
-            raise NotLoggedInError(f"not logged in to {host}; run: tsh login --proxy={proxy}") from None
+        profile = self._load(host)
+        if profile is None:
+            raise NotLoggedInError(f"not logged in to {host}; run: tsh login --proxy={proxy}")
+        return profile
 
-    def list(self) -> list[Profile]:
-        """Every loadable profile, the current one first, then by name."""
+    def list(self, problems: list[ProfileError] | None = None) -> list[Profile]:
+        """Every loadable profile, the current one first, then by name.
+
+        Corrupt profile files are left out, and their errors appended to
+        ``problems`` when given.
+        """
         if not self.home.is_dir():
             return []
         current = self.current_name()
@@ -170,8 +186,22 @@ class ProfileStore:
             if path.is_symlink():
                 continue
             try:
-                profiles.append(Profile.from_json(_fs.read_text(path), source=str(path)))
-            except (ProfileError, OSError):
+                text = _fs.read_text(path)
+                profiles.append(_named(Profile.from_json(text, source=str(path)), path.stem, str(path)))
+            except ProfileError as e:
+                if problems is not None:
+                    problems.append(e)
+            except OSError:
                 continue
         profiles.sort(key=lambda p: (p.name != current, p.name))
         return profiles
+
+
+def _named(profile: Profile, name: str, path: str) -> Profile:
+    """``profile``, if it is the one its file name says (its name names its key files)."""
+    if profile.name != name:
+        raise ProfileError(
+            f"the profile {path} is for {profile.name}, not {name}; "
+            f"run tsh logout, or delete {path}"
+        )
+    return profile

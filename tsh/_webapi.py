@@ -17,7 +17,9 @@ import base64
 import binascii
 import json
 import re
+import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,12 @@ FALLBACK_WEB_PORT = 3080
 SSH_PROXY_PORT = 3023
 #: A ping or login answer is a few KiB; anything near this is not a Teleport proxy.
 MAX_BODY = 1 << 20
+#: Seconds one web API call may take in all, connect to last body byte. httpx's
+#: timeouts are per network operation, so a proxy that trickles a byte at a
+#: time would otherwise hold `tsh login` forever.
+DEFAULT_DEADLINE = 30.0
+#: Go's longest ``time.Duration`` (int64 nanoseconds), in nanoseconds.
+MAX_GO_DURATION_NS = 2**63 - 1
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {
@@ -76,7 +84,8 @@ _GO_UNITS = {
 def parse_go_duration(text: str) -> float:
     """Seconds in a Go ``time.Duration`` string such as ``"12h0m0s"`` or ``"1.5h"``.
 
-    Raises ValueError for anything else (including ``"never"``, which has no length).
+    Raises ValueError for anything else (including ``"never"``, which has no
+    length), and, as Go does, for more than Go's longest duration (about 292 years).
     """
     s = text.strip()
     sign = 1.0
@@ -93,14 +102,15 @@ def parse_go_duration(text: str) -> float:
             break
         total += float(m.group(1)) * _GO_UNITS[m.group(2)]
         pos = m.end()
-    if pos != len(s):
+    if pos != len(s) or total * 1e9 > MAX_GO_DURATION_NS:
         raise ValueError(f"invalid duration {text!r}")
     return sign * total
 
 
 def server_major(version: str) -> int:
     """Major number of a server version like ``"17.0.2"`` or ``"v16.4.0-dev"`` (0 if unknown)."""
-    m = re.match(r"v?(\d+)", version.strip())
+    # At most 9 digits: a 5000-digit "major" is unknown, not a ValueError from int().
+    m = re.match(r"v?(\d{1,9})(?!\d)", version.strip())
     return int(m.group(1)) if m else 0
 
 
@@ -332,7 +342,7 @@ def _error_message(body: bytes) -> str | None:
     """``error.message`` of a trace error body, if it is one."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     if isinstance(data, dict):
         err = data.get("error")
@@ -358,13 +368,63 @@ def _tls_failure(exc: BaseException) -> tuple[bool, str] | None:
     return None
 
 
+class _Deadline:
+    """Ends one request when its total time is up, by shutting its socket down.
+
+    httpx's timeouts bound each network operation, not the request, and offer
+    no total timeout; httpcore's ``trace`` extension hands over each new
+    connection's stream, whose socket a timer can shut down (which wakes a
+    blocked read). A connection is never reused (see WebClient), so every
+    request's connection passes through :meth:`trace`.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        # The TCP stream first; after the handshake, the TLS stream owns the descriptor.
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._socket = sock
+                if self.expired:
+                    self._shut_down()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        if self._socket is not None:
+            try:
+                # socket.socket's own shutdown: SSLSocket's would also drop its TLS state
+                # under the reading thread.
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed, or handed over to the TLS stream
+
+
 class WebClient:
     """A client for one proxy's web API.
 
     TLS is verified against the system trust store (``SSL_CERT_FILE`` and
     ``SSL_CERT_DIR`` honoured) unless ``insecure`` is set; the caller is
     responsible for warning the user about ``insecure``. Redirects are never
-    followed; bodies are capped at 1 MiB.
+    followed; bodies are capped at 1 MiB. ``timeout`` bounds each network
+    operation, ``deadline`` each call (connect, request and the whole answer).
     """
 
     def __init__(
@@ -374,8 +434,10 @@ class WebClient:
         insecure: bool = False,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 15.0,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.web_proxy_addr = web_proxy_addr
+        self.deadline = deadline
         # Built by us so OpenSSL's SSL_CERT_FILE/SSL_CERT_DIR apply, not certifi's bundle.
         context = ssl.create_default_context()
         if insecure:
@@ -387,7 +449,10 @@ class WebClient:
             base_url=self.base_url,
             verify=context,
             transport=transport,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0, deadline)),
+            # A new connection per call, so that _Deadline sees each call's socket
+            # (login makes two calls: one more TLS handshake).
+            limits=httpx.Limits(max_keepalive_connections=0),
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )
@@ -402,30 +467,42 @@ class WebClient:
         self.close()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        deadline = _Deadline(self.deadline)
         request = self._client.build_request(
             method,
             path,
             content=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"} if body is not None else None,
+            extensions={"trace": deadline.trace},
+        )
+        too_slow = ProxyConnectionError(
+            f"the proxy at {self.base_url} did not answer {path} within {deadline.seconds:g} s"
         )
         try:
-            response = self._client.send(request, stream=True)
-            try:
-                content = bytearray()
-                for chunk in response.iter_bytes():
-                    content += chunk
-                    if len(content) > MAX_BODY:
-                        raise ProxyResponseError(
-                            f"the answer from {self.base_url}{path} is too large; "
-                            f"is {self.base_url} a Teleport proxy?"
-                        )
-            finally:
-                response.close()
+            with deadline:
+                response = self._client.send(request, stream=True)
+                try:
+                    content = bytearray()
+                    for chunk in response.iter_bytes():
+                        content += chunk
+                        if len(content) > MAX_BODY:
+                            raise ProxyResponseError(
+                                f"the answer from {self.base_url}{path} is too large; "
+                                f"is {self.base_url} a Teleport proxy?"
+                            )
+                        if deadline.expired:  # no socket to shut down (e.g. a mock transport)
+                            raise too_slow
+                finally:
+                    response.close()
         except httpx.TimeoutException:
+            if deadline.expired:
+                raise too_slow from None
             raise ProxyConnectionError(
                 f"timed out talking to the proxy at {self.base_url}"
             ) from None
         except httpx.TransportError as e:
+            if deadline.expired:  # the read that _Deadline ended
+                raise too_slow from None
             failure = _tls_failure(e)
             if failure is not None and failure[0]:
                 raise ProxyTLSError(
@@ -453,7 +530,7 @@ class WebClient:
         if status == 200:
             try:
                 return json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
                 raise ProxyResponseError(not_teleport, status) from None
         message = _error_message(body)
         if message is None:

@@ -2,7 +2,9 @@
 
 It plays a captive portal or a misconfigured reverse proxy standing where a
 Teleport proxy should be; its self-signed certificate is returned so the test
-can trust it (the point is the HTML, not the TLS).
+can trust it (the point is the HTML, not the TLS). With ``trickle`` it plays a
+slow-loris proxy instead: the answer's headers (or, after them, its body)
+arrive one byte at a time, a byte every 0.2 s, for as long as the client waits.
 """
 
 from __future__ import annotations
@@ -68,11 +70,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Trickler(_Handler):
+    """Headers (``trickle = "headers"``) or the body (``"body"``) a byte at a time."""
+
+    trickle = "headers"
+    stop: threading.Event
+
+    def _html(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n"
+        if self.trickle == "body":
+            self.wfile.write(head + b"\r\n")
+            head = b"[" * 100000
+        try:
+            for i in range(len(head)):
+                self.wfile.write(head[i : i + 1])
+                if self.stop.wait(0.2):
+                    return
+        except OSError:
+            pass  # the client gave up: the point of the test
+
+    do_GET = do_POST = _html
+
+
 @contextmanager
-def html_server(directory: Path) -> Iterator[tuple[str, Path]]:
-    """Yield ("127.0.0.1:PORT", CA file to trust); the server stops on exit."""
+def html_server(directory: Path, trickle: str | None = None) -> Iterator[tuple[str, Path]]:
+    """Yield ("127.0.0.1:PORT", CA file to trust); the server stops on exit.
+
+    ``trickle``: "headers" or "body", to answer as a slow-loris proxy.
+    """
     cert_file, key_file = _self_signed(directory)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    handler: type[_Handler] = _Handler
+    stop = threading.Event()
+    if trickle is not None:
+        handler = type("Trickler", (_Trickler,), {"trickle": trickle, "stop": stop})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -81,6 +112,7 @@ def html_server(directory: Path) -> Iterator[tuple[str, Path]]:
     try:
         yield f"127.0.0.1:{server.server_address[1]}", cert_file
     finally:
+        stop.set()
         server.shutdown()
         server.server_close()
         thread.join(5)

@@ -41,6 +41,13 @@ def test_comment_round_trip() -> None:
         assert parse_agent_comment(other) is None
 
 
+@pytest.mark.parametrize("proxy", ["::1", "2001:db8::7", "fe80::1%eth0"])
+def test_comment_round_trip_ipv6_proxy(proxy: str) -> None:
+    c = agent_comment(proxy, "example.test", "alice")
+    assert c == f"teleport:{proxy}:example.test:alice"  # as real tsh writes it
+    assert parse_agent_comment(c) == (proxy, "example.test", "alice")
+
+
 def test_gpg_heuristic() -> None:
     assert suspect_agent("/run/user/1000/gnupg/S.gpg-agent.ssh")
     assert suspect_agent("/tmp/gpg-agent.sock")

@@ -65,3 +65,57 @@ def test_update_equals_path_is_the_update_file_option():
 def test_update_with_an_empty_path_is_a_usage_error(capsys):
     assert main(["config", "--update="]) == 2
     assert "does not take a value" in capsys.readouterr().err
+
+
+def _write_profile(home, name: str, text: str, current: bool = True) -> str:
+    import os
+
+    os.makedirs(home, exist_ok=True)
+    path = os.path.join(home, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    if current:
+        with open(os.path.join(home, "current-profile"), "w") as f:
+            f.write(f"{name}\n")
+    return path
+
+
+CORRUPT = {
+    "not json": "web_proxy_addr: a.test:443\n",
+    "wrong type": '{"web_proxy_addr": "a.test:443", "ssh_proxy_addr": "a.test:3023", '
+    '"user": "joe", "cluster": "c", "valid_before": "tomorrow"}',
+}
+
+
+@pytest.mark.parametrize("text", sorted(CORRUPT.values()))
+@pytest.mark.parametrize(
+    "argv", [["status"], ["status", "-f", "json"], ["config"], ["ssh", "node1", "true"]]
+)
+def test_corrupt_current_profile_names_the_file_and_the_fix(capsys, monkeypatch, tmp_path, argv, text):
+    home = tmp_path / "tsh"
+    monkeypatch.setenv("TELEPORT_HOME", str(home))
+    path = _write_profile(home, "a.test", text)
+    assert main(argv) == 1
+    out = capsys.readouterr()
+    assert out.err.startswith(f"error: cannot read the profile {path}: "), out.err
+    assert out.err.endswith(f"; run tsh logout, or delete {path}\n") and out.err.count("\n") == 1
+    assert out.out == ""
+
+
+def test_status_shows_good_profiles_and_warns_about_a_corrupt_one(capsys, monkeypatch, tmp_path):
+    import time
+
+    from tsh import Profile
+
+    home = tmp_path / "tsh"
+    monkeypatch.setenv("TELEPORT_HOME", str(home))
+    good = Profile(
+        web_proxy_addr="b.test:443", ssh_proxy_addr="b.test:3023", user="joe", cluster="c",
+        valid_before=int(time.time()) + 3600,
+    )  # fmt: skip
+    _write_profile(home, "b.test", good.to_json())
+    bad = _write_profile(home, "a.test", CORRUPT["wrong type"], current=False)
+    assert main(["status"]) == 0
+    out = capsys.readouterr()
+    assert "> Profile URL:        https://b.test:443" in out.out
+    assert out.err.startswith(f"WARNING: cannot read the profile {bad}: ") and out.err.count("\n") == 1

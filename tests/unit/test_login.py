@@ -172,6 +172,18 @@ HOSTILE = {
         ProxyResponseError,
         "Teleport proxy",
     ),
+    "deeply nested login json": (
+        lambda p: setattr(p, "login_raw", (200, b"[" * 100_000 + b"]" * 100_000, "application/json")),
+        None,
+        ProxyResponseError,
+        "Teleport proxy",
+    ),
+    "5000-digit session ttl": (
+        lambda p: setattr(p, "default_ttl", "1" * 5000 + "h"),
+        None,
+        ProxyResponseError,
+        "default_session_ttl",
+    ),
     "html login": (
         lambda p: setattr(p, "login_raw", (502, b"<html>oops</html>", "text/html")),
         None,
@@ -325,3 +337,20 @@ def test_private_keys_stay_out_of_repr(version: str) -> None:
     keys = _new_keys(version)
     assert "PRIVATE KEY" not in repr(keys)
     assert keys.ssh_public.split()[1] in repr(keys)
+
+
+@pytest.mark.parametrize("minutes", [0, -5, 153_722_868, 10**400])
+def test_ttl_out_of_range_is_refused_before_any_request(store: ProfileStore, minutes: int) -> None:
+    proxy = FakeProxy()
+    with pytest.raises(UsageError, match="^ttl must be") as e:
+        _login(store, proxy, ttl_minutes=minutes)
+    assert "--" not in str(e.value)  # the library names no command-line flag
+    assert proxy.requests == []
+
+
+def test_longest_ttl_fits_a_go_duration(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    proxy.login_raw = (403, b'{"error": {"message": "denied"}}', "application/json")
+    with pytest.raises(AccessDeniedError):
+        _login(store, proxy, ttl_minutes=153_722_867)
+    assert 0 < proxy.login_bodies[0]["ttl"] <= 2**63 - 1

@@ -1,4 +1,4 @@
-"""tsh._logout on disk (agent and keyring absent): what goes, what stays."""
+"""tsh._logout on disk (keyring absent; the agent in one test): what goes, what stays."""
 
 from __future__ import annotations
 
@@ -77,3 +77,30 @@ def test_keyring_entries_go_only_for_logins_without_a_key_file(store, monkeypatc
     deleted.clear()
     assert logout_all(store, environ={}).removed
     assert deleted == [("c.test", "carol", cluster)]
+
+
+def _agent_comments(sock: str) -> list[str]:
+    import subprocess
+
+    listed = subprocess.run(
+        ["ssh-add", "-l"], capture_output=True, text=True, env={"SSH_AUTH_SOCK": sock}
+    )  # "256 SHA256:... teleport:...:alice (ED25519)", the same for its certificate
+    if listed.returncode == 1:  # "The agent has no identities."
+        return []
+    return sorted({line.split(" ", 2)[2].rsplit(" ", 1)[0] for line in listed.stdout.splitlines()})
+
+
+def test_logout_removes_agent_keys_of_an_ipv6_proxy(store: ProfileStore, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    environ = {"SSH_AUTH_SOCK": ssh_agent.sock}
+    for proxy in ("[::1]:3080", "b.test:3080"):
+        login(
+            LoginRequest(proxy=proxy, user="alice", agent_mode="yes"),
+            ScriptedPrompter(), store=store, transport=FakeProxy().transport, environ=environ,
+        )  # fmt: skip
+    assert _agent_comments(ssh_agent.sock) == [
+        "teleport:::1:example.test:alice", "teleport:b.test:example.test:alice"
+    ]
+    assert logout_user(store, "::1", "alice", environ=environ).removed
+    assert _agent_comments(ssh_agent.sock) == ["teleport:b.test:example.test:alice"]
+    assert logout_all(store, environ=environ).removed
+    assert _agent_comments(ssh_agent.sock) == []

@@ -106,7 +106,7 @@ def test_corrupt_profile_is_a_profile_error(text):
 def test_profile_fields_are_validated_where_read(field, value):
     data = json.loads(make_profile().to_json())
     data[field] = value
-    with pytest.raises(ProfileError, match="damaged|lacks"):
+    with pytest.raises(ProfileError, match="is not valid|lacks"):
         Profile.from_json(json.dumps(data), source="/home/x/p.yaml")
 
 
@@ -221,3 +221,59 @@ def test_default_home_on_linux_needs_no_platformdirs(tmp_path):
         "assert 'platformdirs' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("valid_before", "2030-01-01"),
+        ("valid_before", True),
+        ("valid_before", 10**30),  # datetime cannot show it
+        ("valid_after", -1),
+        ("principals", "root"),
+        ("principals", [1]),
+        ("roles", {"access": True}),
+        ("clusters", [["example.com"]]),
+        ("clusters", ["../x"]),
+        ("user", 5),
+        ("user", "../../etc"),
+        ("cluster", "a/b"),
+        ("root_cluster", None),
+        ("cluster", ""),
+        ("web_proxy_addr", "proxy.example.com:99999"),
+        ("ssh_proxy_addr", ["proxy.example.com:3023"]),
+        ("key_storage", "tape"),
+        ("server_version", 17),
+    ],
+)
+def test_profile_with_a_wrong_field_says_which_file_and_how_to_fix(field, value):
+    data = json.loads(make_profile().to_json())
+    data[field] = value
+    with pytest.raises(ProfileError) as e:
+        Profile.from_json(json.dumps(data), source="/h/p.yaml")
+    assert str(e.value).startswith("cannot read the profile /h/p.yaml: ")
+    assert field in str(e.value) and str(e.value).endswith("; run tsh logout, or delete /h/p.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "web_proxy_addr: proxy.example.com:443\nuser: joe\n",  # real tsh's YAML profile
+        "[" * 100_000 + "]" * 100_000,  # json.loads: RecursionError
+    ],
+)
+def test_foreign_profile_says_which_file_and_how_to_fix(text):
+    with pytest.raises(ProfileError, match=r"^cannot read the profile /h/p.yaml: .*delete /h/p.yaml$"):
+        Profile.from_json(text, source="/h/p.yaml")
+
+
+def test_profile_of_another_proxy_under_this_name_is_refused(tmp_path):
+    store = ProfileStore(tmp_path)
+    path = tmp_path / "a.example.com.yaml"
+    atomic_write(path, make_profile(web_proxy_addr="b.example.com:443").to_json())
+    atomic_write(tmp_path / "current-profile", "a.example.com\n")
+    for read in (lambda: store.load("a.example.com"), store.current, lambda: store.select("a.example.com")):
+        with pytest.raises(ProfileError, match=f"{path} is for b.example.com, not a.example.com"):
+            read()
+    problems: list[ProfileError] = []
+    assert store.list(problems) == [] and len(problems) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import httpx
 import pytest
@@ -36,7 +37,11 @@ def test_go_duration(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "12", "h", "12x", "1h 2m", "never", "1h-2m"])
+@pytest.mark.parametrize(
+    "text",
+    # The last three are longer than Go's longest duration (2562047h47m16.854775807s).
+    ["", "12", "h", "12x", "1h 2m", "never", "1h-2m", "2562048h", "9" * 300 + "h", "1" * 5000 + "h"],
+)
 def test_go_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_go_duration(text)
@@ -46,6 +51,7 @@ def test_server_major() -> None:
     assert server_major("17.0.2") == 17
     assert server_major("v16.4.0-dev") == 16
     assert server_major("garbage") == 0
+    assert server_major("9" * 5000) == 0  # not int()'s ValueError over 4300 digits
 
 
 def test_ping_resolution_rules() -> None:
@@ -77,6 +83,13 @@ def test_ping_resolution_rules() -> None:
         {"cluster_name": "c", "server_version": "17.0.0", "auth": []},
         {"cluster_name": "c", "server_version": "17.0.0", "auth": {"default_session_ttl": "soon"}},
         {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"tls_routing_enabled": 1}},
+        {"cluster_name": "c", "server_version": "17.0.0", "auth": {"default_session_ttl": 5}},
+        {"cluster_name": "c", "server_version": "17.0.0", "auth": {"default_session_ttl": "1" * 5000 + "h"}},
+        {"cluster_name": "c", "server_version": "17.0.0", "auth": {"type": ["local"]}},
+        {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"ssh": []}},
+        {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"ssh": {"public_addr": 5}}},
+        {"cluster_name": "c", "server_version": "17.0.0", "proxy": {"ssh": {"listen_addr": {}}}},
+        {"cluster_name": ["c"], "server_version": "17.0.0"},
     ],
 )
 def test_ping_malformed(data: object) -> None:
@@ -116,6 +129,15 @@ def test_login_response_decodes_base64() -> None:
         lambda a: a["host_signers"][0].update(checking_keys=[]),
         lambda a: a["host_signers"][0].update(domain_name=None),
         lambda a: a.update(tls_cert=base64.b64encode(b"\xff\xfe").decode()),
+        lambda a: a.update(cert=5),
+        lambda a: a.update(cert="é"),
+        lambda a: a.update(username=["alice"]),
+        lambda a: a.update(host_signers=["x"]),
+        lambda a: a.update(host_signers={"domain_name": "c"}),
+        lambda a: a["host_signers"][0].update(checking_keys="AAAA"),
+        lambda a: a["host_signers"][0].update(checking_keys=[5]),
+        lambda a: a["host_signers"][0].update(tls_certs={"a": 1}),
+        lambda a: a["host_signers"][0].update(domain_name=7),
     ],
 )
 def test_login_response_malformed(edit) -> None:  # type: ignore[no-untyped-def]
@@ -137,6 +159,10 @@ def _client(handler) -> WebClient:  # type: ignore[no-untyped-def]
         (200, b"", "application/json", "Teleport proxy"),
         (502, b"<html>Bad gateway</html>", "text/html", "HTTP 502"),
         (500, json.dumps({"error": {"message": "boom"}}).encode(), "application/json", "boom"),
+        # Nested deeper than Python's recursion limit: json.loads raises RecursionError.
+        (200, b"[" * 100_000 + b"]" * 100_000, "application/json", "Teleport proxy"),
+        (500, b'{"error":' * 100_000 + b"1" + b"}" * 100_000, "application/json", "HTTP 500"),
+        (200, b"1" * 5000, "application/json", "Teleport proxy"),  # over int()'s digit limit
     ],
 )
 def test_ping_hostile_answers(status: int, body: bytes, ctype: str, needle: str) -> None:
@@ -212,3 +238,17 @@ def test_connection_refused_maps_to_connection_error() -> None:
         ProxyConnectionError, match="cannot reach the proxy at https://proxy.test:3080"
     ):
         _client(handler).ping()
+
+
+@pytest.mark.parametrize("trickle", ["headers", "body"])
+def test_slow_loris_proxy_hits_the_total_deadline(trickle: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration._html_server import html_server
+
+    with html_server(tmp_path, trickle=trickle) as (addr, _):
+        # Each byte arrives well within the per-read timeout; only a total deadline ends this.
+        client = WebClient(addr, insecure=True, timeout=5, deadline=1)
+        started = time.monotonic()
+        with pytest.raises(ProxyConnectionError, match=r"did not answer /webapi/ping within 1 s"):
+            client.ping()
+        assert time.monotonic() - started < 3
+        client.close()

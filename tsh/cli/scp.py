@@ -6,8 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from . import print_warnings
-
 
 def scp(
     paths: List[str] = typer.Argument(..., metavar="SOURCE... TARGET"),
@@ -33,7 +31,7 @@ def scp(
 
     scp_remote_host(paths)  # bad input fails before any prompt
     store = ProfileStore()
-    profile, warnings = usable_profile(store, proxy, terminal_relogin())
+    profile = usable_profile(store, proxy, terminal_relogin())
     argv = scp_argv(
         profile,
         store.paths_for(profile),
@@ -45,5 +43,4 @@ def scp(
         scp=find_binary("scp"),
         via_tsh=proxy_via(profile, store),
     )
-    print_warnings(warnings)
     exec_argv(argv)

@@ -7,8 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from . import print_warnings
-
 
 def ssh(
     destination: str = typer.Argument(..., metavar="[LOGIN@]HOST"),
@@ -61,7 +59,7 @@ def ssh(
     )
     store = ProfileStore()
     parse_destination(destination, login)  # bad input fails before any prompt
-    profile, warnings = usable_profile(store, proxy, terminal_relogin())
+    profile = usable_profile(store, proxy, terminal_relogin())
     argv = ssh_argv(
         profile,
         store.paths_for(profile),
@@ -71,6 +69,5 @@ def ssh(
         ssh=find_binary("ssh"),
         via_tsh=proxy_via(profile, store),
     )
-    print_warnings(warnings)
     sys.stdout.flush()
     exec_argv(argv)

@@ -16,7 +16,7 @@ def status(
     ),
 ) -> None:
     """Show the profiles you are logged in with (`Not logged in.` when none)."""
-    from .._exceptions import UsageError
+    from .._exceptions import ProfileError, UsageError
     from .._status import render_json, render_status, render_yaml, status_data
     from .._store import ProfileStore
 
@@ -24,7 +24,10 @@ def status(
     if fmt not in ("text", "json", "yaml"):
         raise UsageError(f'invalid format "{format}", must be one of [text json yaml]')
     store = ProfileStore()
-    profiles = store.list()
+    store.current()  # a corrupt current profile is an error (naming the file), not "Not logged in."
+    problems: list[ProfileError] = []
+    profiles = store.list(problems)
+    print_warnings(str(e) for e in problems)  # the other profiles are still worth showing
     current = store.current_name()
     now = time.time()
     if fmt == "text":
