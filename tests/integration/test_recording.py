@@ -251,6 +251,48 @@ def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> 
     assert not list(tmpdir.glob("tsh-agent-*"))
 
 
+@pytest.fixture(scope="module")
+def rec_v16(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """(cluster, node): a v16 recording proxy (tsh logs in with one RSA key) and a node."""
+    c = launch_cluster(
+        tmp_path_factory.mktemp("rec-v16") / "data", server_version="16.0.0", recording="proxy"
+    )
+    node = None
+    try:
+        c.add_user(USER, [LOGIN])
+        node = launch_node(c, "node1", tmp_path_factory.mktemp("rec-v16-node1"), "cert")
+        yield c, node
+    finally:
+        if node is not None:
+            node.stop()
+        c.stop()
+
+
+@pytest.mark.parametrize("agent", ["holds-cert", "key-on-disk"])
+@pytest.mark.parametrize("version", ["16", "17"])
+def test_the_proxy_logs_in_to_the_node_with_either_agent(
+    request, version, agent, ssh_agent, openssh, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """v16 (RSA) and v17: with the user's agent holding the certificate (`tsh login`), or
+    with `-k no` and an agent without it (`tsh proxy ssh` forwards its private agent,
+    which lists the plain key before the certificate, as ssh-add does)."""
+    if version == "16":
+        cluster, node = request.getfixturevalue("rec_v16")
+    else:
+        cluster, node = request.getfixturevalue("rec_cluster"), request.getfixturevalue("rec_nodes")["node1"]
+    env = env_for(cluster, ssh_agent.sock)
+    extra = ("--add-keys-to-agent=no",) if agent == "key-on-disk" else ()
+    r = login(cluster, USER, env, *extra)
+    assert r.returncode == 0, r.stderr
+    held = subprocess.run([openssh.ssh_add, "-L"], env=env, capture_output=True, text=True).stdout
+    assert ("-cert-v01@openssh.com" in held) == (agent == "holds-cert")
+    cert = next(Path(env["TELEPORT_HOME"]).rglob("*-cert.pub")).read_text()
+    assert cert.startswith("ssh-rsa-cert-v01@" if version == "16" else "ssh-ed25519-cert-v01@")
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "in", env=env)
+    assert (r.returncode, r.stdout) == (0, "in\n"), r.stderr
+
+
 # --------------------------------------------------------------------------- host keys
 @pytest.mark.parametrize(
     ("name", "message"),
