@@ -6,11 +6,19 @@ keyring, so that works even with ``--add-keys-to-agent=no``. `tsh proxy ssh`
 does the equivalent with OpenSSH's own tools: it forwards a private socket
 (:class:`LazyAgent`), and only when the proxy first uses it decides what is
 behind it: the user's agent at ``SSH_AUTH_SOCK`` if that holds the profile's
-certificate, else a private ``ssh-agent`` started then, in a 0700 temporary
-directory, with the key and certificate loaded by ``ssh-add`` (lifetime: the
-certificate's). Only a recording proxy ever asks, so a connection through a
-proxy that does not record runs no agent process and no ``ssh-add``.
-Everything is stopped when the connection ends.
+certificate, else a private ``ssh-agent`` started then, its socket beside the
+lazy ones in their 0700 temporary directory, with the key and certificate
+loaded by ``ssh-add`` (lifetime: the certificate's). Only a recording proxy
+ever asks, so a connection through a proxy that does not record runs no agent
+process and no ``ssh-add``. Everything is stopped when the connection ends.
+
+Even if `tsh proxy ssh` is killed outright (SIGKILL runs no ``finally``), a
+:class:`_Reaper` started with the sockets kills the private agent and removes
+the directory: a ``/bin/sh`` in its own session that waits for EOF on a pipe
+only we hold, which the kernel closes when we die, however we die. (A
+separate process because nothing else outlives us; not PR_SET_PDEATHSIG,
+which is Linux-only and fires when the *thread* that started the agent ends;
+not an abstract socket, as OpenSSH takes only paths for its agent.)
 """
 
 from __future__ import annotations
@@ -36,17 +44,96 @@ __all__ = ["LazyAgent", "PrivateAgent"]
 START_TIMEOUT = 5.0
 
 
+class _Reaper:
+    """Kills the private agent and removes ``directory`` once we are gone, even by SIGKILL.
+
+    A ``/bin/sh`` reading a pipe whose only write end is ours (close-on-exec,
+    so no other child holds it): when we die the kernel closes it, the shell
+    reads EOF, kills the pid we last reported and removes the directory. It
+    runs in its own session, so signals to our process group or terminal do
+    not take it with us. :meth:`release` (after our own clean-up) lets it exit
+    doing nothing.
+    """
+
+    _SCRIPT = (
+        'pid=""\n'
+        "while read -r line; do\n"
+        '  case "$line" in done) exit 0;; *[!0-9]*) ;; *) pid="$line";; esac\n'
+        "done\n"
+        '[ -n "$pid" ] && [ "$pid" != 0 ] && kill -KILL "$pid" 2>/dev/null\n'
+        'rm -rf -- "$1"\n'
+    )
+
+    def __init__(self, directory: str) -> None:
+        read_end, self._write_end = os.pipe()  # both close-on-exec (PEP 446)
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            try:
+                self.pid = os.posix_spawn(
+                    "/bin/sh", ["sh", "-c", self._SCRIPT, "tsh-agent-reaper", directory],
+                    {"PATH": os.defpath},
+                    file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0),
+                                  (os.POSIX_SPAWN_DUP2, devnull, 1),
+                                  (os.POSIX_SPAWN_DUP2, devnull, 2)],
+                    setsid=True,
+                )  # fmt: skip
+            finally:
+                os.close(devnull)
+        except NotImplementedError as e:  # a system without POSIX_SPAWN_SETSID
+            os.close(self._write_end)
+            raise OSError(f"cannot start the agent's reaper: {e}") from None
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+
+    def guard(self, pid: int) -> None:
+        """Kill ``pid`` if we die (0: nothing to kill any more).
+
+        Raises:
+            OSError: the reaper is gone (someone killed it).
+        """
+        os.write(self._write_end, b"%d\n" % pid)
+
+    def release(self) -> None:
+        """We cleaned up ourselves: let the reaper exit without doing anything."""
+        try:
+            os.write(self._write_end, b"done\n")
+        except OSError:
+            pass
+        os.close(self._write_end)
+        try:
+            os.waitpid(self.pid, os.WNOHANG)  # reaps it if it already exited
+        except ChildProcessError:
+            pass
+
+
 class PrivateAgent:
     """A private ``ssh-agent -D`` holding one key and certificate; :meth:`close` stops it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], directory: str, sock: str):
+    def __init__(
+        self, proc: subprocess.Popen[bytes], directory: str, reaper: _Reaper, owns_dir: bool
+    ):
         self.proc = proc
         self.directory = directory
-        self.sock = sock
+        self.sock = os.path.join(directory, "agent.sock")
+        self._reaper = reaper
+        self._owns_dir = owns_dir  # then the directory and the reaper are ours to remove
 
     @classmethod
-    def start(cls, key_path: str, cert_path: str, lifetime: int) -> PrivateAgent:
+    def start(
+        cls,
+        key_path: str,
+        cert_path: str,
+        lifetime: int,
+        within: tuple[str, _Reaper] | None = None,
+    ) -> PrivateAgent:
         """Start ssh-agent and add the key at ``key_path`` with the certificate at ``cert_path``.
+
+        ``within``: a private directory for the socket and the reaper that guards
+        it (LazyAgent's); by default the agent gets its own of both, and
+        :meth:`close` removes the directory.
 
         Raises:
             OSError: no ssh-agent/ssh-add, the agent did not start, or it refused the key.
@@ -57,14 +144,28 @@ class PrivateAgent:
         ssh_agent, ssh_add = shutil.which("ssh-agent"), shutil.which("ssh-add")
         if ssh_agent is None or ssh_add is None:
             raise OSError("cannot find OpenSSH's `ssh-agent` and `ssh-add` on PATH")
-        directory = _private_dir("tsh-agent-")  # 0700: only we reach the socket
-        sock = os.path.join(directory, "agent.sock")
-        proc = subprocess.Popen(
-            [ssh_agent, "-D", "-a", sock],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        agent = cls(proc, directory, sock)
+        if within is None:
+            directory = _private_dir("tsh-agent-")  # 0700: only we reach the socket
+            try:
+                reaper = _Reaper(directory)
+            except OSError:
+                os.rmdir(directory)
+                raise
+        else:
+            directory, reaper = within
         try:
+            proc = subprocess.Popen(
+                [ssh_agent, "-D", "-a", os.path.join(directory, "agent.sock")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        except BaseException:
+            if within is None:
+                os.rmdir(directory)
+                reaper.release()
+            raise
+        agent = cls(proc, directory, reaper, owns_dir=within is None)
+        try:
+            reaper.guard(proc.pid)  # before the agent holds anything
             # ssh-add takes the certificate from "<key>-cert.pub" beside the key:
             # name both through links in the private directory, copying nothing.
             key = os.path.join(directory, "id")
@@ -73,7 +174,7 @@ class PrivateAgent:
             agent._wait_ready()
             added = subprocess.run(
                 [ssh_add, "-q", "-t", str(max(1, lifetime)), key],
-                env={**os.environ, "SSH_AUTH_SOCK": sock},
+                env={**os.environ, "SSH_AUTH_SOCK": agent.sock},
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT,
             )  # fmt: skip
             if added.returncode != 0:
@@ -101,11 +202,24 @@ class PrivateAgent:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Stop the agent and remove its directory."""
-        import shutil
-
+        """Stop the agent and remove its files (and its directory, if its own)."""
         stop_process(self.proc, 5)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        for name in ("agent.sock", "id", "id-cert.pub"):
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except OSError:
+                pass
+        if self._owns_dir:
+            try:
+                os.rmdir(self.directory)
+            except OSError:
+                pass
+            self._reaper.release()
+        else:
+            try:
+                self._reaper.guard(0)  # its pid is free for reuse now: nothing to kill
+            except OSError:
+                pass
 
 
 class LazyAgent:
@@ -126,7 +240,9 @@ class LazyAgent:
     Both sockets listen once this is made; :meth:`serve` starts answering.
     In between, a connection waits in the listen queue. That lets `tsh proxy
     ssh` start the hop first and import threading and socket.py while the
-    hop connects, instead of before.
+    hop connects, instead of before. :meth:`serve` also starts the
+    :class:`_Reaper` of the directory, so a SIGKILL before it leaves only an
+    empty-handed directory behind: no agent exists yet.
     """
 
     def __init__(
@@ -138,6 +254,7 @@ class LazyAgent:
         self.sock = os.path.join(self._directory, "forward.sock")
         self.presence_sock = os.path.join(self._directory, "presence.sock")
         self._agent: PrivateAgent | None = None
+        self._reaper: _Reaper | None = None
         self._upstream: str | None = None
         self._closed = False
         self._starting: threading.Lock | None = None  # guards _upstream, _agent and _closed
@@ -157,6 +274,10 @@ class LazyAgent:
         import socket
         import threading
 
+        try:
+            self._reaper = _Reaper(self._directory)
+        except OSError:
+            pass  # then a private agent gets a directory and a reaper of its own
         self._starting = threading.Lock()
         self._listeners = [socket.socket(fileno=listener.detach()) for listener in self._listeners]
         handlers = (self._relay_in_thread, socket.socket.close)
@@ -197,7 +318,8 @@ class LazyAgent:
         cert_path = self._args[1]
         if self._user_sock and agent_holds_certificate(cert_path, self._user_sock):
             return self._user_sock
-        self._agent = PrivateAgent.start(*self._args)
+        within = None if self._reaper is None else (self._directory, self._reaper)
+        self._agent = PrivateAgent.start(*self._args, within=within)
         return self._agent.sock
 
     def close(self) -> None:
@@ -224,6 +346,9 @@ class LazyAgent:
                 remove(path)
             except OSError:
                 pass
+        if self._reaper is not None:
+            self._reaper.release()
+            self._reaper = None
 
 
 def _accept(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:

@@ -228,6 +228,26 @@ class _NodeClient(asyncssh.SSHClient):
         return False
 
 
+def _sha2_rsa_cert(
+    agent: asyncssh.SSHAgentClient, key: asyncssh.SSHKeyPair
+) -> asyncssh.SSHKeyPair:
+    """``key``, with an RSA certificate offered as ``rsa-sha2-256-cert-v01`` from the start.
+
+    Teleport's forwarder (Go's x/crypto, with every signer of the agent) offers
+    an RSA certificate under the first SHA-2 name the node's server-sig-algs
+    allow, whatever the keys' order. asyncssh offers it as the SHA-1 name
+    ``ssh-rsa-cert-v01`` first, which OpenSSH 8.8+ refuses, and retries with
+    the SHA-2 name only if another key follows: so an agent listing the plain
+    key before the certificate (what ``ssh-add`` of a key with its
+    ``-cert.pub`` gives) or holding only the certificate failed here.
+    """
+    if key.algorithm != b"ssh-rsa-cert-v01@openssh.com":
+        return key
+    return asyncssh.SSHAgentKeyPair(
+        agent, b"rsa-sha2-256-cert-v01@openssh.com", key.public_data, key.get_comment_bytes() or b""
+    )
+
+
 def _key_id(key_data: bytes) -> str:
     """The key id of an OpenSSH certificate blob ("" if it is not one)."""
     from cryptography.hazmat.primitives.serialization import (
@@ -294,7 +314,7 @@ class _InnerServer(UserCertServer):
         except (OSError, asyncssh.Error) as e:
             raise _NodeError(f"cannot use the SSH agent forwarded to the proxy: {e}") from None
         try:
-            keys = await agent.get_keys()
+            keys = [_sha2_rsa_cert(agent, key) for key in await agent.get_keys()]
             client = _NodeClient(self._ctx.config.proxy_checks_host_keys, node)
             conn = await asyncio.wait_for(
                 asyncssh.connect(

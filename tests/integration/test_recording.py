@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,6 +231,17 @@ def test_proxy_command_without_forward_agent_gets_the_fix(
     assert r.stderr.count("no agent was forwarded") == 1
 
 
+@pytest.fixture
+def agent_tmpdir() -> Iterator[Path]:
+    """A TMPDIR short enough for tsh's agent sockets (tmp_path may not be: tsh then
+    falls back to /tmp, and a check of this directory would prove nothing)."""
+    path = Path(tempfile.mkdtemp(prefix="tsh-t-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
 def _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path: Path, word: str) -> None:  # type: ignore[no-untyped-def]
     """`tsh login -k no`, `tsh config`, then plain `ssh node.<cluster> echo word` with it."""
     r = login(cluster, USER, env, "--add-keys-to-agent=no")
@@ -236,12 +251,11 @@ def _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path: Path, word: st
     assert (r.returncode, r.stdout) == (0, f"{word}\n"), r.stderr
 
 
-def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """`-k no` and no ssh-agent at all: `tsh proxy ssh` forwards a private agent, and
     `tsh ssh` takes `tsh proxy ssh` as its ProxyCommand for such a profile."""
     node = rec_nodes["node1"]
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+    tmpdir = agent_tmpdir
     env = env_for(rec_cluster, TMPDIR=str(tmpdir))
     _echo_with_key_on_disk(rec_cluster, node, openssh, env, tmp_path, "private-agent")
     assert not list(tmpdir.glob("tsh-agent-*"))  # stopped and removed after the session
@@ -249,6 +263,96 @@ def test_key_on_disk_and_no_agent(rec_cluster, rec_nodes, openssh, tmp_path) -> 
     r = _ssh(node, f"{LOGIN}@{node.name}", "echo via-tsh", env=env)
     assert (r.returncode, r.stdout) == (0, "via-tsh\n"), r.stderr
     assert not list(tmpdir.glob("tsh-agent-*"))
+
+
+@pytest.fixture(scope="module")
+def rec_v16(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """(cluster, node): a v16 recording proxy (tsh logs in with one RSA key) and a node."""
+    c = launch_cluster(
+        tmp_path_factory.mktemp("rec-v16") / "data", server_version="16.0.0", recording="proxy"
+    )
+    node = None
+    try:
+        c.add_user(USER, [LOGIN])
+        node = launch_node(c, "node1", tmp_path_factory.mktemp("rec-v16-node1"), "cert")
+        yield c, node
+    finally:
+        if node is not None:
+            node.stop()
+        c.stop()
+
+
+@pytest.mark.parametrize("agent", ["holds-cert", "key-on-disk"])
+@pytest.mark.parametrize("version", ["16", "17"])
+def test_the_proxy_logs_in_to_the_node_with_either_agent(
+    request, version, agent, ssh_agent, openssh, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """v16 (RSA) and v17: with the user's agent holding the certificate (`tsh login`), or
+    with `-k no` and an agent without it (`tsh proxy ssh` forwards its private agent,
+    which lists the plain key before the certificate, as ssh-add does)."""
+    if version == "16":
+        cluster, node = request.getfixturevalue("rec_v16")
+    else:
+        cluster, node = request.getfixturevalue("rec_cluster"), request.getfixturevalue("rec_nodes")["node1"]
+    env = env_for(cluster, ssh_agent.sock)
+    extra = ("--add-keys-to-agent=no",) if agent == "key-on-disk" else ()
+    r = login(cluster, USER, env, *extra)
+    assert r.returncode == 0, r.stderr
+    held = subprocess.run([openssh.ssh_add, "-L"], env=env, capture_output=True, text=True).stdout
+    assert ("-cert-v01@openssh.com" in held) == (agent == "holds-cert")
+    cert = next(Path(env["TELEPORT_HOME"]).rglob("*-cert.pub")).read_text()
+    assert cert.startswith("ssh-rsa-cert-v01@" if version == "16" else "ssh-ed25519-cert-v01@")
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "in", env=env)
+    assert (r.returncode, r.stdout) == (0, "in\n"), r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Not gone and not a zombie (an orphan's zombie waits for an init that may not reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_sigkill_of_proxy_ssh_leaves_no_agent_and_no_sockets(mode, openssh, tmp_path, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
+    """`-k no`: kill -9 of `tsh proxy ssh` mid-session stops the private agent holding the
+    key (recording proxy) and removes the socket directory (both modes)."""
+    cluster, node = mode
+    tmpdir = agent_tmpdir
+    env = env_for(cluster, TMPDIR=str(tmpdir))
+    assert login(cluster, USER, env, "--add-keys-to-agent=no").returncode == 0
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    ssh = subprocess.Popen(
+        [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", f"{LOGIN}@{node.name}.{cluster.name}",
+         "echo up; exec sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert ssh.stdout is not None
+        assert ssh.stdout.readline() == b"up\n"  # the proxy logged in to the node: agent used
+        (proxy_cmd,) = _children(ssh.pid)
+        agents = [
+            pid for pid in _children(proxy_cmd)
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ssh-agent"
+        ]  # fmt: skip
+        assert len(agents) == (cluster.recording == "proxy")
+        assert list(tmpdir.glob("tsh-agent-*"))
+        os.kill(proxy_cmd, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(map(_running, agents)) or list(tmpdir.glob("tsh-agent-*")):
+            assert time.monotonic() < deadline, (agents, list(tmpdir.iterdir()))
+            time.sleep(0.01)
+    finally:
+        ssh.kill()
+        ssh.communicate()
 
 
 # --------------------------------------------------------------------------- host keys
@@ -297,12 +401,11 @@ def test_recordings_show_unknown_id(rec_cluster) -> None:  # type: ignore[no-unt
 
 
 @pytest.fixture
-def key_and_cert(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """A key and a CA-signed certificate in files (not side by side), TMPDIR in tmp_path/tmp."""
+def key_and_cert(tmp_path, monkeypatch, agent_tmpdir):  # type: ignore[no-untyped-def]
+    """A key and a CA-signed certificate in files (not side by side), TMPDIR agent_tmpdir."""
     import asyncssh
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(agent_tmpdir))
     ca = asyncssh.generate_private_key("ssh-ed25519")
     key = asyncssh.generate_private_key("ssh-ed25519")
     cert = ca.generate_user_certificate(key, "alice", principals=[LOGIN])
@@ -333,7 +436,7 @@ def _served_lazy_agent(key_and_cert, user_sock: str | None = None) -> Iterator[L
         lazy.close()
 
 
-def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
     from tsh._privagent import PrivateAgent
 
@@ -344,20 +447,45 @@ def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, tmp_path
     finally:
         agent.close()
     assert agent.proc.poll() is not None
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(agent_tmpdir.iterdir()) == []
 
 
-def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_private_agent_dies_with_its_owner_even_by_sigkill(openssh, key_and_cert, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
+    """Its reaper kills the agent and removes the directory once the owner is gone."""
+    key_path, cert_path = key_and_cert
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from tsh._privagent import PrivateAgent\n"
+         f"a = PrivateAgent.start({str(key_path)!r}, {str(cert_path)!r}, 600)\n"
+         "print(a.proc.pid, a.sock, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        pid, sock = owner.stdout.readline().split()
+        assert _agent_lists(openssh, sock, cert_path)
+        owner.kill()
+        deadline = time.monotonic() + 10
+        while _running(int(pid)) or list(agent_tmpdir.iterdir()):
+            assert time.monotonic() < deadline, list(agent_tmpdir.iterdir())
+            time.sleep(0.01)
+    finally:
+        owner.kill()
+        owner.communicate()
+
+
+def test_lazy_agent_starts_the_private_agent_on_first_use(openssh, key_and_cert, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """No ssh-agent runs until someone uses the forwarded socket; close() leaves nothing."""
     with _served_lazy_agent(key_and_cert) as lazy:
         assert lazy._agent is None  # nothing started yet
         assert _agent_lists(openssh, lazy.sock, key_and_cert[1])
         proc = lazy._agent.proc  # type: ignore[union-attr]
+        assert Path(lazy._agent.sock).parent.parent == agent_tmpdir  # type: ignore[union-attr]
     assert proc.poll() is not None
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(agent_tmpdir.iterdir()) == []
 
 
-def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """The hop's SSH_AUTH_SOCK accepts and hangs up: ssh sees an agent with nothing to offer."""
     with _served_lazy_agent(key_and_cert) as lazy:
         listed = subprocess.run(
@@ -366,7 +494,7 @@ def test_lazy_agent_presence_socket_starts_nothing(openssh, key_and_cert, tmp_pa
         )  # fmt: skip
         assert listed.returncode != 0 and listed.stdout == ""
         assert lazy._agent is None
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(agent_tmpdir.iterdir()) == []
 
 
 def test_lazy_agent_prefers_the_users_agent_holding_the_certificate(
