@@ -112,6 +112,12 @@ def test_otp_flow_prompts_for_both(store: ProfileStore) -> None:
     assert prompter.asked == ["password:alice"]
 
 
+def test_otp_typed_in_groups_is_sent_without_spaces(store: ProfileStore) -> None:
+    proxy = FakeProxy(second_factor="otp", otp="440061")
+    _login(store, proxy, ScriptedPrompter(otp=" 440 061\t"))
+    assert proxy.login_bodies[0]["otp_token"] == "440061"
+
+
 @pytest.mark.parametrize("factor", ["webauthn", "u2f"])
 def test_unsupported_second_factor_fails_before_prompt(store: ProfileStore, factor: str) -> None:
     prompter = ScriptedPrompter()
