@@ -34,7 +34,11 @@ app.command("config", help="Print an OpenSSH configuration for the proxy's clust
 )
 app.command(
     "ssh",
-    help="Run OpenSSH's ssh on a node through the proxy.",
+    help="Run OpenSSH's ssh on a node through the proxy.\n\n"
+    "Options go before HOST; the words after it are the remote command. Put -- before "
+    "HOST when it comes from elsewhere (a HOST starting with - is refused); a -- right "
+    "after HOST is dropped, as ssh does.",
+    options_metavar="[OPTIONS] [--]",
     context_settings={"allow_interspersed_args": False},
 )(ssh.ssh)
 app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)
