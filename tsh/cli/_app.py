@@ -16,8 +16,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        version.version()
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print the client version (as `tsh version`) and exit.",
+    ),
+) -> None:
     """Log in to a Teleport-style proxy and use OpenSSH through it."""
 
 
