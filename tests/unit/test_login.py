@@ -249,6 +249,15 @@ def test_hostile_answers_leave_good_profile_untouched(store: ProfileStore, case:
     assert snapshot(store.home) == before
 
 
+def test_login_through_a_symlinked_home(tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles" / "tsh"
+    target.mkdir(parents=True, mode=0o700)
+    (tmp_path / "tsh").symlink_to(target)
+    result = _login(ProfileStore(tmp_path / "tsh"), FakeProxy())
+    assert ProfileStore(target).load("proxy.test") == result.profile
+    assert (target / "keys" / "proxy.test" / "alice").is_file()
+
+
 def test_symlinked_key_path_is_refused(store: ProfileStore, tmp_path: Path) -> None:
     proxy = FakeProxy()
     _login(store, proxy)
