@@ -73,10 +73,10 @@ def ensure_private_home(path: Path, mode: int = 0o700) -> None:
         return ensure_private_dir(path, mode)
     target = os.path.realpath(path)
     refuse = f"refusing to use {path}: it is a symbolic link"
-    uid = os.geteuid()
-    if os.lstat(path).st_uid != uid:
+    uid, link_owner = os.geteuid(), os.lstat(path).st_uid
+    if link_owner != uid:
         raise ProfileError(
-            f"{refuse} owned by uid {os.lstat(path).st_uid}, not you; remove it, or point "
+            f"{refuse} owned by uid {link_owner}, not you; remove it, or point "
             "TELEPORT_HOME at a directory of your own"
         )
     try:
