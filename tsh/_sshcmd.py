@@ -16,16 +16,6 @@ stays in the data path. What they hand OpenSSH:
   useless to a recording proxy, so the caller passes ``via_tsh`` and the
   ProxyCommand is `tsh proxy ssh`, which forwards a private agent instead.
 
-When the hop fails before the node speaks (an unknown node, a refused
-login), the hop prints the proxy's reason and then ssh adds two lines that
-only say the ProxyCommand's output ended (``kex_exchange_identification:
-...``, ``Connection closed by UNKNOWN port 65535``). So `tsh ssh` runs ssh
-with ``LogLevel=FATAL``: fatal errors such as ``Host key verification
-failed.`` and ``Permission denied`` still show, ssh's error-level details do
-not. With port forwarding, whose failures are error-level (``bind ...:
-Address already in use``), the level stays ssh's default; a user's
-``-o LogLevel=...`` always wins.
-
 Every name is validated (tsh._names) before it is put on a command line, and
 the ProxyCommand, which OpenSSH runs through the user's shell, quotes every
 word. User input never passes through a shell otherwise.
@@ -188,8 +178,6 @@ def ssh_argv(
     argv = [ssh]
     for option in request.options:
         argv += ["-o", option]
-    if not (request.local_forwards or request.remote_forwards or request.dynamic_forward):
-        argv += ["-o", "LogLevel=FATAL"]  # the hop says why it failed (module docstring)
     argv += _common(profile, paths, host, cluster, via_tsh)
     argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
     if login:

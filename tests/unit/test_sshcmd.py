@@ -83,17 +83,6 @@ def test_flags_pass_through_and_user_options_win(paths, ssh_G):
     assert cfg["stricthostkeychecking"] == "false"  # the user's -o came first
 
 
-def test_log_level_is_fatal_unless_forwarding_or_the_users(paths, ssh_G):
-    def level(**request: object) -> str:
-        return ssh_G(*ssh_argv(PROFILE, paths, SSHRequest(**request), "node1")[1:])["loglevel"]
-
-    assert level() == "FATAL"
-    assert level(local_forwards=("8080:localhost:80",)) == "INFO"
-    assert level(remote_forwards=("8080:localhost:80",)) == "INFO"
-    assert level(dynamic_forward="1080") == "INFO"
-    assert level(options=("LogLevel=VERBOSE",)) == "VERBOSE"
-
-
 def test_agent_only_profile_uses_the_public_key(paths, ssh_G):
     profile = PROFILE._replace(key_storage="agent")
     cfg = ssh_G(*ssh_argv(profile, paths, SSHRequest(), "node1")[1:])

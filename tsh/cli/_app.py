@@ -48,8 +48,7 @@ app.command(
     help="Run OpenSSH's ssh on a node through the proxy.\n\n"
     "Options go before HOST; the words after it are the remote command. Put -- before "
     "HOST when it comes from elsewhere (a HOST starting with - is refused); a -- right "
-    "after HOST is dropped, as ssh does. Without port forwarding ssh shows only fatal "
-    "errors (-o LogLevel=INFO shows its usual messages).",
+    "after HOST is dropped, as ssh does.",
     options_metavar="[OPTIONS] [--]",
     context_settings={"allow_interspersed_args": False},
 )(ssh.ssh)
