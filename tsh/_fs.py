@@ -27,6 +27,7 @@ LOCK_TIMEOUT = 10.0
 
 __all__ = [
     "ensure_private_dir",
+    "ensure_private_home",
     "atomic_write",
     "read_text",
     "locked",
@@ -55,6 +56,51 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
     except FileExistsError:
         return ensure_private_dir(path, mode)
     os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+
+
+def ensure_private_home(path: Path, mode: int = 0o700) -> None:
+    """:func:`ensure_private_dir` for tsh's home, which may itself be a symbolic link.
+
+    Dotfiles managers link ``~/.tsh``-like directories elsewhere. Such a link
+    is used when it cannot be a trap: the link and the directory it resolves
+    to are ours, and nobody else can write to that directory. Its mode is
+    narrowed as a real home's would be. Links inside home are still refused.
+
+    Raises:
+        ProfileError: saying why the link is refused and what to do instead.
+    """
+    if not path.is_symlink():
+        return ensure_private_dir(path, mode)
+    target = os.path.realpath(path)
+    refuse = f"refusing to use {path}: it is a symbolic link"
+    uid, link_owner = os.geteuid(), os.lstat(path).st_uid
+    if link_owner != uid:
+        raise ProfileError(
+            f"{refuse} owned by uid {link_owner}, not you; remove it, or point "
+            "TELEPORT_HOME at a directory of your own"
+        )
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        raise ProfileError(
+            f"{refuse} to {target}, which does not exist; create it: mkdir -m 700 {target}"
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ProfileError(f"{refuse} to {target}, which is not a directory")
+    if st.st_uid != uid:
+        raise ProfileError(
+            f"{refuse} to {target}, which is owned by uid {st.st_uid}, not you; point "
+            "TELEPORT_HOME at a directory of your own"
+        )
+    bits = stat.S_IMODE(st.st_mode)
+    if bits & (stat.S_IWGRP | stat.S_IWOTH):
+        # Someone else may already have put files there: do not just chmod it.
+        raise ProfileError(
+            f"{refuse} to {target}, which others can write to (mode {bits:04o}); "
+            f"check its contents, then: chmod 700 {target}"
+        )
+    if bits & ~mode:
+        os.chmod(target, bits & mode)
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:

@@ -155,7 +155,8 @@ def _ask(ping: PingResponse, user: str, prompter: Prompter) -> tuple[str, str]:
         )
     password = prompter.password(user)
     otp = prompter.otp() if ping.second_factor in _OTP_MODES else ""
-    return password, otp
+    # Authenticator apps show codes in groups ("440 061"); people type them so.
+    return password, "".join(otp.split())
 
 
 def login(

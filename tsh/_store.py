@@ -111,7 +111,7 @@ class ProfileStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Hold the store's write lock; create home (0700) first if needed."""
-        _fs.ensure_private_dir(self.home)
+        _fs.ensure_private_home(self.home)
         with _fs.locked(self.home / ".lock"):
             yield
 

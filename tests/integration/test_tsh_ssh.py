@@ -202,13 +202,13 @@ def test_expired_certificate_offers_login_on_a_terminal(node, login_name, logged
 @pytest.fixture
 def fake_ssh(tmp_path, cluster):  # type: ignore[no-untyped-def]
     """A profile (written, no `tsh login`: these tests never reach ssh) and PATH with an
-    `ssh`/`scp` that only records that it was started."""
+    `ssh`/`scp` that only records that it was started, writing its arguments one a line."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     marker = tmp_path / "ssh-was-started"
     for name in ("ssh", "scp"):
         script = bin_dir / name
-        script.write_text(f"#!/bin/sh\ntouch '{marker}'\n")
+        script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{marker}'\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
     env = log_in(cluster, [LOGIN]).env()
     return {**env, "PATH": f"{bin_dir}:{env['PATH']}"}, marker
@@ -228,9 +228,31 @@ def fake_ssh(tmp_path, cluster):  # type: ignore[no-untyped-def]
 def test_bad_input_starts_no_ssh(fake_ssh, args, message) -> None:  # type: ignore[no-untyped-def]
     env, marker = fake_ssh
     r = run_tsh("ssh", *args, env=env)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "args, remote",
+    [
+        (["node1", "--", "ls", "-l"], ["ls", "-l"]),
+        (["-p", "22", "--", "node1", "ls", "--", "x"], ["ls", "--", "x"]),
+        (["node1", "--", "--", "x"], ["--", "x"]),  # as `ssh node1 -- -- x`
+    ],
+)
+def test_double_dash_is_not_sent_to_the_node(fake_ssh, args, remote) -> None:  # type: ignore[no-untyped-def]
+    env, marker = fake_ssh
+    r = run_tsh("ssh", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    argv = marker.read_text().splitlines()
+    assert argv[argv.index("node1") - 1 :] == ["--", "node1", *remote]
+
+
+def test_help_documents_double_dash() -> None:
+    r = run_tsh("ssh", "--help", env=dict(os.environ, COLUMNS="200"))
+    assert "Usage: tsh ssh [OPTIONS] [--] [LOGIN@]HOST [COMMAND]..." in r.stdout
+    assert "Put -- before HOST" in r.stdout
 
 
 def test_bad_scp_input_starts_no_scp(fake_ssh) -> None:  # type: ignore[no-untyped-def]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tsh.cli import _app, main
+from tsh.cli import _app, _hotpath, main
 
 
 @pytest.mark.parametrize(
@@ -42,11 +45,29 @@ def test_version(capsys):
     assert capsys.readouterr().out.startswith("tsh-py v")
 
 
+@pytest.mark.parametrize("typer_path", [False, True], ids=["hot-path", "typer"])
+def test_dash_dash_version_is_tsh_version(capsys, monkeypatch, typer_path):
+    assert main(["version"]) == 0
+    expected = capsys.readouterr()
+    if typer_path:
+        monkeypatch.setattr(_hotpath, "run_hot", lambda args: None)
+    assert main(["--version"]) == 0
+    assert capsys.readouterr() == expected
+
+
+def test_version_starts_without_typer():
+    # `tsh version` has a start-up budget (benchmarks/startup.py) below typer's import.
+    code = "import sys; from tsh.cli import main; main(['--version']); main(['version']); " \
+        "print(sorted(m for m in ('typer', 'click') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
 def test_os_errors_are_one_line(capsys, monkeypatch):
     def denied() -> None:
         raise PermissionError(13, "Permission denied", "/root/.local/share/tsh-py")
 
-    monkeypatch.setattr(_app.app.registered_commands[0], "callback", denied)
+    monkeypatch.setattr(_app.version, "version", denied)
     assert main(["version"]) == 1
     assert capsys.readouterr().err == "error: Permission denied: /root/.local/share/tsh-py\n"
 

@@ -9,7 +9,14 @@ import stat
 import pytest
 
 from tsh import ProfileError
-from tsh._fs import atomic_write, ensure_private_dir, locked, read_text, remove_file
+from tsh._fs import (
+    atomic_write,
+    ensure_private_dir,
+    ensure_private_home,
+    locked,
+    read_text,
+    remove_file,
+)
 
 
 def mode(path) -> int:
@@ -39,6 +46,50 @@ def test_private_dir_refuses_symlink(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(ProfileError, match="not a real directory"):
         ensure_private_dir(tmp_path / "link")
+
+
+def _linked_home(tmp_path, mode=0o700):
+    """``home`` -> ``dotfiles/tsh`` (a real directory with ``mode``), as dotfiles managers do."""
+    target = tmp_path / "dotfiles" / "tsh"
+    target.mkdir(parents=True)
+    os.chmod(target, mode)
+    link = tmp_path / "home"
+    link.symlink_to(target)
+    return link, target
+
+
+def test_home_may_be_a_link_to_a_private_dir_of_ours(tmp_path):
+    link, target = _linked_home(tmp_path, 0o755)
+    ensure_private_home(link)
+    assert link.is_symlink() and mode(target) == 0o700  # narrowed, as a real home is
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+
+
+@pytest.mark.parametrize(
+    "spoil, needle",
+    [
+        (lambda link, t: os.chmod(t, 0o770), "others can write to (mode 0770); check its "
+         "contents, then: chmod 700"),
+        (lambda link, t: os.chmod(t, 0o1777), "others can write to (mode 1777)"),
+        (lambda link, t: t.rmdir(), "which does not exist; create it: mkdir -m 700"),
+        (lambda link, t: (t.rmdir(), t.write_text("")), "which is not a directory"),
+        pytest.param(lambda link, t: os.chown(t, 65534, 65534), "which is owned by uid 65534, "
+                     "not you; point TELEPORT_HOME at a directory of your own", marks=ROOT_ONLY),
+        pytest.param(lambda link, t: os.lchown(link, 65534, 65534), "is a symbolic link owned by "
+                     "uid 65534, not you", marks=ROOT_ONLY),
+    ],
+    ids=["group-writable", "world-writable", "dangling", "to-a-file", "target-not-ours",
+         "link-not-ours"],
+)  # fmt: skip
+def test_unsafe_home_link_is_refused_saying_why_and_what_to_do(tmp_path, spoil, needle):
+    link, target = _linked_home(tmp_path)
+    spoil(link, target)
+    with pytest.raises(ProfileError, match=f"^refusing to use {link}: ") as e:
+        ensure_private_home(link)
+    assert needle in str(e.value)
+    assert link.is_symlink() and not (target.is_dir() and any(target.iterdir()))
 
 
 def test_atomic_write_sets_mode_and_replaces(tmp_path):

@@ -112,6 +112,12 @@ def test_otp_flow_prompts_for_both(store: ProfileStore) -> None:
     assert prompter.asked == ["password:alice"]
 
 
+def test_otp_typed_in_groups_is_sent_without_spaces(store: ProfileStore) -> None:
+    proxy = FakeProxy(second_factor="otp", otp="440061")
+    _login(store, proxy, ScriptedPrompter(otp=" 440 061\t"))
+    assert proxy.login_bodies[0]["otp_token"] == "440061"
+
+
 @pytest.mark.parametrize("factor", ["webauthn", "u2f"])
 def test_unsupported_second_factor_fails_before_prompt(store: ProfileStore, factor: str) -> None:
     prompter = ScriptedPrompter()
@@ -253,6 +259,15 @@ def test_hostile_answers_leave_good_profile_untouched(store: ProfileStore, case:
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
     assert snapshot(store.home) == before
+
+
+def test_login_through_a_symlinked_home(tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles" / "tsh"
+    target.mkdir(parents=True, mode=0o700)
+    (tmp_path / "tsh").symlink_to(target)
+    result = _login(ProfileStore(tmp_path / "tsh"), FakeProxy())
+    assert ProfileStore(target).load("proxy.test") == result.profile
+    assert (target / "keys" / "proxy.test" / "alice").is_file()
 
 
 def test_symlinked_key_path_is_refused(store: ProfileStore, tmp_path: Path) -> None:

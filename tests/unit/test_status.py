@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timezone
 
+import pytest
 import yaml
 
 from tsh._profile import Profile
@@ -96,7 +97,10 @@ def test_status_command_stays_light(tmp_path) -> None:  # type: ignore[no-untype
 
     store = ProfileStore(tmp_path / "tsh")
     store.home.mkdir()
-    (store.home / "proxy.test.yaml").write_text(_profile().to_json())
+    import time
+
+    valid = _profile(before=int(time.time()) + 3600)  # an expired one exits 1
+    (store.home / "proxy.test.yaml").write_text(valid.to_json())
     (store.home / "current-profile").write_text("proxy.test\n")
     code = (
         "import sys; from tsh.cli import main; rc = main(['status']); "
@@ -108,3 +112,49 @@ def test_status_command_stays_light(tmp_path) -> None:  # type: ignore[no-untype
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.splitlines()[-1] == "0 []"
     assert "> Profile URL:        https://proxy.test:3080" in out.stdout
+
+
+def _write_profiles(*profiles: Profile, current: str = "proxy.test") -> None:
+    import os
+
+    from tsh._store import ProfileStore
+
+    store = ProfileStore()
+    store.home.mkdir(exist_ok=True)
+    for profile in profiles:
+        (store.home / f"{profile.name}.yaml").write_text(profile.to_json())
+    (store.home / "current-profile").write_text(current + "\n")
+    assert str(store.home) == os.environ["TELEPORT_HOME"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_expired_active_profile_exits_1_after_showing_it(capsys, fmt) -> None:
+    from tsh.cli import main
+
+    _write_profiles(_profile(before=NOW))  # NOW is long gone
+    assert main(["status", f"--format={fmt}"]) == 1
+    out = capsys.readouterr()
+    assert "EXPIRED" in out.out if fmt == "text" else json.loads(out.out)["active"]["expired"]
+    assert out.err == (
+        "error: the active profile proxy.test has expired; run: tsh login --proxy=proxy.test:3080\n"
+    )
+
+
+def test_only_the_active_profile_decides_the_exit_status(capsys) -> None:
+    import time
+
+    from tsh.cli import main
+
+    _write_profiles(_profile(before=int(time.time()) + 3600), _profile("b.test", before=NOW))
+    assert main(["status"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_config_warns_of_an_expired_certificate_with_the_one_prefix(capsys) -> None:
+    from tsh.cli import main
+
+    _write_profiles(_profile(before=NOW))
+    assert main(["config"]) == 0
+    assert capsys.readouterr().err == (
+        "WARNING: the certificate has expired; run tsh login before using ssh\n"
+    )

@@ -16,8 +16,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        version.version()
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print the client version (as `tsh version`) and exit.",
+    ),
+) -> None:
     """Log in to a Teleport-style proxy and use OpenSSH through it."""
 
 
@@ -34,7 +45,11 @@ app.command("config", help="Print an OpenSSH configuration for the proxy's clust
 )
 app.command(
     "ssh",
-    help="Run OpenSSH's ssh on a node through the proxy.",
+    help="Run OpenSSH's ssh on a node through the proxy.\n\n"
+    "Options go before HOST; the words after it are the remote command. Put -- before "
+    "HOST when it comes from elsewhere (a HOST starting with - is refused); a -- right "
+    "after HOST is dropped, as ssh does.",
+    options_metavar="[OPTIONS] [--]",
     context_settings={"allow_interspersed_args": False},
 )(ssh.ssh)
 app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)

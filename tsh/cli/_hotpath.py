@@ -9,6 +9,9 @@ spellings and otherwise returns None, so that typer (`tsh.cli.proxy`) stays
 the one definition of the command: its help, its usage errors, its options.
 A property test checks that both read alike the command lines it generates
 from the words that matter (options, values, targets, help, ``--``).
+
+``tsh version`` and ``tsh --version``, exactly so spelt, are answered here too:
+their start-up budget is smaller than typer's import.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def parse_proxy_ssh(args: list[str]) -> dict[str, str | None] | None:
 
 def run_hot(args: list[str]) -> int | None:
     """Run ``args`` if it is a hot-path command line; None to leave it to typer."""
+    if args in (["version"], ["--version"]):
+        from . import version
+
+        version.version()
+        return 0
     parsed = parse_proxy_ssh(args)
     if parsed is None:
         return None

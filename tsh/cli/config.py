@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from . import print_warnings
+
 
 def config(
     proxy: str | None = typer.Option(
@@ -86,7 +88,4 @@ def _warn_if_expired(valid_before: int) -> None:
     import time
 
     if valid_before and valid_before < time.time():
-        print(
-            "warning: the certificate has expired; run tsh login before using ssh",
-            file=sys.stderr,
-        )
+        print_warnings(["the certificate has expired; run tsh login before using ssh"])

@@ -38,8 +38,8 @@ class TerminalPrompter:
 
     def otp(self) -> str:
         if self._tty:
-            return getpass.getpass("Enter your OTP token:").strip()
-        return self._line("OTP token").strip()
+            return getpass.getpass("Enter your OTP token:")
+        return self._line("OTP token")
 
 
 def _default_proxy() -> str:

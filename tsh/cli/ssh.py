@@ -57,6 +57,10 @@ def ssh(
         tty=True if tty else (False if no_tty else None),
         options=tuple(options or ()),
     )
+    remote = tuple(command or ())
+    if remote[:1] == ("--",):
+        # click keeps a "--" that follows HOST; ssh drops it, and so do we.
+        remote = remote[1:]
     store = ProfileStore()
     parse_destination(destination, login)  # bad input fails before any prompt
     profile = usable_profile(store, proxy, terminal_relogin())
@@ -65,7 +69,7 @@ def ssh(
         store.paths_for(profile),
         request,
         destination,
-        tuple(command or ()),
+        remote,
         ssh=find_binary("ssh"),
         via_tsh=proxy_via(profile, store),
     )

@@ -15,8 +15,11 @@ def status(
         "text", "-f", "--format", metavar="text|json|yaml", help="Output format."
     ),
 ) -> None:
-    """Show the profiles you are logged in with (`Not logged in.` when none)."""
-    from .._exceptions import ProfileError, UsageError
+    """Show the profiles you are logged in with (`Not logged in.` when none).
+
+    Exits 1, after showing them, when the current profile has expired (as real tsh).
+    """
+    from .._exceptions import NotLoggedInError, ProfileError, UsageError
     from .._status import render_json, render_status, render_yaml, status_data
     from .._store import ProfileStore
 
@@ -47,3 +50,9 @@ def status(
 
             warning = ensure_agent_key(profile, store)
             print_warnings([warning] if warning else [])
+    active = next((p for p in profiles if p.name == current), None)
+    if active is not None and active.valid_before <= now:
+        raise NotLoggedInError(
+            f"the active profile {active.name} has expired; "
+            f"run: tsh login --proxy={active.web_proxy_addr}"
+        )
