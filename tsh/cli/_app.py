@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import config, login, logout, proxy, scp, ssh, status, version
+from . import completion, config, login, logout, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -17,7 +17,11 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    completion_script_bash: bool = completion.SCRIPT_OPTIONS["bash"],
+    completion_script_zsh: bool = completion.SCRIPT_OPTIONS["zsh"],
+    completion_script_fish: bool = completion.SCRIPT_OPTIONS["fish"],
+) -> None:
     """Log in to a Teleport-style proxy and use OpenSSH through it."""
 
 
