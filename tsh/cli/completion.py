@@ -9,6 +9,7 @@ completions are always the commands and options tsh has.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import typer
 
@@ -17,7 +18,7 @@ __all__ = ["SCRIPT_OPTIONS", "prepare"]
 _COMPLETE_VAR = "_TSH_COMPLETE"
 
 
-def _print_script(shell: str):  # type: ignore[no-untyped-def]
+def _print_script(shell: str) -> Callable[[bool], None]:
     def callback(value: bool) -> None:
         if not value:
             return
