@@ -62,7 +62,8 @@ class SSHConfigParams:
         known_hosts: absolute path of tsh's known_hosts.
         identity_file: private key, or the public key when ``identities_only``.
         certificate_file: the root cluster's SSH certificate (used for all clusters).
-        executable: how to run tsh: ``("/abs/tsh",)`` or ``("/abs/python", "-m", "tsh")``.
+        executable: how to run tsh: ``("/abs/tsh",)``, ``("/abs/python", "-m", "tsh")``
+            or ``("/abs/python", "/abs/tsh.pyz")``.
         port: node port (``Port``), default 3022.
         login: optional ``User``.
         proxy_command: ``"tsh"`` (tsh proxy ssh) or ``"openssh"`` (ssh -s proxy:...).
@@ -113,10 +114,25 @@ def _check(p: SSHConfigParams) -> None:
     if p.proxy_command == "tsh":
         if not p.executable:
             raise UsageError("cannot find the tsh executable for ProxyCommand")
-        validate_path(p.executable[0])
-        for word in p.executable[1:]:  # e.g. "-m", "tsh"
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", word):
-                raise UsageError(f"unexpected word {word!r} in the tsh command")
+        _executable_words(p.executable)
+
+
+def _executable_words(executable: Sequence[str]) -> list[str]:
+    """``executable`` as single-quoted words of the ProxyCommand: the program's path,
+    plain words such as ``-m tsh``, and any other path (a zipapp's).
+
+    Raises:
+        UsageError: a word that is neither; InvalidNameError: an unsafe path.
+    """
+    words = [shell_word(validate_path(executable[0]))]
+    for word in executable[1:]:
+        if re.fullmatch(r"[A-Za-z0-9._-]+", word):
+            words.append(shell_word(word))
+        elif word.startswith("/"):
+            words.append(shell_word(validate_path(word)))
+        else:
+            raise UsageError(f"unexpected word {word!r} in the tsh command")
+    return words
 
 
 def tsh_proxy_command(
@@ -134,7 +150,7 @@ def tsh_proxy_command(
     """
     cluster = validate_cluster_name(cluster)
     proxy = join_host_port(validate_host(proxy_host, "proxy host"), validate_port(proxy_port))
-    exe = " ".join([shell_word(validate_path(executable[0])), *map(shell_word, executable[1:])])
+    exe = " ".join(_executable_words(executable))
     return (
         f"{exe} proxy ssh --cluster={shell_word(cluster)} --proxy={shell_word(proxy)} "
         f"{shell_word('%r@%h:%p')}"

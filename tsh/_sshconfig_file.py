@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import zipimport
 from pathlib import Path
 
 from . import _fs
@@ -39,6 +40,8 @@ def tsh_executable() -> tuple[str, ...]:
     argv0 = sys.argv[0] if sys.argv else ""
     if argv0.endswith("__main__.py") or argv0 in ("-m", "-c", ""):
         return (sys.executable, "-m", "tsh")
+    if _running_zipapp():  # this Python has the dependencies; the archive's #! may not
+        return (sys.executable, str(Path(argv0).absolute()))
     found = argv0 if os.sep in argv0 else shutil.which(argv0)
     if found and os.access(found, os.X_OK) and Path(found).is_file():
         return (str(Path(found).absolute()),)
@@ -46,6 +49,12 @@ def tsh_executable() -> tuple[str, ...]:
     if found:
         return (str(Path(found).absolute()),)
     return (sys.executable, "-m", "tsh")
+
+
+def _running_zipapp() -> bool:
+    """Whether this process runs tsh from a zipapp (packaging/build_zipapp.py)."""
+    main = sys.modules.get("__main__")
+    return isinstance(getattr(main, "__loader__", None), zipimport.zipimporter)
 
 
 def ssh_config(

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tsh import InvalidNameError, UsageError
-from tsh._sshconfig import SSHConfigParams, merge, parse_openssh_version, render
+from tsh._sshconfig import (
+    SSHConfigParams,
+    merge,
+    parse_openssh_version,
+    render,
+    tsh_proxy_command,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "sshconfig"
 
@@ -129,6 +135,16 @@ def test_other_usage_errors() -> None:
         render(dataclasses.replace(BASE, executable=()))
     with pytest.raises(UsageError):
         render(dataclasses.replace(BASE, executable=("/usr/bin/python3", "-c", "x;y")))
+
+
+def test_zipapp_proxy_command_quotes_both_paths() -> None:
+    exe = ("/usr/bin/python3", "/opt/my tools/tsh.pyz")
+    assert tsh_proxy_command(exe, "example.com", "proxy.example.com", 443) == (
+        "'/usr/bin/python3' '/opt/my tools/tsh.pyz' proxy ssh --cluster='example.com' "
+        "--proxy='proxy.example.com:443' '%r@%h:%p'"
+    )
+    with pytest.raises(InvalidNameError, match="contains"):
+        render(dataclasses.replace(BASE, executable=("/usr/bin/python3", "/tmp/$x.pyz")))
 
 
 def test_parse_openssh_version() -> None:

@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run_typer(args: list[str]) -> int:
     import typer
 
+    from . import completion
     from ._app import app
 
+    completion.prepare()
     if args[:1] == ["config"]:
         from .config import spell_update_path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import config, login, logout, proxy, scp, ssh, status, version
+from . import completion, config, login, logout, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -28,6 +28,9 @@ def _root(
         False, "--version", is_eager=True, callback=_print_version,
         help="Print the client version (as `tsh version`) and exit.",
     ),
+    completion_script_bash: bool = completion.SCRIPT_OPTIONS["bash"],
+    completion_script_zsh: bool = completion.SCRIPT_OPTIONS["zsh"],
+    completion_script_fish: bool = completion.SCRIPT_OPTIONS["fish"],
 ) -> None:
     """Log in to a Teleport-style proxy and use OpenSSH through it."""
 
