@@ -46,7 +46,7 @@ from tests.cluster import sshd as sshd_launcher
 from tests.conftest import LOGIN, launch_cluster
 from tests.integration._profiles import log_in
 from tsh import ProfileStore
-from tsh._privagent import PrivateAgent
+from tsh._agent.private import PrivateAgent
 
 FORMS = ("tsh", "openssh")
 FLOOR = "python floor"

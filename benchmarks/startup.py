@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     import tsh
     from tsh import Profile, ProfileStore
-    from tsh._fs import atomic_write
+    from tsh._store.fs import atomic_write
 
     compileall.compile_dir(Path(tsh.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="tsh-bench-") as home:

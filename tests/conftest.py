@@ -43,7 +43,7 @@ import pytest
 
 from tests.cluster import sshd as sshd_launcher
 from tests.cluster.launch import Cluster, launch_cluster
-from tsh._procs import stop_process
+from tsh._agent.procs import stop_process
 
 LOGIN = getpass.getuser()
 _IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -28,16 +28,16 @@ from ._version import __version__
 
 #: public name -> private module that defines it
 _LAZY = {
-    "Profile": "._profile",
-    "ProfilePaths": "._profile",
-    "ProfileStore": "._store",
-    "LoginRequest": "._login",
-    "LoginResult": "._login",
-    "login": "._login",
-    "LogoutResult": "._logout",
-    "logout_user": "._logout",
-    "logout_all": "._logout",
-    "ensure_agent_key": "._agent",
+    "Profile": "._core.profile",
+    "ProfilePaths": "._store.layout",
+    "ProfileStore": "._store.store",
+    "LoginRequest": "._auth.login",
+    "LoginResult": "._auth.login",
+    "login": "._auth.login",
+    "LogoutResult": "._auth.logout",
+    "logout_user": "._auth.logout",
+    "logout_all": "._auth.logout",
+    "ensure_agent_key": "._agent.agent",
 }
 
 __all__ = [

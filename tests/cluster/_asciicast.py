@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tsh._fs import atomic_write, ensure_private_dir
+from tsh._store.fs import atomic_write, ensure_private_dir
 
 __all__ = [
     "CastWriter",

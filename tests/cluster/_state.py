@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsh._fs import atomic_write, ensure_private_dir, locked
+from tsh._store.fs import atomic_write, ensure_private_dir, locked
 
 __all__ = [
     "ClusterState",

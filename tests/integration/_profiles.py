@@ -22,8 +22,9 @@ import asyncssh
 import httpx
 
 from tests.integration._tsh import PASSWORD, tsh_argv
-from tsh import _fs
-from tsh._profile import Profile, ProfilePaths
+from tsh._core.profile import Profile
+from tsh._store import fs as _fs
+from tsh._store.layout import ProfilePaths
 
 _counter = itertools.count()
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tsh import InvalidNameError
-from tsh._sshconfig import SSHConfigParams, render
+from tsh._openssh.config import SSHConfigParams, render
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,14 @@ def test_generated_values_apply_exactly_inside_the_cluster(
         if form == "tsh":
             # (ssh -G shows ProxyCommand before token expansion)
             assert command == (
-                f'"{TSH}" proxy ssh --cluster={cluster} --proxy={proxy}:3080 %r@%h:%p'
+                f"'{TSH}' proxy ssh --cluster='{cluster}' --proxy='{proxy}:3080' '%r@%h:%p'"
             )
         else:
-            assert command.endswith(f"tsh-proxy %r %h %p "
-                                    f"'UserKnownHostsFile \"{KH}\"' 'CertificateFile \"{CERT}\"' "
-                                    f"'{KEY}'")
-            assert f'"proxy:${{h%%.{cluster.lower()}}}:$3@{cluster}"' in command
+            assert command.endswith(
+                f"tsh-proxy '%r' '%h' '%p' 'UserKnownHostsFile \"{KH}\"' "
+                f"'CertificateFile \"{CERT}\"' '{KEY}' '{proxy.lower()}' '{cluster.lower()}' "
+                f"'3023' '{proxy}' '{cluster}'"
+            )
         # The proxy itself gets the files and login, but no ProxyCommand.
         on_proxy = ssh_G(proxy.lower(), config=cfg)
         assert on_proxy["identityfile"] == KEY and "proxycommand" not in on_proxy

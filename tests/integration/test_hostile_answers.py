@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import tsh
 from tests.unit._login_fakes import FakeProxy, ScriptedPrompter
 from tsh import LoginRequest, ProfileStore, TshError
-from tsh._sshconfig_file import ssh_config
+from tsh._openssh.config_file import ssh_config
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +195,7 @@ def test_hostile_field_is_refused_or_harmless(openssh, field: str, value: str) -
                 hosts = line.split()[1]
                 c = hosts.split(",")[1]
                 assert hosts == f"{profile.proxy_host},{c},*.{c}" and c in profile.clusters
-        with mock.patch("tsh._sshconfig_file.tsh_executable", return_value=(str(work / "fake-tsh"),)):
+        with mock.patch("tsh._openssh.config_file.tsh_executable", return_value=(str(work / "fake-tsh"),)):
             for form in ("tsh", "openssh"):
                 _check_config(ssh_config(profile, store, proxy_command=form), profile, work,
                               form, openssh)

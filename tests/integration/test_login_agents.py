@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import require_tool
 from tests.integration._tsh import agent_lines, env_for, login
 from tests.integration._tsh import run_tsh as tsh
-from tsh._store import ProfileStore
+from tsh._store.store import ProfileStore
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent

@@ -20,7 +20,7 @@ import pytest
 from tests.cluster.launch import launch_cluster
 from tests.integration._tsh import PASSWORD, agent_lines, env_for, login, tsh_argv
 from tests.integration._tsh import run_tsh as tsh
-from tsh._store import ProfileStore
+from tsh._store.store import ProfileStore
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ import pytest
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
 from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
-from tsh._privagent import LazyAgent
+from tsh._agent.private import LazyAgent
 
 pytestmark = pytest.mark.integration
 
@@ -438,7 +438,7 @@ def _served_lazy_agent(key_and_cert, user_sock: str | None = None) -> Iterator[L
 
 def test_private_agent_holds_key_and_certificate(openssh, key_and_cert, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """The agent `tsh proxy ssh` forwards for a key on disk; close() leaves nothing behind."""
-    from tsh._privagent import PrivateAgent
+    from tsh._agent.private import PrivateAgent
 
     key_path, cert_path = key_and_cert
     agent = PrivateAgent.start(str(key_path), str(cert_path), 600)
@@ -455,7 +455,7 @@ def test_private_agent_dies_with_its_owner_even_by_sigkill(openssh, key_and_cert
     key_path, cert_path = key_and_cert
     owner = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from tsh._privagent import PrivateAgent\n"
+         "import sys, time; from tsh._agent.private import PrivateAgent\n"
          f"a = PrivateAgent.start({str(key_path)!r}, {str(cert_path)!r}, 600)\n"
          "print(a.proc.pid, a.sock, flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,

@@ -1,11 +1,11 @@
-"""tsh._agent's pure parts: mode resolution, the comment format, the gpg-agent heuristic."""
+"""tsh._agent.agent's pure parts: mode resolution, the comment format, the gpg-agent heuristic."""
 
 from __future__ import annotations
 
 import pytest
 
 from tsh import UsageError
-from tsh._agent import agent_comment, parse_agent_comment, resolve_agent_mode, suspect_agent
+from tsh._agent.agent import agent_comment, parse_agent_comment, resolve_agent_mode, suspect_agent
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_an_agent_that_hangs_up_is_an_agent_error(tmp_path) -> None:  # type: ig
     import asyncssh
 
     from tsh import AgentError
-    from tsh._agent import load_into_agent
+    from tsh._agent.agent import load_into_agent
 
     sock = str(tmp_path / "agent.sock")
     server = socket.socket(socket.AF_UNIX)

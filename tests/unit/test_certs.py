@@ -1,4 +1,4 @@
-"""tsh._certs: the client's own checks of issued certificates."""
+"""tsh._core.certs: the client's own checks of issued certificates."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from _login_fakes import FakeProxy, sign_user_cert
 from cryptography.hazmat.primitives import serialization
 
 from tsh import CertificateError
-from tsh._certs import CLOCK_SKEW, check_user_cert
+from tsh._core.certs import CLOCK_SKEW, check_user_cert
 
 NOW = int(time.time())
 

@@ -24,10 +24,10 @@ WORDS = st.sampled_from(
 
 def _typer_reading(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, object] | None:
     """What the typer command passes to proxy_ssh for ``args`` (None: it does not call it)."""
-    import tsh._proxycmd
+    import tsh._proxy.command
 
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr(tsh._proxycmd, "proxy_ssh", lambda target, **kw: calls.append(
+    monkeypatch.setattr(tsh._proxy.command, "proxy_ssh", lambda target, **kw: calls.append(
         {"target": target, **kw}) or 0)  # fmt: skip
     monkeypatch.setattr(_hotpath, "run_hot", lambda args: None)  # force the typer path
     main(args)
@@ -77,7 +77,7 @@ def test_usage_errors_still_come_from_typer(capsys: pytest.CaptureFixture[str]) 
 def fresh_imports() -> dict[str, list[str]]:
     """One fresh interpreter: the modules the hot path's imports load ("hot"), also for
     `-k only` profiles ("hot_agent"), then every module loaded once `tsh config`'s
-    tsh._sshconfig_file is imported as well ("all").
+    tsh._openssh.config_file is imported as well ("all").
 
     Without site (``-S``): an editable install's import hook, run by site, loads
     pathlib and more before any of tsh, which would hide them here.
@@ -86,11 +86,11 @@ def fresh_imports() -> dict[str, list[str]]:
         "import sys\n"
         f"sys.path[:0] = {[str(REPO), *site.getsitepackages()]!r}\n"
         "before = set(sys.modules)\n"
-        "import tsh.cli, tsh.cli._hotpath, tsh._proxycmd, tsh._hop, tsh._store, tsh._privagent\n"
+        "import tsh.cli, tsh.cli._hotpath, tsh._proxy.command, tsh._openssh.hop, tsh._store.store, tsh._agent.private\n"
         "hot = set(sys.modules) - before\n"
-        "import tsh._agent, tsh._openssh\n"  # `-k only` profiles
+        "import tsh._agent.agent, tsh._openssh.binary\n"  # `-k only` profiles
         "hot_agent = set(sys.modules) - before\n"
-        "import tsh._sshconfig_file\n"
+        "import tsh._openssh.config_file\n"
         "loaded = set(sys.modules)\n"
         "import json\n"
         "print(json.dumps({'hot': sorted(hot), 'hot_agent': sorted(hot_agent), 'all': sorted(loaded)}))\n"
@@ -104,7 +104,7 @@ def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> No
     # these modules cost more than the rest of it together.
     slow = {"typer", "click", "rich", "dataclasses", "inspect", "typing", "tempfile", "shutil",
             "random", "getpass", "ipaddress", "asyncssh", "httpx", "keyring", "cryptography",
-            "platformdirs", "asyncio", "ssl", "tsh._sshcmd", "tsh._sshconfig"}  # fmt: skip
+            "platformdirs", "asyncio", "ssl", "tsh._openssh.argv", "tsh._openssh.config"}  # fmt: skip
     loaded = set(fresh_imports["hot_agent"]) & slow
     assert not loaded, sorted(loaded)
 

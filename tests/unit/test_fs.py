@@ -1,4 +1,4 @@
-"""tsh._fs: atomic, private, symlink-refusing file primitives."""
+"""tsh._store.fs: atomic, private, symlink-refusing file primitives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from tsh import ProfileError
-from tsh._fs import (
+from tsh._store.fs import (
     atomic_write,
     ensure_private_dir,
     ensure_private_home,

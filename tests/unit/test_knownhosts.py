@@ -1,11 +1,11 @@
-"""tsh._knownhosts: @cert-authority lines, replacement on re-login."""
+"""tsh._core.knownhosts: @cert-authority lines, replacement on re-login."""
 
 from __future__ import annotations
 
 import pytest
 
 from tsh import InvalidNameError, ProxyResponseError
-from tsh._knownhosts import ca_lines, merge_known_hosts
+from tsh._core.knownhosts import ca_lines, merge_known_hosts
 
 K1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne"
 K2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQTwo= comment"

@@ -1,4 +1,4 @@
-"""tsh._login against an in-memory proxy: order, files, checks, and failure atomicity.
+"""tsh._auth.login against an in-memory proxy: order, files, checks, and failure atomicity.
 
 The agent is off here (mode "no", empty environment); tests/integration covers
 the real ssh-agent, the keyring and the test cluster.
@@ -25,8 +25,8 @@ from tsh import (
     ProxyResponseError,
     UsageError,
 )
-from tsh._login import LoginRequest, login
-from tsh._store import ProfileStore
+from tsh._auth.login import LoginRequest, login
+from tsh._store.store import ProfileStore
 
 
 def _login(
@@ -306,7 +306,7 @@ def test_relogin_replaces_ca_lines_and_keys(store: ProfileStore) -> None:
     assert len(lines) == 1
     from _login_fakes import ssh_public_line
 
-    from tsh._knownhosts import ca_lines
+    from tsh._core.knownhosts import ca_lines
 
     assert lines == ca_lines(
         "proxy.test", "example.test", [ssh_public_line(proxy2.host_ca.public_key())]
@@ -347,7 +347,7 @@ def test_password_never_reaches_disk(store: ProfileStore) -> None:
 
 @pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
 def test_private_keys_stay_out_of_repr(version: str) -> None:
-    from tsh._login import _new_keys
+    from tsh._auth.login import _new_keys
 
     keys = _new_keys(version)
     assert "PRIVATE KEY" not in repr(keys)

@@ -1,4 +1,4 @@
-"""tsh._logout on disk (keyring absent; the agent in one test): what goes, what stays."""
+"""tsh._auth.logout on disk (keyring absent; the agent in one test): what goes, what stays."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from _login_fakes import FakeProxy, ScriptedPrompter
 
-from tsh._login import LoginRequest, login
-from tsh._logout import logout_all, logout_user
-from tsh._store import ProfileStore
+from tsh._auth.login import LoginRequest, login
+from tsh._auth.logout import logout_all, logout_user
+from tsh._store.store import ProfileStore
 
 
 def _login(store: ProfileStore, host: str, user: str) -> None:
@@ -60,7 +60,7 @@ def test_logout_all_keeps_config_dir(store: ProfileStore) -> None:
 
 
 def test_keyring_entries_go_only_for_logins_without_a_key_file(store, monkeypatch) -> None:
-    from tsh import _secrets
+    from tsh._store import secrets as _secrets
 
     deleted: list[tuple[str, str, str]] = []
     monkeypatch.setattr(_secrets, "delete_key", lambda *account: deleted.append(account) or True)

@@ -1,4 +1,4 @@
-"""tsh._names: the allowlist for names written into OpenSSH files."""
+"""tsh._core.names: the allowlist for names written into OpenSSH files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsh import InvalidNameError
-from tsh._names import (
+from tsh._core.names import (
     validate_cluster_name,
     validate_host,
     validate_login,
@@ -139,7 +139,7 @@ def test_ipv6_scope_ids_and_junk_are_refused(addr: str) -> None:
 
 
 def test_validators_return_their_types_and_pass_them_through() -> None:
-    from tsh._names import ClusterName, HostName, Login, SafePath, UserName, validate_user_name
+    from tsh._core.names import ClusterName, HostName, Login, SafePath, UserName, validate_user_name
 
     host = validate_host("[::1]")
     assert type(host) is HostName and host == "::1"
@@ -154,7 +154,7 @@ def test_validators_return_their_types_and_pass_them_through() -> None:
 def test_shell_word_single_quotes(word: str) -> None:
     import shlex
 
-    from tsh._names import shell_word
+    from tsh._core.names import shell_word
 
     quoted = shell_word(word)
     assert shlex.split(quoted) == [word]
@@ -162,7 +162,7 @@ def test_shell_word_single_quotes(word: str) -> None:
 
 @pytest.mark.parametrize("word", ["a'b", "a\\b", "a!b", "a\nb", "a\x00b"])
 def test_shell_word_refuses_what_some_shell_reads_inside_quotes(word: str) -> None:
-    from tsh._names import shell_word
+    from tsh._core.names import shell_word
 
     with pytest.raises(InvalidNameError):
         shell_word(word)

@@ -1,4 +1,4 @@
-"""tsh._profile and tsh._store: profile data, layout, and loading."""
+"""tsh._core.profile and tsh._store.store: profile data, layout, and loading."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tsh import Profile, ProfileError, ProfileStore, UsageError
-from tsh._fs import atomic_write
-from tsh._profile import split_host_port
+from tsh._core.addr import split_host_port
+from tsh._store.fs import atomic_write
 
 
 def make_profile(**kw) -> Profile:
@@ -111,7 +111,7 @@ def test_profile_fields_are_validated_where_read(field, value):
 
 
 def test_profile_values_come_back_typed():
-    from tsh._names import ClusterName
+    from tsh._core.names import ClusterName
 
     p = Profile.from_json(make_profile().to_json())
     assert all(type(c) is ClusterName for c in p.clusters)
@@ -174,7 +174,7 @@ def test_default_home_uses_teleport_home(monkeypatch, tmp_path):
 def test_default_home_is_platformdirs_answer(monkeypatch, xdg, home):
     import platformdirs
 
-    from tsh._store import default_home
+    from tsh._store.store import default_home
 
     monkeypatch.delenv("TELEPORT_HOME", raising=False)
     monkeypatch.setenv("HOME", home)
@@ -217,7 +217,7 @@ def test_default_home_on_linux_needs_no_platformdirs(tmp_path):
     # `tsh proxy ssh` finds the profile on every connection (see _linux_data_home).
     env = {k: v for k, v in os.environ.items() if k not in ("TELEPORT_HOME", "XDG_DATA_HOME")}
     code = (
-        "import sys; from tsh._store import default_home; default_home(); "
+        "import sys; from tsh._store.store import default_home; default_home(); "
         "assert 'platformdirs' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "HOME": str(tmp_path)})

@@ -1,4 +1,4 @@
-"""tsh._sshcmd: the ssh and scp command lines of `tsh ssh` and `tsh scp`.
+"""tsh._openssh.argv: the ssh and scp command lines of `tsh ssh` and `tsh scp`.
 
 `ssh -G` (OpenSSH's own option parser) is the oracle for what ssh will do
 with the command line; it makes no connection.
@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from tsh import InvalidNameError, Profile, ProfileStore, UsageError
-from tsh._sshcmd import (
+from tsh._openssh.argv import (
     SSHRequest,
     parse_destination,
     parse_scp_arg,
@@ -191,7 +191,7 @@ def test_via_tsh_refuses_an_unsafe_executable(paths):
 
 
 def test_hop_forwards_a_given_agent_socket_quoted_and_checked(paths):
-    from tsh._hop import proxy_hop_argv
+    from tsh._openssh.hop import proxy_hop_argv
 
     argv = proxy_hop_argv(PROFILE, paths, "node1", "example.test", agent_sock="/tmp/a b/fwd.sock")
     assert argv[argv.index('ForwardAgent="/tmp/a b/fwd.sock"') - 1] == "-o"

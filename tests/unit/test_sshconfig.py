@@ -1,4 +1,4 @@
-"""tsh._sshconfig: golden renderings, refused names, and the --update merge."""
+"""tsh._openssh.config: golden renderings, refused names, and the --update merge."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tsh import InvalidNameError, UsageError
-from tsh._sshconfig import (
+from tsh._openssh.config import (
     SSHConfigParams,
     merge,
     parse_openssh_version,
@@ -207,7 +207,7 @@ def test_host_patterns_are_lower_case() -> None:
 
 
 def test_update_creates_a_missing_directory_private(tmp_path: Path) -> None:
-    from tsh._sshconfig_file import update_ssh_config
+    from tsh._openssh.config_file import update_ssh_config
 
     target = tmp_path / "new" / "config"
     assert update_ssh_config(target, BLOCK, "proxy.example.com") == (True, None)
@@ -217,7 +217,7 @@ def test_update_creates_a_missing_directory_private(tmp_path: Path) -> None:
 
 
 def test_update_leaves_an_existing_directory_mode_alone(tmp_path: Path) -> None:
-    from tsh._sshconfig_file import update_ssh_config
+    from tsh._openssh.config_file import update_ssh_config
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -227,7 +227,7 @@ def test_update_leaves_an_existing_directory_mode_alone(tmp_path: Path) -> None:
 
 
 def test_update_keeps_mode_and_a_backup(tmp_path: Path) -> None:
-    from tsh._sshconfig_file import update_ssh_config
+    from tsh._openssh.config_file import update_ssh_config
 
     target = tmp_path / "config"
     target.write_text("Host a\n")

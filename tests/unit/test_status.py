@@ -1,4 +1,4 @@
-"""tsh._status: the text, JSON and YAML of `tsh status`."""
+"""tsh._core.status: the text, JSON and YAML of `tsh status`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from datetime import timezone
 import pytest
 import yaml
 
-from tsh._profile import Profile
-from tsh._status import format_go_duration, render_json, render_status, render_yaml, status_data
+from tsh._core.profile import Profile
+from tsh._core.status import (
+    format_go_duration,
+    render_json,
+    render_status,
+    render_yaml,
+    status_data,
+)
 
 NOW = 1_700_000_000
 
@@ -93,7 +99,7 @@ def test_status_command_stays_light(tmp_path) -> None:  # type: ignore[no-untype
     import subprocess
     import sys
 
-    from tsh._store import ProfileStore
+    from tsh._store.store import ProfileStore
 
     store = ProfileStore(tmp_path / "tsh")
     store.home.mkdir()
@@ -117,7 +123,7 @@ def test_status_command_stays_light(tmp_path) -> None:  # type: ignore[no-untype
 def _write_profiles(*profiles: Profile, current: str = "proxy.test") -> None:
     import os
 
-    from tsh._store import ProfileStore
+    from tsh._store.store import ProfileStore
 
     store = ProfileStore()
     store.home.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""tsh._webapi: parsing, error mapping and the wire format, through httpx.MockTransport."""
+"""tsh._web.client: parsing, error mapping and the wire format, through httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import pytest
 from _login_fakes import FakeProxy
 
 from tsh import AccessDeniedError, ProxyConnectionError, ProxyResponseError
-from tsh._webapi import (
-    WebClient,
-    parse_go_duration,
-    parse_login_response,
-    parse_ping,
-    server_major,
-)
+from tsh._web.client import WebClient
+from tsh._web.wire import parse_go_duration, parse_login_response, parse_ping, server_major
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def run_hot(args: list[str]) -> int | None:
     parsed = parse_proxy_ssh(args)
     if parsed is None:
         return None
-    from .._proxycmd import proxy_ssh
+    from .._proxy.command import proxy_ssh
 
     target = parsed.pop("target")
     assert target is not None

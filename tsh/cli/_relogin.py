@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 from . import print_warnings
 
 if TYPE_CHECKING:
-    from .._profile import Profile
+    from .._core.profile import Profile
 
 
 def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
@@ -23,8 +23,8 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
         return None
 
     def relogin(profile: "Profile") -> "Profile":
-        from .._agent import resolve_agent_mode
-        from .._login import LoginRequest, login
+        from .._agent.agent import resolve_agent_mode
+        from .._auth.login import LoginRequest, login
         from .login import TerminalPrompter
 
         print(

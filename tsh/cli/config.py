@@ -42,8 +42,8 @@ def config(
     configuration.
     """
     # Imported here: the CLI module must not pay for them at start-up.
-    from .._sshconfig_file import openssh_version, ssh_config, update_ssh_config
-    from .._store import ProfileStore
+    from .._openssh.config_file import openssh_version, ssh_config, update_ssh_config
+    from .._store.store import ProfileStore
 
     store = ProfileStore()
     profile = store.select(proxy)

@@ -46,7 +46,7 @@ def _default_proxy() -> str:
     env = os.environ.get("TELEPORT_PROXY")
     if env:
         return env
-    from .._store import ProfileStore
+    from .._store.store import ProfileStore
 
     profile = ProfileStore().current()
     if profile is None:
@@ -93,10 +93,10 @@ def login(
     ),
 ) -> None:
     """Log in to a Teleport proxy: certificates on disk and in the ssh-agent."""
-    from .._agent import resolve_agent_mode
-    from .._login import LoginRequest
-    from .._login import login as do_login
-    from .._status import render_status
+    from .._agent.agent import resolve_agent_mode
+    from .._auth.login import LoginRequest
+    from .._auth.login import login as do_login
+    from .._core.status import render_status
 
     mode = resolve_agent_mode(add_keys_to_agent, use_local_ssh_agent, os.environ)
     if insecure:

@@ -21,9 +21,9 @@ def logout(
     With --proxy and --user, only that user's keys for that proxy; with
     neither, every profile.
     """
-    from .._logout import logout_all, logout_user
-    from .._names import validate_user_name
-    from .._store import ProfileStore, parse_proxy_arg
+    from .._auth.logout import logout_all, logout_user
+    from .._core.names import validate_user_name
+    from .._store.store import ProfileStore, parse_proxy_arg
 
     store = ProfileStore()
     if proxy and user:

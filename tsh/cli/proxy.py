@@ -26,7 +26,7 @@ def ssh(
 
     Only the node's SSH bytes go to stdout; messages go to stderr.
     """
-    from .._proxycmd import proxy_ssh
+    from .._proxy.command import proxy_ssh
 
     status = proxy_ssh(target, cluster=cluster, proxy=proxy)
     if status:

@@ -24,9 +24,9 @@ def scp(
     ),
 ) -> None:
     """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
-    from .._openssh import exec_argv, find_binary, proxy_via, usable_profile
-    from .._sshcmd import scp_argv, scp_remote_host
-    from .._store import ProfileStore
+    from .._openssh.argv import scp_argv, scp_remote_host
+    from .._openssh.binary import exec_argv, find_binary, proxy_via, usable_profile
+    from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
     scp_remote_host(paths)  # bad input fails before any prompt

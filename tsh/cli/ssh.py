@@ -38,9 +38,9 @@ def ssh(
 ) -> None:
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
-    from .._openssh import exec_argv, find_binary, proxy_via, usable_profile
-    from .._sshcmd import SSHRequest, parse_destination, ssh_argv
-    from .._store import ProfileStore
+    from .._openssh.argv import SSHRequest, parse_destination, ssh_argv
+    from .._openssh.binary import exec_argv, find_binary, proxy_via, usable_profile
+    from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
     if tty and no_tty:

@@ -19,9 +19,9 @@ def status(
 
     Exits 1, after showing them, when the current profile has expired (as real tsh).
     """
+    from .._core.status import render_json, render_status, render_yaml, status_data
     from .._exceptions import NotLoggedInError, ProfileError, UsageError
-    from .._status import render_json, render_status, render_yaml, status_data
-    from .._store import ProfileStore
+    from .._store.store import ProfileStore
 
     fmt = format.lower()
     if fmt not in ("text", "json", "yaml"):
@@ -46,7 +46,7 @@ def status(
     for profile in profiles:
         if profile.key_storage == "agent" and profile.valid_before > now:
             # `-k only`: put the key back into a fresh agent (imports asyncssh only here).
-            from .._agent import ensure_agent_key
+            from .._agent.agent import ensure_agent_key
 
             warning = ensure_agent_key(profile, store)
             print_warnings([warning] if warning else [])

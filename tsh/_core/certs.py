@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ._exceptions import CertificateError, InvalidNameError
-from ._names import ClusterName, Label, validate_cluster_name, validate_label
+from .._exceptions import CertificateError, InvalidNameError
+from .names import ClusterName, Label, validate_cluster_name, validate_label
 
 __all__ = ["CLOCK_SKEW", "CertFacts", "check_user_cert", "check_tls_cert", "describe_skew"]
 
@@ -86,7 +86,7 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
         load_ssh_public_identity,
     )
 
-    from ._asyncssh import asyncssh
+    from .._asyncssh import asyncssh
 
     try:
         cert = asyncssh.import_certificate(cert_text.strip())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from ._exceptions import InvalidNameError
+from .._exceptions import InvalidNameError
 
 __all__ = [
     "ClusterName",

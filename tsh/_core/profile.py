@@ -4,55 +4,21 @@ A profile is stored as ``<home>/<proxyhost>.yaml``. We write it as JSON, which
 is also valid YAML, so tools that read tsh profiles can read ours while we
 parse it with the standard library (start-up time: `tsh status` must not pay
 for a YAML parser).
-
-The on-disk layout mirrors real tsh's ``~/.tsh`` (Teleport's keypaths), so the
-paths that `tsh config` puts into ssh_config look like real tsh's.
+Where a profile's files live is tsh._store.layout's business.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import namedtuple
 
-from ._exceptions import InvalidNameError, ProfileError
+from .._exceptions import InvalidNameError, ProfileError
+from .addr import FALLBACK_WEB_PORT, join_host_port, split_host_port
 
-TYPE_CHECKING = False  # typing itself costs start-up time
-if TYPE_CHECKING:
-    from pathlib import Path
-
-__all__ = ["Profile", "ProfilePaths", "join_host_port", "split_host_port"]
+__all__ = ["Profile"]
 
 #: Principals Teleport adds for its own use; never shown as logins.
 INTERNAL_PRINCIPAL_PREFIXES = ("-teleport-internal-join", "-teleport-nologin-")
-
-
-def split_host_port(addr: str, default_port: int) -> tuple[str, int]:
-    """Split ``host[:port]`` or ``[v6]:port`` into host and port.
-
-    Raises ValueError for an empty host or a port that is not 1-65535.
-    """
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        port = rest.removeprefix(":")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"invalid address {addr!r}")
-    elif addr.count(":") == 1:
-        host, _, port = addr.partition(":")
-    else:  # a bare host name, or a bare IPv6 address
-        host, port = addr, ""
-    if not host:
-        raise ValueError(f"missing host in {addr!r}")
-    if not port:
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid port in {addr!r}")
-    return host, int(port)
-
-
-def join_host_port(host: str, port: int | str) -> str:
-    """``host:port``, with brackets around an IPv6 literal (the inverse of split_host_port)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # Named tuples, not dataclasses: `tsh proxy ssh` reads a profile on every
@@ -107,7 +73,7 @@ class Profile(_ProfileFields):
     @property
     def proxy_host(self) -> str:
         """Host part of the web proxy address; also the profile's name."""
-        return split_host_port(self.web_proxy_addr, 3080)[0]
+        return split_host_port(self.web_proxy_addr, FALLBACK_WEB_PORT)[0]
 
     @property
     def name(self) -> str:
@@ -167,7 +133,7 @@ _REQUIRED = ("web_proxy_addr", "ssh_proxy_addr", "user", "cluster")
 
 
 def _address(value: object, what: str) -> str:
-    from ._names import validate_host
+    from .names import validate_host
 
     if not isinstance(value, str):
         raise ValueError("not a string")
@@ -193,7 +159,7 @@ def _checked_fields(fields: dict[str, object]) -> dict[str, object]:
 
 
 def _checked_field(name: str, value: object) -> object:
-    from ._names import validate_cluster_name, validate_label, validate_user_name
+    from .names import validate_cluster_name, validate_label, validate_user_name
 
     if name in ("web_proxy_addr", "ssh_proxy_addr"):
         return _address(value, name)
@@ -220,79 +186,3 @@ def _checked_field(name: str, value: object) -> object:
     if not isinstance(value, str) or (value and not value.isprintable()):
         raise ValueError("not a one-line string")
     return value
-
-
-class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "user"])):
-    """Where one profile's files live, following real tsh's ~/.tsh layout.
-
-    ``home`` is a Path, and then so is every path here; or a str, and then
-    every path is a str (for `tsh proxy ssh`, which does not import pathlib:
-    start-up time). ``proxy_host`` and ``user`` name the profile.
-    """
-
-    __slots__ = ()
-
-    def _path(self, *parts: str) -> Path:
-        home = self.home
-        return os.path.join(home, *parts) if isinstance(home, str) else home.joinpath(*parts)  # type: ignore[return-value]
-
-    def _in_keys(self, *parts: str) -> Path:
-        """A path under ``keys/<proxy_host>``."""
-        return self._path("keys", self.proxy_host, *parts)
-
-    @property
-    def profile_file(self) -> Path:
-        return self._path(f"{self.proxy_host}.yaml")
-
-    @property
-    def current_profile(self) -> Path:
-        return self._path("current-profile")
-
-    @property
-    def known_hosts(self) -> Path:
-        return self._path("known_hosts")
-
-    @property
-    def keys_dir(self) -> Path:
-        return self._in_keys()
-
-    @property
-    def private_key(self) -> Path:
-        return self._in_keys(self.user)
-
-    @property
-    def public_key(self) -> Path:
-        return self._in_keys(f"{self.user}.pub")
-
-    @property
-    def tls_key(self) -> Path:
-        """v17+: the separate TLS private key."""
-        return self._in_keys(f"{self.user}.key")
-
-    @property
-    def tls_cert(self) -> Path:
-        """v17+ name of the TLS client certificate."""
-        return self._in_keys(f"{self.user}.crt")
-
-    @property
-    def tls_cert_legacy(self) -> Path:
-        """Up to v16: TLS client certificate for the single key."""
-        return self._in_keys(f"{self.user}-x509.pem")
-
-    @property
-    def ssh_cert_dir(self) -> Path:
-        return self._in_keys(f"{self.user}-ssh")
-
-    def ssh_cert(self, cluster: str) -> Path:
-        return self._in_keys(f"{self.user}-ssh", f"{cluster}-cert.pub")
-
-    @property
-    def cas_dir(self) -> Path:
-        return self._in_keys("cas")
-
-    def tls_ca(self, cluster: str) -> Path:
-        return self._in_keys("cas", f"{cluster}.pem")
-
-    @property
-    def certs_pem(self) -> Path:
-        return self._in_keys("certs.pem")

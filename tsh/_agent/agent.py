@@ -18,9 +18,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from ._exceptions import AgentError, UsageError
-from ._profile import Profile
-from ._store import ProfileStore
+from .._core.profile import Profile
+from .._exceptions import AgentError, UsageError
+from .._store.store import ProfileStore
 
 __all__ = [
     "AGENT_MODES",
@@ -125,7 +125,7 @@ def _run(coro_factory: Callable[[], object]) -> object:
 
 
 async def _connect(sock: str):  # type: ignore[no-untyped-def]
-    from ._asyncssh import asyncssh
+    from .._asyncssh import asyncssh
 
     try:
         return await asyncssh.connect_agent(sock)
@@ -147,7 +147,7 @@ def load_into_agent(
     AgentError if the agent refuses the key or does not hold the certificate
     afterwards; then no key with ``comment`` is left behind.
     """
-    from ._asyncssh import asyncssh
+    from .._asyncssh import asyncssh
 
     lifetime = int(valid_before - (time.time() if now is None else now))
     if lifetime <= 0:
@@ -222,8 +222,9 @@ def ensure_agent_key(
     sock = sock if sock is not None else os.environ.get("SSH_AUTH_SOCK", "")
     if not sock:
         return "no ssh-agent is running (SSH_AUTH_SOCK is not set); run `tsh login` again"
-    from . import _fs, _secrets
-    from ._openssh import agent_holds_certificate
+    from .._store import fs as _fs
+    from .._store import secrets as _secrets
+    from .probe import agent_holds_certificate
 
     store = store or ProfileStore()
     cert_path = store.paths_for(profile).ssh_cert(profile.cluster)

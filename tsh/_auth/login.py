@@ -22,20 +22,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from . import _fs
-from ._exceptions import (
-    AgentError,
-    ProxyConnectionError,
-    UsageError,
-)
-from ._names import validate_cluster_name, validate_user_name
-from ._profile import Profile, join_host_port
+from .._core.addr import join_host_port
+from .._core.names import validate_cluster_name, validate_user_name
+from .._core.profile import Profile
+from .._exceptions import AgentError, ProxyConnectionError, UsageError
+from .._store import fs as _fs
 
 if TYPE_CHECKING:
     import httpx
 
-    from ._store import ProfileStore
-    from ._webapi import LoginResponse, PingResponse, WebClient
+    from .._store.store import ProfileStore
+    from .._web.client import WebClient
+    from .._web.wire import LoginResponse, PingResponse
 
 __all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]
 
@@ -89,7 +87,8 @@ def _ping(
     host: str, port: int | None, insecure: bool, transport: httpx.BaseTransport | None
 ) -> tuple[WebClient, PingResponse]:
     """Ping the proxy; without an explicit port try 443, then 3080 (as real tsh does)."""
-    from ._webapi import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT, WebClient
+    from .._core.addr import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT
+    from .._web.client import WebClient
 
     if port:
         client = WebClient(join_host_port(host, port), insecure=insecure, transport=transport)
@@ -122,8 +121,8 @@ class _Keys:
 
 def _new_keys(server_version: str) -> _Keys:
     """Fresh keys: Ed25519 + ECDSA P-256 for v17+, one RSA-2048 key for older servers."""
-    from ._asyncssh import asyncssh
-    from ._webapi import server_major
+    from .._asyncssh import asyncssh
+    from .._web.wire import server_major
 
     if server_major(server_version) >= 17:
         ssh = asyncssh.generate_private_key("ssh-ed25519")
@@ -175,8 +174,8 @@ def login(
             with nothing on disk, in the keyring or in the agent changed.
         AgentError: only for ``-k only`` when neither agent nor keyring took the key.
     """
-    from ._certs import check_tls_cert, check_user_cert
-    from ._store import ProfileStore, parse_proxy_arg
+    from .._core.certs import check_tls_cert, check_user_cert
+    from .._store.store import ProfileStore, parse_proxy_arg
 
     environ = os.environ if environ is None else environ
     store = store or ProfileStore()
@@ -257,8 +256,8 @@ def _store_login(
     now: float,
 ) -> None:
     """Stage every file, (for ``only``) place the key, commit, then load the agent."""
-    from . import _agent
-    from ._knownhosts import ca_lines, merge_known_hosts
+    from .._agent import agent as _agent
+    from .._core.knownhosts import ca_lines, merge_known_hosts
 
     proxy_host = profile.proxy_host
     paths = store.paths_for(profile)
@@ -340,7 +339,8 @@ def _place_agent_only_key(
     warnings: list[str],
 ) -> None:
     """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
-    from . import _agent, _secrets
+    from .._agent import agent as _agent
+    from .._store import secrets as _secrets
 
     problem = _secrets.store_key(
         profile.proxy_host, profile.user, profile.cluster, keys.ssh_private

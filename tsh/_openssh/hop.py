@@ -8,8 +8,11 @@ only this and not the rest of the ssh command-line code.
 
 from __future__ import annotations
 
-from ._names import validate_cluster_name, validate_host, validate_login, validate_path
-from ._profile import Profile, ProfilePaths, join_host_port, split_host_port
+from .._core.addr import join_host_port
+from .._core.names import validate_cluster_name, validate_host, validate_login, validate_path
+from .._core.profile import Profile
+from .._proxy.dial import Dial, dial_for, ssh_dial_words
+from .._store.layout import ProfilePaths
 
 __all__ = ["HOP_OPTIONS", "clean_target_host", "identity_options", "proxy_hop_argv", "subsystem_name"]
 
@@ -71,8 +74,9 @@ def proxy_hop_argv(
     port: str = "%p",
     ssh: str = "ssh",
     agent_sock: str | None = None,
+    dial: Dial | None = None,
 ) -> list[str]:
-    """OpenSSH's ``ssh`` to the proxy's SSH port, opening ``proxy:<host>:<port>@<cluster>``.
+    """OpenSSH's ``ssh`` to the proxy's SSH service, opening ``proxy:<host>:<port>@<cluster>``.
 
     The agent is forwarded to the proxy (a recording proxy logs in to the node
     with it); the proxy must present a host certificate from a CA in the
@@ -81,11 +85,11 @@ def proxy_hop_argv(
     real tsh. The defaults ``%r``/``%p`` are ssh_config tokens for a ProxyCommand.
 
     ``agent_sock`` forwards that socket instead of ``$SSH_AUTH_SOCK``
-    (``ForwardAgent <path>``, OpenSSH 8.2 and later).
+    (``ForwardAgent <path>``, OpenSSH 8.2 and later). ``dial`` is how to
+    reach the proxy (tsh._proxy.dial; by default, the profile's).
     """
     validate_cluster_name(cluster)
-    ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
-    validate_host(ssh_host, "SSH proxy host")
+    dial_options, ssh_host = ssh_dial_words(dial or dial_for(profile))
     proxy_host = validate_host(profile.proxy_host, "proxy host")
     node = validate_host(clean_target_host(host, proxy_host, cluster), "host")
     if login != "%r":
@@ -100,7 +104,7 @@ def proxy_hop_argv(
         "-o", "ConnectTimeout=15",
         "-o", "ServerAliveInterval=30",
         *identity_options(profile, paths),
-        "-p", str(ssh_port),
+        *dial_options,
         "-l", login,
         "-s", ssh_host,
         subsystem_name(node, port, cluster),

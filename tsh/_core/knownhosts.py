@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ._exceptions import ProxyResponseError
-from ._names import validate_cluster_name, validate_host
+from .._exceptions import ProxyResponseError
+from .names import validate_cluster_name, validate_host
 
 __all__ = ["CAKey", "ca_lines", "merge_known_hosts", "parse_ca_key"]
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _fs
-from ._exceptions import AgentError, ProfileError
-from ._profile import Profile
-from ._store import ProfileStore
+from .._core.profile import Profile
+from .._exceptions import AgentError, ProfileError
+from .._store import fs as _fs
+from .._store.store import ProfileStore
 
 __all__ = ["LogoutResult", "logout_user", "logout_all"]
 
@@ -58,14 +58,14 @@ def _forget_keys(store: ProfileStore, proxy: str, user: str, clusters: set[str])
     """
     if not clusters or store.paths(proxy, user).private_key.exists():
         return
-    from . import _secrets
+    from .._store import secrets as _secrets
 
     for cluster in clusters:
         _secrets.delete_key(proxy, user, cluster)
 
 
 def _unload(sock: str, match: Callable[[str], bool], warnings: list[str]) -> int:
-    from . import _agent
+    from .._agent import agent as _agent
 
     if not sock:
         return 0
@@ -90,8 +90,8 @@ def logout_user(
 
     ``removed`` is False when that user was not logged in to that proxy.
     """
-    from . import _agent
-    from ._knownhosts import merge_known_hosts
+    from .._agent import agent as _agent
+    from .._core.knownhosts import merge_known_hosts
 
     environ = os.environ if environ is None else environ
     result = LogoutResult(removed=False)
@@ -145,7 +145,7 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
 
     ``removed`` is False when there was nothing to remove.
     """
-    from . import _agent
+    from .._agent import agent as _agent
 
     environ = os.environ if environ is None else environ
     result = LogoutResult(removed=False)

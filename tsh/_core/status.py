@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from ._profile import Profile
+from .profile import Profile
 
 __all__ = [
     "format_go_duration",

@@ -16,7 +16,7 @@ import stat
 import time
 from collections.abc import Iterator
 
-from ._exceptions import ProfileError
+from .._exceptions import ProfileError
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:

@@ -26,11 +26,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._exceptions import UsageError
-from ._hop import identity_options, proxy_hop_argv
-from ._names import shell_word, validate_cluster_name, validate_host, validate_login
-from ._profile import Profile, ProfilePaths, split_host_port
-from ._sshconfig import DEFAULT_NODE_PORT, tsh_proxy_command
+from .._core.addr import DEFAULT_NODE_PORT, FALLBACK_WEB_PORT, split_host_port
+from .._core.names import shell_word, validate_cluster_name, validate_host, validate_login
+from .._core.profile import Profile
+from .._exceptions import UsageError
+from .._store.layout import ProfilePaths
+from .config import tsh_proxy_command
+from .hop import identity_options, proxy_hop_argv
 
 __all__ = [
     "SSHRequest",
@@ -141,7 +143,7 @@ def _common(
     validate_cluster_name(cluster)
     alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
     if via_tsh:
-        proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, 3080)
+        proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
         command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port)
     else:
         command = proxy_command(profile, paths, host, cluster)

@@ -27,9 +27,9 @@ import _socket  # socket.py, subprocess and threading only once needed: start-up
 import os
 import time
 
-from ._exceptions import InvalidNameError
-from ._names import validate_path
-from ._procs import stop_process
+from .._core.names import validate_path
+from .._exceptions import InvalidNameError
+from .procs import stop_process
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class LazyAgent:
             back.join()
 
     def _choose_upstream(self) -> str:
-        from ._openssh import agent_holds_certificate
+        from .probe import agent_holds_certificate
 
         cert_path = self._args[1]
         if self._user_sock and agent_holds_certificate(cert_path, self._user_sock):

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import _fs
-from ._exceptions import NotLoggedInError, ProfileError, UsageError
-from ._profile import Profile, ProfilePaths, split_host_port
+from .._core.addr import split_host_port
+from .._core.profile import Profile
+from .._exceptions import NotLoggedInError, ProfileError, UsageError
+from . import fs as _fs
+from .layout import ProfilePaths
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
         UsageError: not an address, or a scheme other than https.
         InvalidNameError: the host is not a plain host name or address.
     """
-    from ._names import validate_host
+    from .._core.names import validate_host
 
     text = proxy.strip()
     if "://" in text:

@@ -17,9 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._exceptions import UsageError
-from ._hop import HOP_OPTIONS
-from ._names import (
+from .._core.addr import DEFAULT_NODE_PORT, join_host_port
+from .._core.names import (
     shell_word,
     validate_cluster_name,
     validate_host,
@@ -27,11 +26,11 @@ from ._names import (
     validate_path,
     validate_port,
 )
-from ._profile import join_host_port
+from .._exceptions import UsageError
+from .hop import HOP_OPTIONS
 
 __all__ = [
     "BEGIN_MARKER",
-    "DEFAULT_NODE_PORT",
     "END_MARKER",
     "SSHConfigParams",
     "merge",
@@ -42,7 +41,6 @@ __all__ = [
 
 BEGIN_MARKER = "# Begin generated Teleport configuration for "
 END_MARKER = "# End generated Teleport configuration"
-DEFAULT_NODE_PORT = 3022
 PROXY_COMMANDS = ("tsh", "openssh")
 
 #: OpenSSH older than 7.8 must be told to ask nodes for their certificate.

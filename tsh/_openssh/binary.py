@@ -12,15 +12,15 @@ the ProxyCommand becomes `tsh proxy ssh` (see proxy_via).
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from ._exceptions import NotLoggedInError, UsageError
-from ._profile import Profile
-from ._store import ProfileStore
+from .._agent.probe import agent_holds_certificate
+from .._core.profile import Profile
+from .._exceptions import NotLoggedInError, UsageError
+from .._store.store import ProfileStore
 
-__all__ = ["usable_profile", "find_binary", "agent_holds_certificate", "proxy_via", "exec_argv"]
+__all__ = ["usable_profile", "find_binary", "proxy_via", "exec_argv"]
 
 
 def usable_profile(
@@ -47,7 +47,7 @@ def usable_profile(
             )
         profile = relogin(profile)
     if profile.key_storage == "agent":
-        from ._agent import ensure_agent_key
+        from .._agent.agent import ensure_agent_key
 
         problem = ensure_agent_key(profile, store)
         if problem:
@@ -69,26 +69,6 @@ def find_binary(name: str) -> str:
     return path
 
 
-def agent_holds_certificate(cert_path: os.PathLike[str] | str, sock: str | None) -> bool:
-    """Does the agent at ``sock`` hold the certificate stored at ``cert_path``?
-
-    Asks OpenSSH's ``ssh-add -L`` and compares key blobs as text: cheaper than
-    importing an SSH library on every `tsh ssh`.
-    """
-    if not sock:
-        return False
-    try:
-        with open(cert_path, encoding="ascii") as f:
-            blob = f.read().split()[1]
-        listed = subprocess.run(
-            ["ssh-add", "-L"], capture_output=True, text=True, timeout=10,
-            env={**os.environ, "SSH_AUTH_SOCK": sock},
-        ).stdout  # fmt: skip
-    except (OSError, IndexError, UnicodeDecodeError, subprocess.SubprocessError):
-        return False
-    return any(line.split()[1:2] == [blob] for line in listed.splitlines())
-
-
 def proxy_via(profile: Profile, store: ProfileStore) -> tuple[str, ...]:
     """How OpenSSH should reach the proxy for ``profile``.
 
@@ -101,7 +81,7 @@ def proxy_via(profile: Profile, store: ProfileStore) -> tuple[str, ...]:
     cert = store.paths_for(profile).ssh_cert(profile.cluster)
     if agent_holds_certificate(cert, os.environ.get("SSH_AUTH_SOCK")):
         return ()
-    from ._sshconfig_file import tsh_executable
+    from .config_file import tsh_executable
 
     return tsh_executable()
 

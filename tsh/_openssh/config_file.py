@@ -15,11 +15,12 @@ import sys
 import zipimport
 from pathlib import Path
 
-from . import _fs
-from ._exceptions import ProfileError, UsageError
-from ._profile import Profile, split_host_port
-from ._sshconfig import DEFAULT_NODE_PORT, SSHConfigParams, merge, parse_openssh_version, render
-from ._store import ProfileStore
+from .._core.addr import DEFAULT_NODE_PORT, FALLBACK_WEB_PORT, SSH_PROXY_PORT, split_host_port
+from .._core.profile import Profile
+from .._exceptions import ProfileError, UsageError
+from .._store import fs as _fs
+from .._store.store import ProfileStore
+from .config import SSHConfigParams, merge, parse_openssh_version, render
 
 __all__ = ["openssh_version", "ssh_config", "tsh_executable", "update_ssh_config"]
 
@@ -77,8 +78,8 @@ def ssh_config(
     clusters = tuple(profile.clusters) or (root,)
     agent_only = profile.key_storage == "agent"
     try:
-        web_host, web_port = split_host_port(profile.web_proxy_addr, 3080)
-        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
+        web_host, web_port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
+        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, SSH_PROXY_PORT)
     except ValueError as e:
         raise ProfileError(f"profile {profile.name}: {e}") from None
     params = SSHConfigParams(

@@ -1,4 +1,4 @@
-"""tsh._proxycmd's pure parts (target parsing, host cleaning, subsystem name, backoff) and its child."""
+"""tsh._proxy.command's pure parts (target parsing, host cleaning, subsystem name, backoff) and its child."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import signal
 import pytest
 
 from tsh import InvalidNameError, UsageError
-from tsh._hop import clean_target_host, subsystem_name
-from tsh._proxycmd import Target, backoff_delays, parse_target
+from tsh._openssh.hop import clean_target_host, subsystem_name
+from tsh._proxy.retry import backoff_delays
+from tsh._proxy.target import Target, parse_target
 
 
 def test_parse_target() -> None:
@@ -60,25 +61,25 @@ def test_backoff_is_bounded_and_jittered() -> None:
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")
 def test_grow_pipe_enlarges_pipes_and_leaves_other_files_alone(tmp_path) -> None:
-    from tsh._proxycmd import _PIPE_SIZE, _grow_pipe
+    from tsh._proxy.relay import _PIPE_SIZE, grow_pipe
 
     r, w = os.pipe()
     try:
-        _grow_pipe(w)
+        grow_pipe(w)
         assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) >= _PIPE_SIZE
     finally:
         os.close(r)
         os.close(w)
     with open(tmp_path / "f", "wb") as f:
-        _grow_pipe(f.fileno())  # not a pipe: no error
-    _grow_pipe(None)
+        grow_pipe(f.fileno())  # not a pipe: no error
+    grow_pipe(None)
 
 
 def _through_pump(src_pair: tuple[int, int], dst_pair: tuple[int, int], data: bytes) -> bytes:
-    """Run _pump from src_pair's read end to dst_pair's write end; what came out."""
+    """Run pump from src_pair's read end to dst_pair's write end; what came out."""
     import threading
 
-    from tsh._proxycmd import _pump
+    from tsh._proxy.relay import pump
 
     (src_r, src_w), (dst_r, dst_w) = src_pair, dst_pair
     out = bytearray()
@@ -97,7 +98,7 @@ def _through_pump(src_pair: tuple[int, int], dst_pair: tuple[int, int], data: by
     for t in threads:
         t.start()
     ended = []
-    _pump(src_r, dst_w, at_eof=lambda: ended.append(True))
+    pump(src_r, dst_w, at_eof=lambda: ended.append(True))
     os.close(dst_w)
     for t in threads:
         t.join(10)
@@ -137,7 +138,7 @@ def test_pump_copies_where_splice_cannot() -> None:
 
 
 def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
-    from tsh._privagent import _private_dir
+    from tsh._agent.private import _private_dir
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     a, b = _private_dir("tsh-agent-"), _private_dir("tsh-agent-")
@@ -146,7 +147,7 @@ def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
 
 
 def test_private_dir_avoids_a_tmpdir_openssh_would_expand(tmp_path, monkeypatch) -> None:
-    from tsh._privagent import _private_dir
+    from tsh._agent.private import _private_dir
 
     odd = tmp_path / "a%d"
     odd.mkdir()
@@ -168,9 +169,9 @@ def _read_all(fd: int) -> bytes:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 def test_child_gets_pipes_and_default_sigpipe() -> None:
     # Python ignores SIGPIPE and SIGXFSZ; ssh must not inherit that (as with subprocess).
-    from tsh._proxycmd import _Child
+    from tsh._proxy.child import Child
 
-    child = _Child(["cat", "/proc/self/status"], dict(os.environ))
+    child = Child(["cat", "/proc/self/status"], dict(os.environ))
     child.close_stdin()
     status = _read_all(child.stdout).decode()
     assert child.wait() == 0
@@ -181,9 +182,9 @@ def test_child_gets_pipes_and_default_sigpipe() -> None:
 
 
 def test_child_wait_times_out_and_kill_ends_it() -> None:
-    from tsh._proxycmd import _Child
+    from tsh._proxy.child import Child
 
-    child = _Child(["sh", "-c", "echo oops >&2; exec sleep 30"], dict(os.environ))
+    child = Child(["sh", "-c", "echo oops >&2; exec sleep 30"], dict(os.environ))
     assert os.read(child.stderr, 100) == b"oops\n"
     assert child.wait(0.05) is None
     assert child.kill() == -signal.SIGKILL
@@ -192,10 +193,10 @@ def test_child_wait_times_out_and_kill_ends_it() -> None:
 
 
 def test_child_missing_program_leaves_no_descriptors() -> None:
-    from tsh._proxycmd import _Child
+    from tsh._proxy.child import Child
 
     before = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     with pytest.raises(FileNotFoundError):
-        _Child(["tsh-no-such-program"], dict(os.environ))
+        Child(["tsh-no-such-program"], dict(os.environ))
     if before is not None:
         assert set(os.listdir("/proc/self/fd")) <= before

@@ -1,0 +1,164 @@
+"""`tsh proxy ssh`: the ProxyCommand that carries OpenSSH to a node via the proxy.
+
+OpenSSH starts ``tsh proxy ssh --cluster=C --proxy=P %r@%h:%p`` and speaks
+SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
+``ssh -s`` (tsh._hop.proxy_hop_argv), run as a child: it logs in to the
+proxy's SSH port with the profile's certificate, accepts only a proxy host
+certificate from the profile's known_hosts CAs, forwards the agent (a recording
+proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (docs/protocol.md
+§8.1). Why a child and not an SSH library: start-up. This runs for
+every OpenSSH connection through the generated config, and importing an SSH
+library costs more than the whole hop.
+
+What tsh adds around the child:
+
+- Overload: an sshd over its ``MaxStartups`` (or a busy proxy) drops new
+  connections before they authenticate. Until the node's ``SSH-`` version line
+  arrives, its output is held back and what ssh sent is kept; if the attempt is
+  dropped, a new child is started after a jittered backoff and the kept bytes
+  are replayed, so ssh never notices. Authentication failures, untrusted
+  proxies and anything after the node spoke are never retried.
+- The agent to forward (tsh._privagent): with the key on disk, a socket
+  behind which, if a recording proxy uses it, is the user's agent when that
+  holds the certificate, else a private agent holding the key on disk. The
+  hop itself logs in with the key files (OpenSSH 8.2 and later; older ones
+  get the lazy socket as their agent, and start what is behind it).
+- Exit as soon as the node side ends, even while ssh keeps our stdin open.
+
+Start-up time is part of every connection's set-up, so this module and what
+it imports stay lean: no typer (tsh.cli._hotpath), no dataclasses, tempfile
+or shutil, no SSH library; random only for a retry. Until the hop is started
+not even subprocess, socket.py or threading: the hop is spawned directly
+(:class:`_Child`), and what only the copying needs is imported while the hop
+connects.
+
+The top half of this module is pure (target parsing, retry policy, error
+classification).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .._agent.private import LazyAgent
+from .._core.names import validate_cluster_name, validate_login
+from .._core.profile import Profile
+from .._exceptions import NotLoggedInError
+from .._store.layout import ProfilePaths
+from .._store.store import ProfileStore
+from .supervisor import HopSupervisor
+from .target import parse_target
+
+__all__ = ["proxy_ssh"]
+
+
+class _HangUp(Exception):
+    """SIGHUP or SIGTERM: OpenSSH ends its ProxyCommand with SIGHUP."""
+
+
+def proxy_ssh(
+    target: str,
+    *,
+    cluster: str | None = None,
+    proxy: str | None = None,
+    stdin: int = 0,
+    stdout: int = 1,
+    stderr: int = 2,
+) -> int:
+    """Run the ProxyCommand: pipe ``stdin``/``stdout`` to ``target`` via the proxy.
+
+    Returns the exit status (0 after a normal end).
+
+    Raises:
+        NotLoggedInError: no profile for the proxy, or its files are missing.
+        ProfileError: the profile's file is corrupt.
+        SSHError: the proxy refused, is not trusted, or kept dropping us.
+        UsageError: a bad target, or no OpenSSH client.
+    """
+    from .._openssh.hop import proxy_hop_argv
+
+    store = ProfileStore()
+    profile = store.select(proxy)
+    tgt = parse_target(target)
+    cluster = validate_cluster_name(cluster) if cluster else (profile.root_cluster or profile.cluster)
+    login = tgt.login
+    if login is None:  # OpenSSH always passes %r; by hand, the login may be left out
+        import getpass
+
+        login = validate_login(getpass.getuser())
+    paths = store.paths_for(profile, as_str=True)
+    needed = [paths.known_hosts, paths.ssh_cert(profile.cluster)]
+    if profile.key_storage != "agent":
+        needed.append(paths.private_key)  # the hop logs in with the key file
+    for needed_file in needed:
+        if not os.path.isfile(needed_file):
+            raise NotLoggedInError(f"{needed_file} is missing; run tsh login")
+
+    def hop(agent_sock: str | None = None) -> list[str]:
+        # "ssh" is looked up on PATH when started (no shutil import: start-up time).
+        return proxy_hop_argv(profile, paths, tgt.host, cluster, login=login, port=tgt.port,
+                              ssh="ssh", agent_sock=agent_sock)
+
+    env = dict(os.environ)
+    with _hangup_raises():
+        agent = _agent_to_forward(profile, store, paths)
+        try:
+            if agent is None:
+                attempts = HopSupervisor((hop(), env), stdin, stdout, stderr)
+            else:
+                attempts = HopSupervisor(
+                    (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
+                    stdin, stdout, stderr,
+                    # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
+                    # lazy socket as SSH_AUTH_SOCK (its login starts what is behind it).
+                    fallback=(hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
+                    fallback_sign=f'unsupported option "{agent.sock}"',
+                    started=agent.serve,  # the sockets listen already; answer from now on
+                )  # fmt: skip
+            return attempts.run(
+                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=paths.known_hosts
+            )
+        except _HangUp:
+            return 128 + signal.SIGHUP
+        finally:
+            if agent is not None:
+                agent.close()
+
+
+@contextmanager
+def _hangup_raises() -> Iterator[None]:
+    # Turn SIGHUP/SIGTERM into an exception, so that `finally` blocks stop the
+    # child ssh and a private agent instead of leaving them behind.
+    def handler(signum: int, frame: object) -> None:
+        raise _HangUp()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _agent_to_forward(profile: Profile, store: ProfileStore, paths: ProfilePaths) -> LazyAgent | None:
+    """The agent socket to forward (and close), or None to forward ``$SSH_AUTH_SOCK``."""
+    if profile.key_storage == "agent":
+        from .._agent.agent import ensure_agent_key
+
+        warning = ensure_agent_key(profile, store)  # `-k only`: the agent must hold the key
+        if warning:
+            raise NotLoggedInError(warning)
+        return None
+    try:
+        return LazyAgent(
+            paths.private_key,
+            paths.ssh_cert(profile.cluster),
+            int(profile.valid_before - time.time()),
+            user_sock=os.environ.get("SSH_AUTH_SOCK"),
+        )
+    except OSError:
+        return None  # a node-recording proxy needs no agent; a recording one says what is missing

@@ -1,0 +1,80 @@
+"""What is retried, and how long to wait (pure).
+
+An sshd over its ``MaxStartups`` (or a busy proxy) drops new connections
+before they authenticate. Such a drop ends an attempt before the node's
+``SSH-`` version line arrives with nothing (or OpenSSH's "connection closed")
+on the hop's stderr; it is retried after a jittered backoff. Authentication
+failures and untrusted proxies are not, and neither is anything after the
+node spoke.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["MAX_ATTEMPTS", "backoff_delays", "failure_message", "has_banner", "is_drop"]
+
+#: Attempts in all (first try included) for drops before the node speaks.
+MAX_ATTEMPTS = 8
+
+
+def backoff_delays(
+    attempts: int = MAX_ATTEMPTS,
+    base: float = 0.05,
+    cap: float = 2.0,
+    rand: Callable[[], float] | None = None,
+) -> list[float]:
+    """Sleeps before each retry: "full jitter" exponential backoff.
+
+    Delay *i* is uniform in [0, min(cap, base * 2**i)], so many clients that
+    were dropped together do not come back together. ``rand`` defaults to
+    random.random (imported only when a retry is due).
+    """
+    if rand is None:
+        import random
+
+        rand = random.random
+    return [rand() * min(cap, base * 2**i) for i in range(attempts - 1)]
+
+
+def has_banner(data: bytes) -> bool:
+    """Has the node's SSH version line (``SSH-...``) arrived in ``data``?"""
+    return data.startswith(b"SSH-") or b"\nSSH-" in data
+
+
+def is_drop(stderr_text: str) -> bool:
+    """Was an attempt that ended before the node spoke dropped (so worth a retry)?
+
+    No text at all is the MaxStartups case (the node closed without a banner);
+    a recording proxy reports a failed handshake with the node; OpenSSH reports
+    a proxy that closed before authentication, or (a proxy that tears down the
+    connection with the node's channel) after it.
+    """
+    if not stderr_text.strip():
+        return True
+    return any(
+        sign in stderr_text
+        for sign in (
+            "handshake failed",
+            "kex_exchange_identification",
+            "Connection reset by peer",
+            "Connection closed by",
+            "closed by remote host",
+        )
+    )
+
+
+def failure_message(stderr_text: str, proxy_addr: str, login: str, known_hosts: str) -> str:
+    """One line for an attempt that failed before the node spoke (and is not a drop)."""
+    if "Permission denied" in stderr_text:
+        return (
+            f"the proxy {proxy_addr} refused the certificate for login {login!r} "
+            "(expired, or not one of your logins?)"
+        )
+    if "Host key verification failed" in stderr_text or "REMOTE HOST IDENTIFICATION" in stderr_text:
+        return (
+            f"the proxy {proxy_addr} is not trusted: its host certificate is not signed "
+            f"by a CA in {known_hosts}; run tsh login again"
+        )
+    lines = [ln.strip() for ln in stderr_text.splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else f"the proxy {proxy_addr} closed the connection"
