@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from ._asyncssh import asyncssh
-from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError
+from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, UsageError
 from ._hop import clean_target_host, subsystem_name
 from ._names import validate_cluster_name, validate_host, validate_login
 from ._profile import Profile, ProfilePaths, split_host_port
@@ -307,7 +307,7 @@ class ProxyConnection:
         tsh does. ``options`` go to asyncssh's connection options.
 
         Raises:
-            InvalidNameError: a bad host, login or cluster.
+            UsageError: a bad host, login, port or cluster (InvalidNameError for names).
             SSHError: the proxy refused the node (its message), the node's host
                 key is not certified by the cluster's CA, or the node refused the login.
         """
@@ -319,8 +319,8 @@ class ProxyConnection:
         cluster = validate_cluster_name(cluster or self.profile.cluster)
         node = validate_host(clean_target_host(host, self.profile.proxy_host, cluster), "host")
         validate_login(login)
-        if port is not None and not 0 < port < 65536:
-            raise SSHError(f"invalid node port {port}")
+        if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
+            raise UsageError(f"invalid node port {port!r}")
         alias = node if node.lower().endswith("." + cluster.lower()) else f"{node}.{cluster}"
         tunnel = _Tunnel(self._conn, subsystem_name(node, "" if port is None else str(port), cluster))
         try:

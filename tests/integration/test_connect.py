@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import launch_node
 from tests.integration._profiles import log_in
-from tsh import NotLoggedInError, ProfileStore, SSHError
+from tsh import InvalidNameError, NotLoggedInError, ProfileStore, SSHError, UsageError
 from tsh._connect import ProxyConnection, run
 from tsh._profile import Profile
 
@@ -73,6 +73,10 @@ def test_runs_a_command_on_a_node(cluster, node, login_name) -> None:  # type: i
             async with pc.connect(f"{node.name}.{cluster.name}", login=login_name) as conn:
                 done = await conn.run("echo hello; echo oops >&2; exit 3")
             by_port = await pc.run(node.name, "echo $USER", login=login_name, port=node.port)
+            with pytest.raises(InvalidNameError):
+                await pc.connect(node.name, login="")
+            with pytest.raises(UsageError, match="^invalid node port 0$"):
+                await pc.connect(node.name, login=login_name, port=0)
         return done, by_port
 
     done, by_port = asyncio.run(go())
