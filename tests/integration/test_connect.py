@@ -168,3 +168,16 @@ def test_missing_key_file_is_not_logged_in(cluster, login_name) -> None:  # type
 
     with pytest.raises(NotLoggedInError, match="is missing; log in again"):
         asyncio.run(run("node1", "true", login=login_name))
+
+
+def test_refused_subsystem_request_gives_the_proxy_s_error(cluster, login_name, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A request the proxy refuses outright (not after accepting it, as for an
+    # unknown node), while the node handshake has already started on the channel.
+    import tsh._connect
+
+    monkeypatch.setattr(tsh._connect, "subsystem_name", lambda *_: "proxy:no-port@example.test")
+    log_in(cluster, [login_name])
+
+    # Its text on stderr comes with the refusal, which asyncssh does not pass on.
+    with pytest.raises(SSHError, match="^the proxy refused proxy:no-port@example.test: "):
+        asyncio.run(asyncio.wait_for(run("node1", "true", login=login_name), 30))

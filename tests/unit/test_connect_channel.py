@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncssh
 import pytest
 
@@ -35,12 +37,25 @@ class FakeChannel:
         self.written.append(data)
 
 
+def test_node_handshake_starts_after_the_subsystem_request_is_sent() -> None:
+    async def go() -> list[str]:
+        proto = FakeProtocol()
+        session = _TunnelSession(proto)
+        session.connection_made(FakeChannel())  # type: ignore[arg-type]
+        # asyncssh sends the subsystem request now, before yielding to the loop.
+        before = [kind for kind, _ in proto.events]
+        await asyncio.sleep(0)
+        session.session_started()  # the proxy's answer: the handshake is not started twice
+        return before + ["|"] + [kind for kind, _ in proto.events]
+
+    assert asyncio.run(go()) == ["|", "made"]
+
+
 def test_proxy_stderr_is_kept_apart_from_the_node_stream() -> None:
     proto = FakeProtocol()
     session = _TunnelSession(proto)
     chan = FakeChannel()
-    session.connection_made(chan)  # type: ignore[arg-type]
-    assert proto.events == []  # nothing reaches the node side before the subsystem is accepted
+    session.chan = chan  # type: ignore[assignment]
     session.session_started()
     session.data_received(b"SSH-2.0-node\r\n", None)
     session.data_received(b"failed connecting to node\n", asyncssh.EXTENDED_DATA_STDERR)
