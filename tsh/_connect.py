@@ -1,0 +1,550 @@
+"""SSH to nodes through the proxy, in-process, with asyncssh.
+
+One :class:`ProxyConnection` is one authenticated SSH connection to the
+proxy's SSH port. Each node connection is a new ``proxy:<host>:<port>@<cluster>``
+subsystem channel on it (teleport-wire.md section 10.1), and a second SSH
+handshake, with the node, runs inside that channel. So fifty commands on
+fifty nodes cost one login to the proxy, not fifty.
+
+What makes it as strict as `tsh ssh` through OpenSSH:
+
+- The proxy must present a host certificate from a CA in the profile's
+  known_hosts, for the proxy host name (OpenSSH's ``HostKeyAlias``); a node
+  one for ``<host>.<cluster>``. Only that name is looked up, never the
+  address the bytes come from (for a node that is the proxy's address).
+  A node with a plain host key, or one certified by another CA, is refused.
+- The client logs in with the profile's key and certificate: the key file,
+  or for a `-k only` profile the agent's identity carrying the certificate.
+- The agent is forwarded to the proxy, since a recording proxy
+  (``session_recording: proxy``) logs in to the node with it. With the key on
+  disk that is tsh._privagent's LazyAgent: the user's agent if it holds the
+  certificate, else a private agent with the key, started only if the proxy asks.
+
+The proxy connection logs in as ``-teleport-internal-join``, the principal
+every Teleport user certificate carries for API-only connections, so that one
+proxy connection serves every node login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from ._asyncssh import asyncssh
+from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, UsageError
+from ._hop import clean_target_host, subsystem_name
+from ._names import validate_cluster_name, validate_host, validate_login
+from ._profile import Profile, ProfilePaths, split_host_port
+from ._store import ProfileStore
+
+__all__ = ["NodeConnect", "ProxyConnection", "RunResult", "connect", "run"]
+
+#: The principal of every Teleport user certificate meant for API-only
+#: connections (teleport-wire.md section 10.2, "Principal check").
+INTERNAL_LOGIN = "-teleport-internal-join"
+#: Seconds for a TCP connect plus SSH handshake (OpenSSH's ConnectTimeout in `tsh ssh`).
+CONNECT_TIMEOUT = 15.0
+#: Seconds between keepalives on the proxy connection (ServerAliveInterval in `tsh ssh`).
+KEEPALIVE_INTERVAL = 30
+#: Bytes of the proxy's stderr kept for an error message.
+_STDERR_LIMIT = 4096
+#: Characters of the proxy's text shown in an error message.
+_MESSAGE_LIMIT = 300
+
+
+class RunResult(NamedTuple):
+    """What :meth:`ProxyConnection.run` returns."""
+
+    exit_status: int | None  # None when the command was ended by a signal
+    stdout: str
+    stderr: str
+
+
+def _one_line(text: str) -> str:
+    """The proxy's text as one short printable line (it is shown to the user)."""
+    lines = ["".join(c if c.isprintable() else "?" for c in ln).strip() for ln in text.splitlines()]
+    line = "; ".join(ln for ln in lines if ln)
+    return line if len(line) <= _MESSAGE_LIMIT else line[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _host_key_check(known_hosts: asyncssh.SSHKnownHosts, name: str) -> Any:
+    """asyncssh's ``known_hosts=`` that matches ``name`` only (OpenSSH's HostKeyAlias).
+
+    Not the address: through the proxy every node's bytes come from the proxy's
+    address, and a line for that address must not vouch for a node.
+    """
+    return lambda _host, _addr, _port: known_hosts.match(name, "", None)
+
+
+class _ChannelTransport:
+    """The transport asyncssh's node connection writes to: a subsystem channel.
+
+    Only what an SSH connection uses of a transport. ``get_extra_info`` knows
+    nothing: the channel would answer with the proxy connection's socket,
+    whose options the node connection would then change.
+    """
+
+    def __init__(self, chan: asyncssh.SSHClientChannel) -> None:
+        self._chan = chan
+
+    def write(self, data: bytes) -> None:
+        self._chan.write(data)
+
+    def close(self) -> None:
+        self._chan.close()
+
+    def abort(self) -> None:
+        self._chan.abort()
+
+    def is_closing(self) -> bool:
+        return self._chan.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _TunnelSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """The subsystem channel's session: stdout goes to the node connection.
+
+    The proxy's stderr (its refusals, such as an unknown node) is kept for the
+    error message, and never reaches the node connection's SSH parser.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol  # asyncssh's SSHClientConnection to the node
+        self.stderr = bytearray()
+        self.chan: asyncssh.SSHClientChannel | None = None
+        self._started = False
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:  # type: ignore[override]
+        self.chan = chan
+        # The channel is open and asyncssh sends the subsystem request next,
+        # without yielding to the loop: start the node handshake right after
+        # it instead of after the proxy's answer, as OpenSSH's `ssh -s` does.
+        # One round trip to the proxy less per node; the proxy reads the
+        # channel only once it has accepted the subsystem.
+        asyncio.get_running_loop().call_soon(self._start)
+
+    def session_started(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        if not self._started and self.chan is not None:
+            self._started = True
+            self.protocol.connection_made(_ChannelTransport(self.chan))
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr += data[: _STDERR_LIMIT - len(self.stderr)]
+        else:
+            self.protocol.data_received(data)
+
+    def eof_received(self) -> bool:
+        self.protocol.eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def proxy_said(self) -> str:
+        return _one_line(self.stderr.decode("utf-8", "replace"))
+
+
+class _Tunnel:
+    """asyncssh's ``tunnel=`` for one node: opens the ``proxy:`` subsystem on the proxy connection."""
+
+    def __init__(self, proxy: asyncssh.SSHClientConnection, subsystem: str) -> None:
+        self._proxy = proxy
+        self._subsystem = subsystem
+        self.session: _TunnelSession | None = None
+        self.refused = ""  # why the proxy refused the subsystem request, if it did
+
+    async def create_connection(
+        self, protocol_factory: Any, _host: str, _port: int
+    ) -> tuple[asyncssh.SSHClientChannel, Any]:
+        def session_factory() -> _TunnelSession:
+            self.session = _TunnelSession(protocol_factory())
+            return self.session
+
+        try:
+            await self._proxy.create_session(session_factory, subsystem=self._subsystem, encoding=None)
+        except asyncssh.ChannelOpenError as e:
+            if self.session is None or self.session.chan is None:  # no channel at all
+                raise SSHError(f"the proxy refused a channel: {_one_line(e.reason)}") from None
+            # The node handshake has started on the channel, which is closing
+            # now: asyncssh reports that, and connect() adds what the proxy said.
+            self.refused = f"the proxy refused {self._subsystem}: {_one_line(e.reason)}"
+        assert self.session is not None and self.session.chan is not None
+        return self.session.chan, self.session.protocol  # asyncssh waits on the protocol it made
+
+    def proxy_said(self) -> str:
+        said = self.session.proxy_said() if self.session else ""
+        return said or self.refused
+
+
+class NodeConnect:
+    """A node connection being opened: await it, or use it with ``async with`` (closes it)."""
+
+    def __init__(self, opening: Any) -> None:
+        self._opening = opening
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    def __await__(self) -> Generator[Any, None, asyncssh.SSHClientConnection]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> asyncssh.SSHClientConnection:
+        self._conn = await self._opening
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
+
+
+class ProxyConnection:
+    """One authenticated SSH connection to the proxy, carrying any number of node connections.
+
+    Open it with :meth:`open` (or ``async with await ProxyConnection.open(...)``),
+    then :meth:`connect` to nodes, as many at once as wanted. :meth:`close`
+    ends it and every node connection on it.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        paths: ProfilePaths,
+        conn: asyncssh.SSHClientConnection,
+        client_keys: list[Any],
+        known_hosts: asyncssh.SSHKnownHosts,
+        closers: list[Any],
+    ) -> None:
+        self.profile = profile
+        self._paths = paths
+        self._conn = conn
+        self._client_keys = client_keys
+        self._known_hosts = known_hosts
+        self._closers = closers  # agent client, LazyAgent: closed after the connection
+
+    @classmethod
+    async def open(
+        cls, profile: Profile, store: ProfileStore | None = None, *, agent_path: str | None = None
+    ) -> ProxyConnection:
+        """Log in to ``profile``'s SSH proxy with its key and certificate.
+
+        ``agent_path`` is the user's agent (default ``$SSH_AUTH_SOCK``): for a
+        `-k only` profile the one holding the key, else the one forwarded to a
+        recording proxy if it holds the certificate.
+
+        Raises:
+            NotLoggedInError: the certificate expired, or a file or agent key is missing.
+            ProfileError: the key or certificate on disk cannot be read.
+            SSHError: the proxy is unreachable, not trusted, or refused the certificate.
+        """
+        store = store or ProfileStore()
+        paths = store.paths_for(profile)
+        if profile.valid_before <= time.time():
+            raise NotLoggedInError(f"the certificate for {profile.name} has expired; log in again")
+        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
+        validate_host(ssh_host, "SSH proxy host")
+        proxy_host = validate_host(profile.proxy_host, "proxy host")
+        if agent_path is None:
+            agent_path = os.environ.get("SSH_AUTH_SOCK") or None
+        known_hosts = _read_known_hosts(paths)
+        cert = _read(asyncssh.read_certificate, paths.ssh_cert(profile.cluster))
+        closers: list[Any] = []
+        try:
+            if profile.key_storage == "agent":
+                client_keys, agent = await _agent_identity(profile, store, cert, agent_path)
+                closers.append(agent)
+                forward: str | None = agent_path
+            else:
+                key = _read(asyncssh.read_private_key, paths.private_key)
+                client_keys = asyncssh.load_keypairs([(key, cert)])
+                lazy = _lazy_agent(profile, paths, agent_path)
+                if lazy is not None:
+                    closers.append(lazy)
+                forward = lazy.sock if lazy is not None else None
+            login = INTERNAL_LOGIN if INTERNAL_LOGIN in profile.principals else _first_login(profile)
+            addr = profile.ssh_proxy_addr
+            try:
+                conn = await asyncssh.connect(
+                    ssh_host, ssh_port,
+                    username=login,
+                    client_keys=client_keys,
+                    agent_path=None,  # log in with exactly the profile's identity
+                    agent_forwarding=forward or False,
+                    known_hosts=_host_key_check(known_hosts, proxy_host),
+                    host_key_alias=proxy_host,
+                    server_host_key_algs="default",  # as for nodes, see there
+                    config=[], preferred_auth="publickey", gss_kex=False, gss_auth=False,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    keepalive_interval=KEEPALIVE_INTERVAL,
+                )  # fmt: skip
+            except asyncssh.HostKeyNotVerifiable:
+                raise SSHError(
+                    f"the proxy {addr} is not trusted: its host certificate is not signed "
+                    f"by a CA in {paths.known_hosts}; log in again"
+                ) from None
+            except asyncssh.PermissionDenied:
+                raise SSHError(
+                    f"the proxy {addr} refused the certificate (expired, or revoked?)"
+                ) from None
+            except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+                raise SSHError(f"cannot connect to the proxy {addr}: {_reason(e)}") from None
+        except BaseException:
+            await _close_all(closers)
+            raise
+        return cls(profile, paths, conn, client_keys, known_hosts, closers)
+
+    def connect(
+        self,
+        host: str,
+        *,
+        login: str,
+        port: int | None = None,
+        cluster: str | None = None,
+        **options: Any,
+    ) -> NodeConnect:
+        """An SSH connection to node ``host`` as ``login``, through this proxy connection.
+
+        Await it, or ``async with pc.connect("node1", login="root") as conn``
+        (closed at the end). ``port`` None lets the proxy use the node's
+        registered port. ``cluster`` defaults to the profile's cluster; a
+        trailing ``.<proxy host>`` or ``.<cluster>`` on ``host`` is dropped, as
+        tsh does. ``options`` go to asyncssh's connection options.
+
+        Raises:
+            UsageError: a bad host, login, port or cluster (InvalidNameError for names).
+            SSHError: the proxy refused the node (its message), the node's host
+                key is not certified by the cluster's CA, or the node refused the login.
+        """
+        return NodeConnect(self._connect_node(host, login, port, cluster, options))
+
+    async def _connect_node(
+        self, host: str, login: str, port: int | None, cluster: str | None, options: dict[str, Any]
+    ) -> asyncssh.SSHClientConnection:
+        cluster = validate_cluster_name(cluster or self.profile.cluster)
+        node = validate_host(clean_target_host(host, self.profile.proxy_host, cluster), "host")
+        validate_login(login)
+        if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
+            raise UsageError(f"invalid node port {port!r}")
+        alias = node if node.lower().endswith("." + cluster.lower()) else f"{node}.{cluster}"
+        tunnel = _Tunnel(self._conn, subsystem_name(node, "" if port is None else str(port), cluster))
+        try:
+            return await asyncssh.connect(
+                node, port or 3022,
+                tunnel=tunnel,
+                username=login,
+                client_keys=self._client_keys,
+                agent_path=None,
+                known_hosts=_host_key_check(self._known_hosts, alias),
+                host_key_alias=alias,
+                # Offer plain host keys too (as OpenSSH does), so that a node
+                # without a certificate fails the host check, not the key exchange.
+                server_host_key_algs="default",
+                config=[], preferred_auth="publickey", gss_kex=False, gss_auth=False,
+                connect_timeout=CONNECT_TIMEOUT,
+                **options,
+            )  # fmt: skip
+        except TshError:
+            raise
+        except asyncssh.HostKeyNotVerifiable:
+            raise SSHError(
+                f"{alias} is not trusted: its host key is not certified by a CA of cluster "
+                f"{cluster} in {self._paths.known_hosts}"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise SSHError(f"{alias} refused the certificate for login {login!r}") from None
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            said = tunnel.proxy_said()  # e.g. the proxy's "no node named ..." before it hung up
+            raise SSHError(said or f"cannot connect to {alias} through the proxy: {_reason(e)}") from None
+
+    async def run(
+        self,
+        host: str,
+        command: str,
+        *,
+        login: str,
+        port: int | None = None,
+        cluster: str | None = None,
+        input: str | None = None,
+    ) -> RunResult:
+        """Run ``command`` on ``host``; its exit status (None if killed by a signal), stdout, stderr.
+
+        Raises:
+            as :meth:`connect`.
+        """
+        async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
+            try:
+                done = await conn.run(command, input=input)
+            except (OSError, asyncssh.Error) as e:
+                raise SSHError(f"running a command on {host} failed: {_reason(e)}") from None
+        return RunResult(done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
+
+    async def close(self) -> None:
+        """Close the proxy connection (and with it every node connection on it)."""
+        self._conn.close()
+        await self._conn.wait_closed()
+        await _close_all(self._closers)
+        self._closers = []
+
+    async def __aenter__(self) -> ProxyConnection:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def connect(
+    host: str,
+    *,
+    login: str,
+    port: int | None = None,
+    cluster: str | None = None,
+    proxy: str | None = None,
+    store: ProfileStore | None = None,
+) -> _OneShot:
+    """``async with connect("node1", login="root") as conn``: one node, its own proxy connection.
+
+    ``proxy`` picks the profile (default: the current one). Both connections
+    close at the end of the block. For many nodes, open one
+    :class:`ProxyConnection` and call its :meth:`~ProxyConnection.connect`.
+    """
+    return _OneShot(host, login, port, cluster, proxy, store)
+
+
+class _OneShot:
+    def __init__(self, host: str, login: str, port: int | None, cluster: str | None,
+                 proxy: str | None, store: ProfileStore | None) -> None:
+        self._args = (host, login, port, cluster)
+        self._store = store or ProfileStore()
+        self._proxy = proxy
+        self._pc: ProxyConnection | None = None
+
+    async def __aenter__(self) -> asyncssh.SSHClientConnection:
+        host, login, port, cluster = self._args
+        self._pc = await ProxyConnection.open(self._store.select(self._proxy), self._store)
+        try:
+            return await self._pc.connect(host, login=login, port=port, cluster=cluster)
+        except BaseException:
+            await self._pc.close()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pc is not None:
+            await self._pc.close()
+
+
+async def run(
+    host: str,
+    command: str,
+    *,
+    login: str,
+    port: int | None = None,
+    cluster: str | None = None,
+    proxy: str | None = None,
+    store: ProfileStore | None = None,
+) -> RunResult:
+    """Run ``command`` on ``host`` through the proxy of profile ``proxy`` (default: current)."""
+    store = store or ProfileStore()
+    async with await ProxyConnection.open(store.select(proxy), store) as pc:
+        return await pc.run(host, command, login=login, port=port, cluster=cluster)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(e, asyncssh.Error):
+        return _one_line(e.reason) or type(e).__name__
+    return _one_line(str(e)) or type(e).__name__
+
+
+def _read(reader: Any, path: Any) -> Any:
+    """``reader(path)``: an asyncssh key or certificate from the profile's files."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise NotLoggedInError(f"{path} is missing; log in again") from None
+    except (OSError, ValueError, asyncssh.KeyImportError) as e:
+        raise ProfileError(f"cannot read {path}: {e}") from None
+
+
+def _read_known_hosts(paths: ProfilePaths) -> asyncssh.SSHKnownHosts:
+    try:
+        return asyncssh.read_known_hosts(str(paths.known_hosts))
+    except FileNotFoundError:
+        raise NotLoggedInError(f"{paths.known_hosts} is missing; log in again") from None
+    except (OSError, ValueError, asyncssh.KeyImportError) as e:
+        raise ProfileError(f"cannot read {paths.known_hosts}: {e}") from None
+
+
+def _first_login(profile: Profile) -> str:
+    if not profile.logins:
+        raise NotLoggedInError(f"the certificate for {profile.name} names no logins")
+    return profile.logins[0]
+
+
+async def _agent_identity(
+    profile: Profile, store: ProfileStore, cert: Any, agent_path: str | None
+) -> tuple[list[Any], Any]:
+    """A `-k only` profile's identity: the agent's key carrying the profile's certificate.
+
+    Put back from the OS keyring first if the agent lost it (as `tsh ssh` does).
+    Returns the key pair and the agent client, which must stay open while it signs.
+    """
+    from ._agent import ensure_agent_key
+
+    if not agent_path:
+        raise NotLoggedInError(
+            f"the key of {profile.name} is kept in the ssh-agent, but no agent is running"
+        )
+    # ensure_agent_key runs its own event loop: give it a thread.
+    warning = await asyncio.to_thread(ensure_agent_key, profile, store, agent_path)
+    if warning:
+        raise NotLoggedInError(warning)
+    try:
+        agent = await asyncssh.connect_agent(agent_path)
+        keys = await agent.get_keys()
+    except (OSError, ValueError, asyncssh.Error) as e:
+        raise NotLoggedInError(f"cannot use the ssh-agent at {agent_path}: {e}") from None
+    held = [k for k in keys if k.public_data == cert.public_data]
+    if not held:
+        agent.close()
+        raise NotLoggedInError(f"the ssh-agent at {agent_path} lacks the key of {profile.name}")
+    return held[:1], agent
+
+
+def _lazy_agent(profile: Profile, paths: ProfilePaths, user_sock: str | None) -> Any:
+    """The agent to forward with the key on disk (tsh._privagent.LazyAgent), or None."""
+    from ._privagent import LazyAgent
+
+    try:
+        lazy = LazyAgent(
+            str(paths.private_key),
+            str(paths.ssh_cert(profile.cluster)),
+            int(profile.valid_before - time.time()),
+            user_sock=user_sock,
+        )
+    except OSError:
+        return None  # only a recording proxy needs it; it says so if it is missing
+    lazy.serve()
+    return lazy
+
+
+async def _close_all(closers: list[Any]) -> None:
+    for closer in closers:
+        if hasattr(closer, "wait_closed"):  # the agent client
+            closer.close()
+            await closer.wait_closed()
+        else:  # LazyAgent: may stop a private ssh-agent, which waits
+            await asyncio.to_thread(closer.close)
