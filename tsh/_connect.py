@@ -35,11 +35,13 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from ._asyncssh import asyncssh
+from ._core.addr import split_host_port
+from ._core.names import validate_cluster_name, validate_host, validate_login
+from ._core.profile import Profile
 from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, UsageError
-from ._hop import clean_target_host, subsystem_name
-from ._names import validate_cluster_name, validate_host, validate_login
-from ._profile import Profile, ProfilePaths, split_host_port
-from ._store import ProfileStore
+from ._openssh.hop import clean_target_host, subsystem_name
+from ._store.layout import ProfilePaths
+from ._store.store import ProfileStore
 
 __all__ = ["NodeConnect", "ProxyConnection", "RunResult", "connect", "run"]
 
@@ -502,7 +504,7 @@ async def _agent_identity(
     Put back from the OS keyring first if the agent lost it (as `tsh ssh` does).
     Returns the key pair and the agent client, which must stay open while it signs.
     """
-    from ._agent import ensure_agent_key
+    from ._agent.agent import ensure_agent_key
 
     if not agent_path:
         raise NotLoggedInError(
@@ -526,7 +528,7 @@ async def _agent_identity(
 
 def _lazy_agent(profile: Profile, paths: ProfilePaths, user_sock: str | None) -> Any:
     """The agent to forward with the key on disk (tsh._privagent.LazyAgent), or None."""
-    from ._privagent import LazyAgent
+    from ._agent.private import LazyAgent
 
     try:
         lazy = LazyAgent(

@@ -18,7 +18,7 @@ from tests.conftest import launch_node
 from tests.integration._profiles import log_in
 from tsh import InvalidNameError, NotLoggedInError, ProfileStore, SSHError, UsageError
 from tsh._connect import ProxyConnection, run
-from tsh._profile import Profile
+from tsh._core.profile import Profile
 
 pytestmark = pytest.mark.integration
 

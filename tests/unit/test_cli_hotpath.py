@@ -86,7 +86,8 @@ def fresh_imports() -> dict[str, list[str]]:
         "import sys\n"
         f"sys.path[:0] = {[str(REPO), *site.getsitepackages()]!r}\n"
         "before = set(sys.modules)\n"
-        "import tsh.cli, tsh.cli._hotpath, tsh._proxy.command, tsh._openssh.hop, tsh._store.store, tsh._agent.private\n"
+        "import tsh.cli, tsh.cli._hotpath, tsh._proxy.command, tsh._openssh.hop, tsh._store.store\n"
+        "import tsh._agent.private\n"
         "hot = set(sys.modules) - before\n"
         "import tsh._agent.agent, tsh._openssh.binary\n"  # `-k only` profiles
         "hot_agent = set(sys.modules) - before\n"
