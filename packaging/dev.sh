@@ -35,7 +35,8 @@ case "${1:-}" in
         shift
         install_system_packages
         make_venv
-        .venv/bin/ruff check tsh tests benchmarks
+        .venv/bin/ruff check tsh tests benchmarks packaging
+        .venv/bin/mypy --strict tsh
         exec .venv/bin/python -m pytest "$@"
         ;;
     demo)

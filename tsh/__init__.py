@@ -1,5 +1,12 @@
 """tsh-py: a Python client for Teleport-style proxies, driving OpenSSH.
 
+Start with :class:`tsh.Client` (blocking) or :class:`tsh.AsyncClient`::
+
+    import tsh
+
+    with tsh.Client() as client:                      # the current profile
+        print(client.run("node1", "uptime", login="root").stdout)
+
 The public library surface is re-exported here; everything in ``_``-modules is
 private. The `tsh` command line (``tsh.cli``) is a thin layer over it.
 
@@ -28,6 +35,11 @@ from ._version import __version__
 
 #: public name -> private module that defines it
 _LAZY = {
+    "AsyncClient": "._client",
+    "Client": "._client",
+    "Password": "._client",
+    "ProxyConnection": "._connect",
+    "RunResult": "._connect",
     "Profile": "._core.profile",
     "ProfilePaths": "._store.layout",
     "ProfileStore": "._store.store",
@@ -66,5 +78,25 @@ def __getattr__(name: str) -> object:
     # __import__, not importlib.import_module: importlib (with warnings) costs
     # start-up time that `tsh proxy ssh` pays on every connection.
     value = getattr(__import__(__name__ + module, fromlist=[name]), name)
+    _public(value)
     globals()[name] = value
     return value
+
+
+def _public(value: object) -> None:
+    # As httpx does: reprs and help() say tsh.Client, not tsh._client.Client.
+    if hasattr(value, "__module__") and not isinstance(value, str):
+        try:
+            value.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+
+
+for _name in __all__:
+    if _name in globals() and _name != "__version__":
+        _public(globals()[_name])
+del _name
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

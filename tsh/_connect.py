@@ -90,7 +90,7 @@ class _ChannelTransport:
     whose options the node connection would then change.
     """
 
-    def __init__(self, chan: asyncssh.SSHClientChannel) -> None:
+    def __init__(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
 
     def write(self, data: bytes) -> None:
@@ -119,10 +119,10 @@ class _TunnelSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol  # asyncssh's SSHClientConnection to the node
         self.stderr = bytearray()
-        self.chan: asyncssh.SSHClientChannel | None = None
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._started = False
 
-    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
         # The channel is open and asyncssh sends the subsystem request next,
         # without yielding to the loop: start the node handshake right after
@@ -167,7 +167,7 @@ class _Tunnel:
 
     async def create_connection(
         self, protocol_factory: Any, _host: str, _port: int
-    ) -> tuple[asyncssh.SSHClientChannel, Any]:
+    ) -> tuple[asyncssh.SSHClientChannel[bytes], Any]:
         def session_factory() -> _TunnelSession:
             self.session = _TunnelSession(protocol_factory())
             return self.session
@@ -196,7 +196,8 @@ class NodeConnect:
         self._conn: asyncssh.SSHClientConnection | None = None
 
     def __await__(self) -> Generator[Any, None, asyncssh.SSHClientConnection]:
-        return self._opening.__await__()
+        conn: asyncssh.SSHClientConnection = yield from self._opening.__await__()
+        return conn
 
     async def __aenter__(self) -> asyncssh.SSHClientConnection:
         self._conn = await self._opening
@@ -266,7 +267,7 @@ class ProxyConnection:
                 forward: str | None = agent_path
             else:
                 key = _read(asyncssh.read_private_key, paths.private_key)
-                client_keys = asyncssh.load_keypairs([(key, cert)])
+                client_keys = list(asyncssh.load_keypairs([(key, cert)]))
                 lazy = _lazy_agent(profile, paths, agent_path)
                 if lazy is not None:
                     closers.append(lazy)

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,8 +186,12 @@ def start_node(
     workdir: Path,
     sshd: str = SSHD,
     host_key_kind: str = "cert",
+    aliases: Sequence[str] = (),
 ) -> SSHDNode:
     """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it.
+
+    ``aliases``: more node names served by the same sshd (its host certificate
+    names them too, and each is registered).
 
     ``host_key_kind``: ``"cert"`` (a host certificate from the cluster's host CA,
     as the seed page says), ``"plain"`` (no HostCertificate) or ``"other-ca"``
@@ -203,7 +207,8 @@ def start_node(
                                for line in export.splitlines() if line.strip()))
     host_key = workdir / "ssh_host_key"
     admin(
-        "auth", "sign", f"--host={name},{name}.{cluster},localhost,127.0.0.1",
+        "auth", "sign",
+        "--host=" + ",".join([*(f"{n},{n}.{cluster}" for n in (name, *aliases)), "localhost", "127.0.0.1"]),
         "--format=openssh", f"--out={host_key}",
     )
     host_cert: Path | None = Path(f"{host_key}-cert.pub")
@@ -213,7 +218,8 @@ def start_node(
         _resign_with_other_ca(host_key, Path(f"{host_key}-cert.pub"))
     node = start_sshd(name, workdir, host_key, host_cert, user_ca, sshd)
     try:
-        admin("nodes", "add", name, node.addr)
+        for n in (name, *aliases):
+            admin("nodes", "add", n, node.addr)
     except BaseException:
         node.stop()
         raise

@@ -127,7 +127,7 @@ def test_wheel_in_fresh_venv_works_without_test_dependencies(
     _login([tsh], cluster, "wheeluser", env)
     config = _run([tsh, "config"], env=env).stdout
     # OpenSSH starts the installed entry point itself for every connection.
-    assert f'ProxyCommand "{tsh}" proxy ssh --cluster={cluster.name} ' in config
+    assert f"ProxyCommand '{tsh}' proxy ssh --cluster='{cluster.name}' " in config
 
 
 def test_zipapp_runs_with_only_the_runtime_dependencies(
@@ -147,7 +147,7 @@ def test_zipapp_runs_with_only_the_runtime_dependencies(
     assert "  Logged in as:       pyzuser\n" in status, status
     # Through this Python, not the archive's #! line's, which may lack the dependencies.
     config = _run([python, pyz, "config"], env=env).stdout
-    assert f'ProxyCommand "{python}" "{pyz}" proxy ssh --cluster={cluster.name} ' in config
+    assert f"ProxyCommand '{python}' '{pyz}' proxy ssh --cluster='{cluster.name}' " in config
 
 
 def test_zipapp_names_missing_dependencies(pyz: Path, tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def check_user_cert(cert_text: str, public_key_text: str, now: float) -> CertFac
         raise CertificateError(f"the proxy sent an unusable SSH certificate: {e}") from None
     if not isinstance(raw, SSHCertificate) or raw.type != SSHCertificateType.USER:
         raise CertificateError("the proxy sent a host certificate where a user one belongs")
-    principals = _labels("principal", cert.principals)
+    principals = _labels("principal", [p.decode("utf-8", "replace") for p in raw.valid_principals])
     if not principals:
         raise CertificateError("the proxy issued a certificate with no principals; refusing it")
 

@@ -15,6 +15,10 @@ from collections import namedtuple
 from .._exceptions import InvalidNameError, ProfileError
 from .addr import FALLBACK_WEB_PORT, join_host_port, split_host_port
 
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from .._types import KeyStorage
+
 __all__ = ["Profile"]
 
 #: Principals Teleport adds for its own use; never shown as logins.
@@ -57,6 +61,24 @@ class Profile(_ProfileFields):
     """
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # the fields' types, for type checkers (typing costs start-up time)
+        web_proxy_addr: str
+        ssh_proxy_addr: str
+        user: str
+        cluster: str
+        root_cluster: str
+        clusters: tuple[str, ...]
+        valid_after: int
+        valid_before: int
+        principals: tuple[str, ...]
+        extensions: tuple[str, ...]
+        roles: tuple[str, ...]
+        key_storage: KeyStorage
+        server_version: str
+        private_key_policy: str
+        piv_slot: str
+        extra: dict[str, object] | None
 
     # As when this was a dataclass with ``extra`` out of comparison: fields
     # tsh-py does not know play no part in equality, and only a Profile can

@@ -20,7 +20,11 @@ from .._core.profile import Profile
 from .._exceptions import NotLoggedInError, UsageError
 from .._store.store import ProfileStore
 
-__all__ = ["usable_profile", "find_binary", "proxy_via", "exec_argv"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .argv import SSHRequest
+
+__all__ = ["exec_argv", "find_binary", "plan_scp", "plan_ssh", "proxy_via", "usable_profile"]
 
 
 def usable_profile(
@@ -84,6 +88,60 @@ def proxy_via(profile: Profile, store: ProfileStore) -> tuple[str, ...]:
     from .config_file import tsh_executable
 
     return tsh_executable()
+
+
+def plan_ssh(
+    store: ProfileStore,
+    proxy: str | None,
+    request: SSHRequest,
+    destination: str,
+    command: Sequence[str] = (),
+    relogin: Callable[[Profile], Profile] | None = None,
+) -> list[str]:
+    """The complete ``ssh`` command line for `tsh ssh` (argv[0] is an absolute path).
+
+    Bad input fails before the profile is looked at (and before any relogin prompt).
+
+    Raises:
+        UsageError: a bad destination or option, or no OpenSSH client.
+        NotLoggedInError: see :func:`usable_profile`.
+    """
+    from .argv import parse_destination, ssh_argv
+
+    parse_destination(destination, request.login)
+    profile = usable_profile(store, proxy, relogin)
+    return ssh_argv(
+        profile, store.paths_for(profile), request, destination, command,
+        ssh=find_binary("ssh"), via_tsh=proxy_via(profile, store),
+    )  # fmt: skip
+
+
+def plan_scp(
+    store: ProfileStore,
+    proxy: str | None,
+    args: Sequence[str],
+    *,
+    port: int | None = None,
+    cluster: str | None = None,
+    recursive: bool = False,
+    preserve: bool = False,
+    relogin: Callable[[Profile], Profile] | None = None,
+) -> list[str]:
+    """The complete ``scp`` command line for `tsh scp` (argv[0] is an absolute path).
+
+    Raises:
+        UsageError: bad sources or target, or no OpenSSH client.
+        NotLoggedInError: see :func:`usable_profile`.
+    """
+    from .argv import scp_argv, scp_remote_host
+
+    scp_remote_host(args)
+    profile = usable_profile(store, proxy, relogin)
+    return scp_argv(
+        profile, store.paths_for(profile), args, port=port, cluster=cluster,
+        recursive=recursive, preserve=preserve, scp=find_binary("scp"),
+        via_tsh=proxy_via(profile, store),
+    )  # fmt: skip
 
 
 def exec_argv(argv: Sequence[str]) -> None:

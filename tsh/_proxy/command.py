@@ -120,7 +120,7 @@ def proxy_ssh(
                     started=agent.serve,  # the sockets listen already; answer from now on
                 )  # fmt: skip
             return attempts.run(
-                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=paths.known_hosts
+                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=os.fspath(paths.known_hosts)
             )
         except _HangUp:
             return 128 + signal.SIGHUP
@@ -155,8 +155,8 @@ def _agent_to_forward(profile: Profile, store: ProfileStore, paths: ProfilePaths
         return None
     try:
         return LazyAgent(
-            paths.private_key,
-            paths.ssh_cert(profile.cluster),
+            os.fspath(paths.private_key),
+            os.fspath(paths.ssh_cert(profile.cluster)),
             int(profile.valid_before - time.time()),
             user_sock=os.environ.get("SSH_AUTH_SOCK"),
         )

@@ -10,6 +10,8 @@ in the agent only, and the caller warns.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["SERVICE", "account", "store_key", "load_key", "delete_key"]
 
 SERVICE = "tsh-py"
@@ -20,7 +22,7 @@ def account(proxy_host: str, user: str, cluster: str) -> str:
     return f"{proxy_host}/{user}/{cluster}"
 
 
-def _backend():  # type: ignore[no-untyped-def]
+def _backend() -> Any:  # a keyring backend, or None
     """The keyring backend when it is a real one, else None."""
     import keyring
     from keyring.backends import fail

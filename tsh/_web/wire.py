@@ -316,8 +316,7 @@ def error_message(body: bytes) -> str | None:
         return None
     if isinstance(data, dict):
         err = data.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
-        if isinstance(data.get("message"), str):
-            return data["message"]
+        message = err.get("message") if isinstance(err, dict) else data.get("message")
+        if isinstance(message, str):
+            return message
     return None

@@ -58,6 +58,6 @@ def run_hot(args: list[str]) -> int | None:
         return None
     from .._proxy.command import proxy_ssh
 
-    target = parsed.pop("target")
+    target = parsed["target"]
     assert target is not None
-    return proxy_ssh(target, **parsed)
+    return proxy_ssh(target, cluster=parsed.get("cluster"), proxy=parsed.get("proxy"))

@@ -22,7 +22,7 @@ def _print_script(shell: str) -> Callable[[bool], None]:
     def callback(value: bool) -> None:
         if not value:
             return
-        from typer.completion import get_completion_script
+        from typer.completion import get_completion_script  # type: ignore[attr-defined]
 
         print(get_completion_script(prog_name="tsh", complete_var=_COMPLETE_VAR, shell=shell))
         raise typer.Exit(0)
@@ -47,6 +47,6 @@ def prepare() -> None:
     """Before typer runs: when a shell asks for completions, register typer's
     answer formats (the scripts above expect them, not click's)."""
     if os.environ.get(_COMPLETE_VAR):
-        from typer.completion import completion_init
+        from typer.completion import completion_init  # type: ignore[attr-defined]
 
         completion_init()

@@ -75,7 +75,7 @@ def spell_update_path(args: list[str]) -> list[str]:
     Click has no option that is a flag alone and takes a value after ``=``,
     so the one spelling is turned into the other before typer parses.
     """
-    out = []
+    out: list[str] = []
     for i, word in enumerate(args):
         if word == "--":
             return out + args[i:]

@@ -24,23 +24,12 @@ def scp(
     ),
 ) -> None:
     """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
-    from .._openssh.argv import scp_argv, scp_remote_host
-    from .._openssh.binary import exec_argv, find_binary, proxy_via, usable_profile
+    from .._openssh.binary import exec_argv, plan_scp
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
-    scp_remote_host(paths)  # bad input fails before any prompt
-    store = ProfileStore()
-    profile = usable_profile(store, proxy, terminal_relogin())
-    argv = scp_argv(
-        profile,
-        store.paths_for(profile),
-        paths,
-        port=port,
-        cluster=cluster,
-        recursive=recursive,
-        preserve=preserve,
-        scp=find_binary("scp"),
-        via_tsh=proxy_via(profile, store),
-    )
+    argv = plan_scp(
+        ProfileStore(), proxy, paths, port=port, cluster=cluster, recursive=recursive,
+        preserve=preserve, relogin=terminal_relogin(),
+    )  # fmt: skip
     exec_argv(argv)

@@ -38,8 +38,8 @@ def ssh(
 ) -> None:
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
-    from .._openssh.argv import SSHRequest, parse_destination, ssh_argv
-    from .._openssh.binary import exec_argv, find_binary, proxy_via, usable_profile
+    from .._openssh.argv import SSHRequest
+    from .._openssh.binary import exec_argv, plan_ssh
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
@@ -57,21 +57,10 @@ def ssh(
         tty=True if tty else (False if no_tty else None),
         options=tuple(options or ()),
     )
-    remote = tuple(command or ())
-    if remote[:1] == ("--",):
+    remote_command = tuple(command or ())
+    if remote_command[:1] == ("--",):
         # click keeps a "--" that follows HOST; ssh drops it, and so do we.
-        remote = remote[1:]
-    store = ProfileStore()
-    parse_destination(destination, login)  # bad input fails before any prompt
-    profile = usable_profile(store, proxy, terminal_relogin())
-    argv = ssh_argv(
-        profile,
-        store.paths_for(profile),
-        request,
-        destination,
-        remote,
-        ssh=find_binary("ssh"),
-        via_tsh=proxy_via(profile, store),
-    )
+        remote_command = remote_command[1:]
+    argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command, terminal_relogin())
     sys.stdout.flush()
     exec_argv(argv)
