@@ -38,13 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import tsh
 from benchmarks.proxy_ssh import REPO, install_tsh, ratio_interval
 from tests.cluster import sshd as sshd_launcher
 from tests.conftest import LOGIN, launch_cluster
 from tests.integration._profiles import log_in
 from tsh import ProfileStore
 from tsh._asyncssh import asyncssh
-from tsh._connect import ProxyConnection
 
 
 def ssh_processes(argv: list[str], runs: int, env: dict[str, str]) -> tuple[float, list[float]]:
@@ -90,10 +90,11 @@ async def in_process(store: ProfileStore, node, runs: int):  # type: ignore[no-u
     direct_ms: list[float] = []
     seq_ms: list[float] = []
     conc_ms: list[float] = []
-    async with await ProxyConnection.open(profile, store) as pc:
+    # (b) and (c): the public API, tsh.AsyncClient.connect over its one proxy connection.
+    async with tsh.AsyncClient(home=store.home, max_handshakes=runs) as client:
 
         def via_proxy():  # type: ignore[no-untyped-def]
-            return pc.connect(node.name, login=LOGIN)
+            return client.connect(node.name, login=LOGIN)
 
         for _ in range(3):  # warm up both paths
             await timed_run(direct, [])

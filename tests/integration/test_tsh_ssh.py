@@ -1,7 +1,8 @@
 """`tsh ssh` and `tsh scp` against a real sshd node through the test cluster.
 
-`tsh ssh` replaces itself with OpenSSH's ssh, so these tests see exactly what a
-user sees: the remote exit status, stdin/stdout passing through, forwarding,
+`tsh ssh` runs OpenSSH's ssh on the user's terminal and passes its exit status
+on, so these tests see exactly what a user sees: the remote exit status,
+stdin/stdout passing through, forwarding,
 agent forwarding, and scp copies.
 """
 
@@ -294,3 +295,19 @@ def test_key_only_on_disk_goes_through_tsh_proxy_ssh(cluster, node, ssh_user, lo
     r = tsh_ssh(node, login_name, "echo on-disk-key", "-o", "LogLevel=DEBUG1", env=env)
     assert (r.returncode, r.stdout) == (0, "on-disk-key\n"), r.stderr
     assert "proxy ssh --cluster=" in r.stderr  # ssh -v shows the ProxyCommand it ran
+
+
+@pytest.mark.parametrize("hop", ["openssh", "tsh-proxy-ssh"])
+def test_proxy_refusal_is_the_last_thing_said(cluster, ssh_user, ssh_agent, hop) -> None:  # type: ignore[no-untyped-def]
+    """An unknown node: the proxy's reason comes last, after ssh's own two lines about the hop."""
+    if hop == "openssh":  # the user's agent holds the certificate: an all-OpenSSH hop
+        env = env_for(cluster, ssh_agent.sock)
+        assert login(cluster, ssh_user, env).returncode == 0
+    else:
+        env = env_for(cluster)
+        assert login(cluster, ssh_user, env, "--add-keys-to-agent=no").returncode == 0
+    r = run_tsh("ssh", f"{LOGIN}@no-such-node", "true", env=env)
+    assert r.returncode == 255, r.stderr
+    lines = r.stderr.splitlines()
+    assert "no-such-node" in lines[-1] and "Connection closed" not in lines[-1], lines
+    assert any("Connection closed" in ln for ln in lines[:-1]), lines

@@ -136,8 +136,20 @@ def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str
     return " ".join(map(shell_word, proxy_hop_argv(profile, paths, host, cluster)))
 
 
+#: The environment variable naming the file the hop's messages go to, so that
+#: `tsh ssh` can show them after ssh's own (see tsh._openssh.binary.run_explained).
+HOP_ERRORS_ENV = "TSH_HOP_ERRORS"
+#: Runs the all-OpenSSH hop with its stderr appended to $TSH_HOP_ERRORS.
+_HOP_ERRORS_WRAPPER = ("sh", "-c", 'exec "$@" 2>>"$' + HOP_ERRORS_ENV + '"', "tsh-hop")
+
+
 def _common(
-    profile: Profile, paths: ProfilePaths, host: str, cluster: str, via_tsh: Sequence[str]
+    profile: Profile,
+    paths: ProfilePaths,
+    host: str,
+    cluster: str,
+    via_tsh: Sequence[str],
+    hop_errors: bool = False,
 ) -> list[str]:
     # The cluster (--cluster) ends up in HostKeyAlias and in the ProxyCommand shell line.
     validate_cluster_name(cluster)
@@ -147,6 +159,8 @@ def _common(
         command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port)
     else:
         command = proxy_command(profile, paths, host, cluster)
+        if hop_errors:  # `tsh proxy ssh` reads $TSH_HOP_ERRORS itself
+            command = " ".join([*map(shell_word, _HOP_ERRORS_WRAPPER), command])
     return [
         *identity_options(profile, paths),
         "-o", f"HostKeyAlias={alias}",
@@ -163,12 +177,15 @@ def ssh_argv(
     command: Sequence[str] = (),
     ssh: str = "ssh",
     via_tsh: Sequence[str] = (),
+    hop_errors: bool = False,
 ) -> list[str]:
     """The full ``ssh`` command line for `tsh ssh` (argv[0] is ``ssh``).
 
     The user's own ``-o`` options come first: for each keyword OpenSSH keeps
     the first value it sees, so they override ours. ``via_tsh`` (how to run
     tsh, e.g. ``("/usr/bin/tsh",)``) makes the ProxyCommand `tsh proxy ssh`.
+    ``hop_errors``: the hop's messages go to the file ``$TSH_HOP_ERRORS``
+    names (which must then be set).
 
     Raises:
         UsageError (InvalidNameError): an unsafe destination, login or cluster.
@@ -178,7 +195,7 @@ def ssh_argv(
     argv = [ssh]
     for option in request.options:
         argv += ["-o", option]
-    argv += _common(profile, paths, host, cluster, via_tsh)
+    argv += _common(profile, paths, host, cluster, via_tsh, hop_errors)
     argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
     if login:
         argv += ["-l", login]
@@ -224,8 +241,11 @@ def scp_argv(
     preserve: bool = False,
     scp: str = "scp",
     via_tsh: Sequence[str] = (),
+    hop_errors: bool = False,
 ) -> list[str]:
     """The full ``scp`` command line for `tsh scp` (SOURCE... TARGET in ``args``).
+
+    ``hop_errors``: as for :func:`ssh_argv`.
 
     Raises:
         UsageError: see scp_remote_host.
@@ -236,6 +256,6 @@ def scp_argv(
         argv.append("-r")
     if preserve:
         argv.append("-p")
-    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh)
+    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh, hop_errors)
     argv += ["-P", str(port or DEFAULT_NODE_PORT), "--", *args]
     return argv

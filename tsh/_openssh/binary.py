@@ -1,10 +1,11 @@
 """Hand over to OpenSSH: a usable profile, the binary, and exec.
 
-`tsh ssh` and `tsh scp` end here. Before exec, the profile must be usable:
+`tsh ssh` and `tsh scp` end here. Before ssh runs, the profile must be usable:
 logged in, the certificate still valid (or renewed through a caller-supplied
 relogin, which needs a terminal), and for `-k only` profiles the key back in
-the agent. Then the process is replaced by OpenSSH. No Python stays in the
-data path unless the profile needs it: when the user's agent does not hold the
+the agent. Then OpenSSH runs on the user's terminal, with this process only
+waiting for it (to show the hop's messages last). No Python is in the data
+path unless the profile needs it: when the user's agent does not hold the
 profile's certificate, a recording proxy could not use the forwarded agent, so
 the ProxyCommand becomes `tsh proxy ssh` (see proxy_via).
 """
@@ -24,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .argv import SSHRequest
 
-__all__ = ["exec_argv", "find_binary", "plan_scp", "plan_ssh", "proxy_via", "usable_profile"]
+__all__ = ["find_binary", "plan_scp", "plan_ssh", "proxy_via", "run_explained", "usable_profile"]
 
 
 def usable_profile(
@@ -97,10 +98,12 @@ def plan_ssh(
     destination: str,
     command: Sequence[str] = (),
     relogin: Callable[[Profile], Profile] | None = None,
+    hop_errors: bool = False,
 ) -> list[str]:
     """The complete ``ssh`` command line for `tsh ssh` (argv[0] is an absolute path).
 
-    Bad input fails before the profile is looked at (and before any relogin prompt).
+    Bad input fails before the profile is looked at (and before any relogin
+    prompt). ``hop_errors``: for :func:`run_explained`.
 
     Raises:
         UsageError: a bad destination or option, or no OpenSSH client.
@@ -112,7 +115,7 @@ def plan_ssh(
     profile = usable_profile(store, proxy, relogin)
     return ssh_argv(
         profile, store.paths_for(profile), request, destination, command,
-        ssh=find_binary("ssh"), via_tsh=proxy_via(profile, store),
+        ssh=find_binary("ssh"), via_tsh=proxy_via(profile, store), hop_errors=hop_errors,
     )  # fmt: skip
 
 
@@ -126,6 +129,7 @@ def plan_scp(
     recursive: bool = False,
     preserve: bool = False,
     relogin: Callable[[Profile], Profile] | None = None,
+    hop_errors: bool = False,
 ) -> list[str]:
     """The complete ``scp`` command line for `tsh scp` (argv[0] is an absolute path).
 
@@ -140,10 +144,71 @@ def plan_scp(
     return scp_argv(
         profile, store.paths_for(profile), args, port=port, cluster=cluster,
         recursive=recursive, preserve=preserve, scp=find_binary("scp"),
-        via_tsh=proxy_via(profile, store),
+        via_tsh=proxy_via(profile, store), hop_errors=hop_errors,
     )  # fmt: skip
 
 
-def exec_argv(argv: Sequence[str]) -> None:
-    """Replace this process with ``argv`` (argv[0] is an absolute path). Never returns."""
-    os.execv(argv[0], list(argv))
+def run_explained(argv: Sequence[str]) -> int:
+    """Run ``argv`` (built with ``hop_errors``) and show the hop's messages after ssh's.
+
+    When the proxy refuses (an unknown node, say), ssh itself then adds two
+    lines that only say the hop ended (``kex_exchange_identification: ...``,
+    ``Connection closed by UNKNOWN port 65535``). The hop's messages go to a
+    private file instead of the terminal and are written last, so the cause is
+    the last thing the user reads. Otherwise ssh runs as if exec'd: the same
+    terminal, its exit status (128+N for signal N), and job control
+    (Ctrl-Z stops this process too; ``fg`` resumes both).
+
+    Returns:
+        ssh's exit status.
+    """
+    import signal
+    import tempfile
+
+    from .argv import HOP_ERRORS_ENV
+
+    with tempfile.TemporaryDirectory(prefix="tsh-hop-") as tmp:  # 0700
+        errors = os.path.join(tmp, "errors")
+        env = {**os.environ, HOP_ERRORS_ENV: errors}
+        # The terminal's Ctrl-C and Ctrl-\ reach ssh (same process group): ssh
+        # decides. A SIGTERM or SIGHUP sent to us alone is passed on to ssh.
+        pid = 0
+
+        def pass_on(signum: int, frame: object) -> None:
+            if pid:
+                os.kill(pid, signum)
+
+        caught = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in caught[:2]}
+        previous.update({sig: signal.signal(sig, pass_on) for sig in caught[2:]})
+        try:
+            pid = os.posix_spawn(argv[0], list(argv), env, setsigdef=caught)
+            status = _wait_like_a_shell(pid)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        try:
+            with open(errors, "rb") as f:
+                said = f.read()
+        except FileNotFoundError:
+            said = b""
+    if said:
+        os.write(2, said if said.endswith(b"\n") else said + b"\n")
+    return status
+
+
+def _wait_like_a_shell(pid: int) -> int:
+    """Wait for ``pid``; stop with it (Ctrl-Z, ssh's ``~^Z``) and resume it with us."""
+    import signal
+
+    while True:
+        try:
+            _, status = os.waitpid(pid, os.WUNTRACED)
+        except InterruptedError:
+            continue
+        if os.WIFSTOPPED(status):
+            os.kill(os.getpid(), signal.SIGSTOP)  # our shell sees the job stop
+            os.kill(pid, signal.SIGCONT)  # `fg` continued us: continue ssh
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code

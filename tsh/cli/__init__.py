@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     code; an unexpected exception too (``TSH_DEBUG=1`` re-raises it).
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:2] == ["proxy", "ssh"] and os.environ.get("TSH_HOP_ERRORS"):
+        _stderr_to(os.environ["TSH_HOP_ERRORS"])  # `tsh ssh` shows it after ssh's own lines
     try:
         from ._hotpath import run_hot
 
@@ -68,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stderr_to(path: str) -> None:
+    """Append this process's stderr to ``path`` (private, made by `tsh ssh`); keep it if that fails."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _run_typer(args: list[str]) -> int:

@@ -24,12 +24,14 @@ def scp(
     ),
 ) -> None:
     """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
-    from .._openssh.binary import exec_argv, plan_scp
+    from .._openssh.binary import plan_scp, run_explained
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
     argv = plan_scp(
         ProfileStore(), proxy, paths, port=port, cluster=cluster, recursive=recursive,
-        preserve=preserve, relogin=terminal_relogin(),
+        preserve=preserve, relogin=terminal_relogin(), hop_errors=True,
     )  # fmt: skip
-    exec_argv(argv)
+    status = run_explained(argv)
+    if status:
+        raise typer.Exit(status)

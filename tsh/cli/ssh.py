@@ -39,7 +39,7 @@ def ssh(
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
     from .._openssh.argv import SSHRequest
-    from .._openssh.binary import exec_argv, plan_ssh
+    from .._openssh.binary import plan_ssh, run_explained
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
 
@@ -61,6 +61,9 @@ def ssh(
     if remote_command[:1] == ("--",):
         # click keeps a "--" that follows HOST; ssh drops it, and so do we.
         remote_command = remote_command[1:]
-    argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command, terminal_relogin())
+    argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command,
+                    terminal_relogin(), hop_errors=True)
     sys.stdout.flush()
-    exec_argv(argv)
+    status = run_explained(argv)
+    if status:
+        raise typer.Exit(status)
