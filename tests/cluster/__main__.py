@@ -147,7 +147,7 @@ def _cmd_auth_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_auth_sign(args: argparse.Namespace) -> int:
-    from tsh._store.fs import atomic_write
+    from tests.cluster._files import atomic_write
 
     from ._ca import Authority
 

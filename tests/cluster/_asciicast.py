@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tsh._store.fs import atomic_write, ensure_private_dir
+from tests.cluster._files import atomic_write, ensure_private_dir
 
 __all__ = [
     "CastWriter",

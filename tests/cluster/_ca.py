@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tsh._store.fs import atomic_write, locked
+from tests.cluster._files import atomic_write, locked
 
 from ._state import ClusterState, User
 

@@ -262,7 +262,7 @@ async def start_ssh_proxy(
     if key_path.exists():
         host_key = asyncssh.read_private_key(key_path)
     else:
-        from tsh._store.fs import atomic_write
+        from tests.cluster._files import atomic_write
 
         host_key = authority.new_host_key()
         atomic_write(key_path, host_key.export_private_key("openssh"), 0o600)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsh._store.fs import atomic_write, ensure_private_dir, locked
+from tests.cluster._files import atomic_write, ensure_private_dir, locked
 
 __all__ = [
     "ClusterState",

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsh._agent.procs import stop_process
+from tests.cluster._files import stop_process
 
 __all__ = ["REPO_ROOT", "Cluster", "launch_cluster", "run_cluster_cli"]
 

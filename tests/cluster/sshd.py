@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsh._agent.procs import stop_process
+from tests.cluster._files import stop_process
 
 __all__ = [
     "HOST_KEY_KINDS",
@@ -230,7 +230,7 @@ def _resign_with_other_ca(host_key: Path, cert_path: Path) -> None:
     """Replace the host certificate by one with the same names from a throwaway CA."""
     import asyncssh
 
-    from tsh._store.fs import atomic_write
+    from tests.cluster._files import atomic_write
 
     cert = asyncssh.read_certificate(cert_path)
     other_ca = asyncssh.generate_private_key("ssh-ed25519")
