@@ -22,6 +22,7 @@ from ._exceptions import (
     ProxyTLSError,
     SSHError,
     TshError,
+    TshWarning,
     UsageError,
 )
 from ._version import __version__
@@ -43,6 +44,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     *_LAZY,
+    "TshWarning",
     "TshError",
     "UsageError",
     "InvalidNameError",

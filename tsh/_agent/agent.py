@@ -36,7 +36,6 @@ __all__ = [
 AGENT_MODES = ("auto", "no", "yes", "only")
 #: Seconds any single agent conversation may take (a hung agent must not hang tsh).
 AGENT_TIMEOUT = 10.0
-FIX_HINT = "use --add-keys-to-agent=no, or run OpenSSH's ssh-agent"
 
 
 def resolve_agent_mode(
@@ -58,7 +57,7 @@ def resolve_agent_mode(
     if not use_local_agent:
         if mode == "only":
             raise UsageError(
-                "--add-keys-to-agent=only keeps the key in the ssh-agent, "
+                'agent mode "only" keeps the key in the ssh-agent, '
                 "but use of the local ssh-agent is turned off"
             )
         return "no"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from .._core.addr import join_host_port
 from .._core.names import validate_cluster_name, validate_user_name
 from .._core.profile import Profile
-from .._exceptions import AgentError, ProxyConnectionError, UsageError
+from .._exceptions import AgentError, ProxyConnectionError, TshWarning, UsageError
 from .._store import fs as _fs
 
 if TYPE_CHECKING:
@@ -47,10 +47,10 @@ DEFAULT_TTL = 12 * 3600
 MAX_TTL_MINUTES = (2**63 - 1) // (60 * 1_000_000_000)
 #: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
 _OTP_MODES = ("otp", "on", "optional")
-GPG_WARNING = (
+GPG_WARNING = TshWarning(
+    "agent-unsupported",
     "Certificate was not loaded into agent because the agent at SSH_AUTH_SOCK does not appear "
-    "to support SSH certificates. To force load the certificate into the running agent, use "
-    "the --add-keys-to-agent=yes flag."
+    "to support SSH certificates.",
 )
 
 
@@ -80,7 +80,7 @@ class LoginResult:
     """The stored profile and the warnings the CLI should print."""
 
     profile: Profile
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[TshWarning] = field(default_factory=list)
 
 
 def _ping(
@@ -105,7 +105,7 @@ def _ping(
         return _ping(host, FALLBACK_WEB_PORT, insecure, transport)
     except ProxyConnectionError as e:
         raise ProxyConnectionError(
-            f"{e} (and on port {DEFAULT_WEB_PORT}; give the port with --proxy=HOST:PORT)"
+            f"{e} (and on port {DEFAULT_WEB_PORT}; give the port as HOST:PORT)"
         ) from None
 
 
@@ -239,7 +239,7 @@ def login(
         server_version=ping.server_version,
         private_key_policy=ping.private_key_policy,
     )
-    warnings: list[str] = []
+    warnings: list[TshWarning] = []
     with store.transaction():
         _store_login(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     return LoginResult(profile, warnings)
@@ -252,7 +252,7 @@ def _store_login(
     response: LoginResponse,
     mode: str,
     environ: Mapping[str, str],
-    warnings: list[str],
+    warnings: list[TshWarning],
     now: float,
 ) -> None:
     """Stage every file, (for ``only``) place the key, commit, then load the agent."""
@@ -315,8 +315,11 @@ def _store_login(
             return
         if not sock:
             warnings.append(
-                "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
-                "the certificate was not loaded into an agent"
+                TshWarning(
+                    "no-agent",
+                    "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
+                    "the certificate was not loaded into an agent",
+                )
             )
             return
         if mode == "auto" and _agent.suspect_agent(sock):
@@ -327,7 +330,7 @@ def _store_login(
                 sock, keys.ssh_private, response.cert, comment, profile.valid_before, now
             )
         except AgentError as e:
-            warnings.append(f"{e}; the keys stay on disk ({_agent.FIX_HINT})")
+            warnings.append(TshWarning("agent-failed", f"{e}; the keys stay on disk"))
 
 
 def _place_agent_only_key(
@@ -336,7 +339,7 @@ def _place_agent_only_key(
     response: LoginResponse,
     comment: str,
     sock: str,
-    warnings: list[str],
+    warnings: list[TshWarning],
 ) -> None:
     """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
     from .._agent import agent as _agent
@@ -346,8 +349,10 @@ def _place_agent_only_key(
         profile.proxy_host, profile.user, profile.cluster, keys.ssh_private
     )
     agent_problem: str | None = None
+    agent_code = "agent-failed"
     if not sock:
         agent_problem = "no ssh-agent is running (SSH_AUTH_SOCK is not set)"
+        agent_code = "no-agent"
     else:
         try:
             _agent.load_into_agent(
@@ -357,15 +362,21 @@ def _place_agent_only_key(
             agent_problem = str(e)
     if problem and agent_problem:
         raise AgentError(
-            f"--add-keys-to-agent=only: {agent_problem}, and {problem}; nothing was saved"
+            f"the key is kept off disk, but {agent_problem}, and {problem}; nothing was saved"
         )
     if problem:
         warnings.append(
-            f"{problem}; the key is kept in the ssh-agent only and will be lost "
-            "when the agent stops"
+            TshWarning(
+                "no-keyring",
+                f"{problem}; the key is kept in the ssh-agent only and will be lost "
+                "when the agent stops",
+            )
         )
     if agent_problem:
         warnings.append(
-            f"{agent_problem}; the key is in the OS keyring and `tsh status` "
-            "will load it into the next agent"
+            TshWarning(
+                agent_code,
+                f"{agent_problem}; the key is in the OS keyring and `tsh status` "
+                "will load it into the next agent",
+            )
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._core.profile import Profile
-from .._exceptions import AgentError, ProfileError
+from .._exceptions import AgentError, ProfileError, TshWarning
 from .._store import fs as _fs
 from .._store.store import ProfileStore
 
@@ -31,7 +31,7 @@ class LogoutResult:
     """Whether anything was logged out, and warnings for the CLI to print."""
 
     removed: bool
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[TshWarning] = field(default_factory=list)
 
 
 def _remove_tree(path: Path) -> bool:
@@ -64,7 +64,7 @@ def _forget_keys(store: ProfileStore, proxy: str, user: str, clusters: set[str])
         _secrets.delete_key(proxy, user, cluster)
 
 
-def _unload(sock: str, match: Callable[[str], bool], warnings: list[str]) -> int:
+def _unload(sock: str, match: Callable[[str], bool], warnings: list[TshWarning]) -> int:
     from .._agent import agent as _agent
 
     if not sock:
@@ -72,7 +72,7 @@ def _unload(sock: str, match: Callable[[str], bool], warnings: list[str]) -> int
     try:
         return _agent.remove_from_agent(sock, match)
     except AgentError as e:
-        warnings.append(f"{e}; our keys may still be in the ssh-agent")
+        warnings.append(TshWarning("agent-failed", f"{e}; our keys may still be in the ssh-agent"))
         return 0
 
 

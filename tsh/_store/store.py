@@ -77,12 +77,12 @@ def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme.lower() != "https":
-            raise UsageError(f"--proxy {proxy!r}: only https proxies are supported")
+            raise UsageError(f"proxy address {proxy!r}: only https proxies are supported")
         text = rest.rstrip("/")
     try:
         host, port = split_host_port(text, 0)
     except ValueError as e:
-        raise UsageError(f"--proxy {proxy!r}: {e}") from None
+        raise UsageError(f"proxy address {proxy!r}: {e}") from None
     return validate_host(host, "proxy host"), (port or None)
 
 

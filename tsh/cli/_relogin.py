@@ -25,7 +25,7 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
     def relogin(profile: "Profile") -> "Profile":
         from .._agent.agent import resolve_agent_mode
         from .._auth.login import LoginRequest, login
-        from .login import TerminalPrompter
+        from .login import TerminalPrompter, login_warnings
 
         print(
             f"The certificate for {profile.user}@{profile.name} has expired; logging in again.",
@@ -42,7 +42,7 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
             agent_mode=mode,
         )
         result = login(request, TerminalPrompter())
-        print_warnings(result.warnings)
+        print_warnings(login_warnings(result.warnings, mode))
         return result.profile
 
     return relogin

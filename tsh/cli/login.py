@@ -6,12 +6,30 @@ import getpass
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Optional
 
 import typer
 
-from .._exceptions import UsageError
+from .._exceptions import TshWarning, UsageError
 from . import print_warnings
+
+#: What to do about a login warning, in flags (the library's messages name none).
+_HINTS = {
+    "agent-unsupported": " To force load the certificate into the running agent, use "
+    "the --add-keys-to-agent=yes flag.",
+    "agent-failed": " (use --add-keys-to-agent=no, or run OpenSSH's ssh-agent)",
+}
+
+
+def login_warnings(warnings: Iterable[TshWarning], mode: str) -> list[str]:
+    """Login's warnings as the CLI prints them: with what to do, for keys kept on disk.
+
+    (With ``-k only`` the key is meant for the agent: ``-k no`` is no advice.)
+    """
+    if mode == "only":
+        return [str(w) for w in warnings]
+    return [f"{w}{_HINTS.get(w.code, '')}" for w in warnings]
 
 
 class TerminalPrompter:
@@ -114,5 +132,5 @@ def login(
         agent_mode=mode,
     )
     result = do_login(request, TerminalPrompter())
-    print_warnings(result.warnings)
+    print_warnings(login_warnings(result.warnings, mode))
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))
