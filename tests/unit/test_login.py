@@ -348,10 +348,16 @@ def test_password_never_reaches_disk(store: ProfileStore) -> None:
 @pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
 def test_private_keys_stay_out_of_repr(version: str) -> None:
     from tsh._auth.login import _new_keys
+    from tsh._store.store import LoginFiles
 
     keys = _new_keys(version)
     assert "PRIVATE KEY" not in repr(keys)
     assert keys.ssh_public.split()[1] in repr(keys)
+    files = LoginFiles(
+        private_key=keys.ssh_private, tls_key=keys.tls_private, public_key=keys.ssh_public,
+        ssh_cert="cert", host_signers=[],
+    )  # fmt: skip
+    assert "PRIVATE KEY" not in repr(files) and keys.ssh_public.split()[1] in repr(files)
 
 
 @pytest.mark.parametrize("minutes", [0, -5, 153_722_868, 10**400])

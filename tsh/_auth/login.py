@@ -26,7 +26,6 @@ from .._core.addr import join_host_port
 from .._core.names import validate_cluster_name, validate_user_name
 from .._core.profile import Profile
 from .._exceptions import AgentError, ProxyConnectionError, TshWarning, UsageError
-from .._store import fs as _fs
 
 if TYPE_CHECKING:
     import httpx
@@ -240,12 +239,11 @@ def login(
         private_key_policy=ping.private_key_policy,
     )
     warnings: list[TshWarning] = []
-    with store.transaction():
-        _store_login(store, profile, keys, response, request.agent_mode, environ, warnings, now)
+    _save(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     return LoginResult(profile, warnings)
 
 
-def _store_login(
+def _save(
     store: ProfileStore,
     profile: Profile,
     keys: _Keys,
@@ -255,61 +253,27 @@ def _store_login(
     warnings: list[TshWarning],
     now: float,
 ) -> None:
-    """Stage every file, (for ``only``) place the key, commit, then load the agent."""
+    """Save the files (for ``only``, place the key just before they commit), then load the agent."""
     from .._agent import agent as _agent
-    from .._core.knownhosts import ca_lines, merge_known_hosts
+    from .._store.store import LoginFiles
 
-    proxy_host = profile.proxy_host
-    paths = store.paths_for(profile)
-    for d in (store.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir):
-        _fs.ensure_private_dir(d)
-
-    legacy = keys.tls_private is None
     keep_private = mode != "only"
-    stale = [paths.tls_key, paths.tls_cert] if legacy else [paths.tls_cert_legacy]
-    if not keep_private:
-        stale += [paths.private_key, paths.tls_key]
+    files = LoginFiles(
+        private_key=keys.ssh_private if keep_private else None,
+        public_key=keys.ssh_public,
+        ssh_cert=response.cert,
+        tls_cert=response.tls_cert,
+        tls_key=keys.tls_private if keep_private else None,
+        single_key=keys.tls_private is None,
+        host_signers=response.host_signers,
+    )
+    comment = _agent.agent_comment(profile.proxy_host, profile.cluster, profile.user)
+    sock = environ.get("SSH_AUTH_SOCK", "")
 
-    known_lines = [
-        line
-        for s in response.host_signers
-        for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
-    ]
-    try:
-        known_hosts = _fs.read_text(paths.known_hosts)
-    except FileNotFoundError:
-        known_hosts = ""
+    def place_key() -> None:
+        _place_agent_only_key(profile, keys, response, comment, sock, warnings)
 
-    with _fs.StagedFiles() as staged:
-        if keep_private:
-            staged.stage(paths.private_key, keys.ssh_private)
-        staged.stage(paths.public_key, keys.ssh_public)
-        if legacy:
-            staged.stage(paths.tls_cert_legacy, response.tls_cert)
-        else:
-            if keep_private and keys.tls_private is not None:
-                staged.stage(paths.tls_key, keys.tls_private)
-            staged.stage(paths.tls_cert, response.tls_cert)
-        for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
-            staged.stage(paths.ssh_cert(name), response.cert)
-        for signer in response.host_signers:
-            if signer.tls_certs:
-                staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
-        staged.stage(
-            paths.certs_pem, "".join(c for s in response.host_signers for c in s.tls_certs)
-        )
-        staged.stage(paths.known_hosts, merge_known_hosts(known_hosts, proxy_host, known_lines))
-        staged.stage(paths.profile_file, profile.to_json())
-        staged.stage(paths.current_profile, f"{profile.name}\n")
-
-        comment = _agent.agent_comment(proxy_host, profile.cluster, profile.user)
-        sock = environ.get("SSH_AUTH_SOCK", "")
-        if not keep_private:
-            _place_agent_only_key(profile, keys, response, comment, sock, warnings)
-        staged.commit()
-
-    for path in stale:
-        _fs.remove_file(path)
+    store.save_login(profile, files, before_commit=None if keep_private else place_key)
     if mode in ("auto", "yes"):
         if mode == "auto" and not sock:
             return
