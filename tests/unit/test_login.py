@@ -126,6 +126,40 @@ def test_unsupported_second_factor_fails_before_prompt(store: ProfileStore, fact
     assert prompter.asked == []
 
 
+@pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
+def test_login_takes_an_authenticator(store: ProfileStore, version: str) -> None:
+    from tsh._auth.authenticators import PasswordAuthenticator
+
+    seen: list[tuple[object, ...]] = []
+
+    class Recording:  # what an SSO authenticator will get
+        def authenticate(self, ping, user, client, keys, ttl_seconds, cluster):  # type: ignore[no-untyped-def]
+            seen.append((ping.cluster_name, user, keys, ttl_seconds, cluster))
+            password = PasswordAuthenticator(lambda _user: "secret-pw", lambda: "unused")
+            return password.authenticate(ping, user, client, keys, ttl_seconds, cluster)
+
+    proxy = FakeProxy(server_version=version)
+    request = LoginRequest(proxy="proxy.test:3080", user="alice", agent_mode="no", ttl_minutes=5)
+    result = login(request, Recording(), store=store, transport=proxy.transport, environ={})
+    ((cluster_name, user, keys, ttl, route),) = seen
+    assert (cluster_name, user, ttl, route) == ("example.test", "alice", 300.0, "")
+    assert keys.ssh.startswith("ssh-ed25519 " if version == "17.0.0" else "ssh-rsa ")
+    assert (keys.tls is None) == (version == "16.4.0")
+    assert result.profile.user == "alice"
+    assert store.paths("proxy.test", "alice").public_key.read_text() == keys.ssh
+
+
+def test_password_authenticator_refuses_sso_before_asking(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    ping = proxy.ping_json()
+    ping["auth"]["type"] = "github"
+    proxy.ping_raw = (200, json.dumps(ping).encode(), "application/json")
+    prompter = ScriptedPrompter()
+    with pytest.raises(UsageError, match="github single sign-on"):
+        _login(store, proxy, prompter)
+    assert prompter.asked == [] and proxy.login_bodies == []
+
+
 def test_not_a_proxy_fails_before_prompt(store: ProfileStore) -> None:
     proxy = FakeProxy()
     proxy.ping_raw = (200, b"<!doctype html><title>Login portal</title>", "text/html")

@@ -1,16 +1,17 @@
-"""`tsh login`: ping, prompt, key generation, certificate request, checks, storage, agent.
+"""`tsh login`: ping, keys, authentication, checks, storage, agent.
 
 The order matters and is the point of this module:
 
 1. ping the proxy over verified TLS, so that a wrong address, an untrusted
    certificate or something that is not a Teleport proxy fails before any
    password is asked;
-2. prompt for the password (and OTP when the proxy requires one);
-3. generate fresh keys and ask for certificates;
+2. generate fresh keys;
+3. let the Authenticator (tsh._auth.authenticators: password and OTP, for
+   now) prove the user and get certificates for the keys' public halves;
 4. check the certificates (for our keys, principals, validity);
-5. under the store lock, stage every file completely, then replace them, and
-   load the agent. Any failure before the replacement leaves the existing
-   profile, keys and agent as they were.
+5. save every file through the ProfileStore, all or nothing, and load the
+   agent. Any failure before the files replace the old ones leaves the
+   existing profile, keys, keyring and agent as they were.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .._core.addr import join_host_port
 from .._core.names import validate_cluster_name, validate_user_name
 from .._core.profile import Profile
 from .._exceptions import AgentError, ProxyConnectionError, TshWarning, UsageError
+from .authenticators import Authenticator, PasswordAuthenticator, Prompter, PublicKeys
 
 if TYPE_CHECKING:
     import httpx
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from .._web.client import WebClient
     from .._web.wire import LoginResponse, PingResponse
 
-__all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]
+__all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]  # Prompter: for old callers
 
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
@@ -44,21 +46,11 @@ DEFAULT_TTL = 12 * 3600
 #: than this: it answers with a raw JSON unmarshalling error. (Real tsh reads
 #: --ttl as an int32 of minutes and lets larger values wrap around.)
 MAX_TTL_MINUTES = (2**63 - 1) // (60 * 1_000_000_000)
-#: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
-_OTP_MODES = ("otp", "on", "optional")
 GPG_WARNING = TshWarning(
     "agent-unsupported",
     "Certificate was not loaded into agent because the agent at SSH_AUTH_SOCK does not appear "
     "to support SSH certificates.",
 )
-
-
-class Prompter(Protocol):
-    """Where login gets secrets from (a terminal, stdin lines, or a test double)."""
-
-    def password(self, user: str) -> str: ...
-
-    def otp(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -141,25 +133,9 @@ def _new_keys(server_version: str) -> _Keys:
     )
 
 
-def _ask(ping: PingResponse, user: str, prompter: Prompter) -> tuple[str, str]:
-    if ping.auth_type != "local":
-        raise UsageError(
-            f"the proxy uses {ping.auth_type} single sign-on, which tsh-py does not support yet"
-        )
-    if ping.second_factor not in ("off", *_OTP_MODES):
-        raise UsageError(
-            f"the proxy requires second factor {ping.second_factor!r} "
-            "(a security key), which tsh-py does not support yet"
-        )
-    password = prompter.password(user)
-    otp = prompter.otp() if ping.second_factor in _OTP_MODES else ""
-    # Authenticator apps show codes in groups ("440 061"); people type them so.
-    return password, "".join(otp.split())
-
-
 def login(
     request: LoginRequest,
-    prompter: Prompter,
+    authenticator: Authenticator | Prompter,
     *,
     store: ProfileStore | None = None,
     transport: httpx.BaseTransport | None = None,
@@ -167,6 +143,9 @@ def login(
     clock: Callable[[], float] = time.time,
 ) -> LoginResult:
     """Log in to ``request.proxy`` and store the profile; see the module docstring.
+
+    ``authenticator`` proves the user (e.g. a PasswordAuthenticator); a
+    Prompter (``password(user)`` and ``otp()``) means the password method.
 
     Raises:
         UsageError, ProxyError (and subclasses), CertificateError, ProfileError:
@@ -191,27 +170,22 @@ def login(
                 "the cluster can read; it caps certificates at its max_session_ttl anyway)"
             )
 
+    if not hasattr(authenticator, "authenticate"):
+        authenticator = PasswordAuthenticator.from_prompter(authenticator)
     client, ping = _ping(host, port, request.insecure, transport)
     with client:
-        password, otp = _ask(ping, user, prompter)
         keys = _new_keys(ping.server_version)
         if request.ttl_minutes is not None:
             ttl = request.ttl_minutes * 60.0
         else:
             ttl = ping.default_session_ttl or DEFAULT_TTL
-        # Up to v16 one key serves SSH and TLS; v17+ sends one of each.
-        key_args = (
-            {"pub_key": keys.ssh_public}
-            if keys.tls_private is None
-            else {"ssh_pub_key": keys.ssh_public, "tls_pub_key": keys.tls_public}
-        )
-        response = client.ssh_certs(
-            user=user,
-            password=password,
-            otp_token=otp,
-            ttl_seconds=ttl,
-            route_to_cluster=request.cluster or "",
-            **key_args,
+        response = authenticator.authenticate(
+            ping,
+            user,
+            client,
+            PublicKeys(keys.ssh_public, None if keys.tls_private is None else keys.tls_public),
+            ttl,
+            request.cluster or "",
         )
 
     now = clock()
