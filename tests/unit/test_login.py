@@ -409,3 +409,68 @@ def test_longest_ttl_fits_a_go_duration(store: ProfileStore) -> None:
     with pytest.raises(AccessDeniedError):
         _login(store, proxy, ttl_minutes=153_722_867)
     assert 0 < proxy.login_bodies[0]["ttl"] <= 2**63 - 1
+
+
+class FakeKeyring:
+    """A keyring backend in memory (tsh._store.secrets only calls these three)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def set_password(self, service: str, account: str, secret: str) -> None:
+        self.entries[service, account] = secret
+
+    def get_password(self, service: str, account: str) -> str | None:
+        return self.entries.get((service, account))
+
+    def delete_password(self, service: str, account: str) -> None:
+        del self.entries[service, account]
+
+
+def _agent_keys(sock: str) -> list[str]:
+    import subprocess
+
+    listed = subprocess.run(
+        ["ssh-add", "-L"], capture_output=True, text=True, env={"SSH_AUTH_SOCK": sock}
+    )  # exit status 1: "The agent has no identities."
+    return sorted(listed.stdout.splitlines()) if listed.returncode == 0 else []
+
+
+def test_failed_commit_leaves_agent_and_keyring_as_they_were(
+    store: ProfileStore, ssh_agent, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from tsh._store import fs as _fs
+    from tsh._store import secrets as _secrets
+
+    keyring = FakeKeyring()
+    monkeypatch.setattr(_secrets, "_backend", lambda: keyring)
+    proxy = FakeProxy()
+
+    def login_only(user: str):  # type: ignore[no-untyped-def]
+        request = LoginRequest(proxy="proxy.test:3080", user=user, agent_mode="only")
+        return login(
+            request, ScriptedPrompter(), store=store, transport=proxy.transport,
+            environ={"SSH_AUTH_SOCK": ssh_agent.sock},
+        )  # fmt: skip
+
+    assert login_only("alice").warnings == []
+    agent, entries, files = _agent_keys(ssh_agent.sock), dict(keyring.entries), snapshot(store.home)
+    assert len(agent) == 2 and len(entries) == 1  # the key and its certificate; one account
+
+    def full_disk(self: _fs.StagedFiles) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(_fs.StagedFiles, "commit", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            login_only("alice")  # again: the previous keyring entry must come back
+        with pytest.raises(OSError, match="No space"):
+            login_only("bob")  # a first login: nothing of bob's may stay
+    assert _agent_keys(ssh_agent.sock) == agent
+    assert keyring.entries == entries and snapshot(store.home) == files
+
+    # A login that commits replaces alice's agent key (after the commit) and keyring entry.
+    login_only("alice")
+    new_agent = _agent_keys(ssh_agent.sock)
+    assert len(new_agent) == 2 and not set(new_agent) & set(agent)
+    assert keyring.entries.keys() == entries.keys() and keyring.entries != entries

@@ -22,6 +22,10 @@ from .._core.profile import Profile
 from .._exceptions import AgentError, UsageError
 from .._store.store import ProfileStore
 
+TYPE_CHECKING = False  # typing itself costs start-up time (`tsh proxy ssh`, -k only)
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "AGENT_MODES",
     "agent_comment",
@@ -30,6 +34,7 @@ __all__ = [
     "suspect_agent",
     "load_into_agent",
     "remove_from_agent",
+    "drop_from_agent",
     "ensure_agent_key",
 ]
 
@@ -139,12 +144,18 @@ def load_into_agent(
     comment: str,
     valid_before: int,
     now: float | None = None,
-) -> None:
-    """Replace our keys carrying ``comment`` with this key and certificate.
+    *,
+    replace: bool = True,
+) -> frozenset[bytes]:
+    """Add this key and certificate with ``comment``; with ``replace``, drop our older ones.
 
-    The lifetime constraint is the certificate's remaining validity. Raises
+    The lifetime constraint is the certificate's remaining validity. Returns
+    the public blobs added (for :func:`drop_from_agent`). Without
+    ``replace`` the older keys carrying ``comment`` stay until the caller
+    removes them (:func:`remove_from_agent` with ``keep``), so that an
+    operation failing later can leave the agent as it was. Raises
     AgentError if the agent refuses the key or does not hold the certificate
-    afterwards; then no key with ``comment`` is left behind.
+    afterwards; then nothing of this key is left behind.
     """
     from .._asyncssh import asyncssh
 
@@ -158,18 +169,20 @@ def load_into_agent(
         raise AgentError(f"cannot load the key for the ssh-agent: {e}") from None
     key.set_comment(comment)
     cert.set_comment(comment)
+    added = frozenset({key.public_data, cert.public_data})
 
     async def run() -> None:
         agent = await _connect(sock)
         try:
-            await _remove(agent, lambda c: c == comment)
+            if replace:
+                await _remove(agent, lambda k: (k.get_comment() or "") == comment)
             try:
                 await agent.add_keys([(key, cert)], lifetime=lifetime)
             except ValueError as e:
                 raise AgentError(f"the ssh-agent at {sock} refused the certificate ({e})") from None
             held = await agent.get_keys()
             if not any(k.public_data == cert.public_data for k in held):
-                await _remove(agent, lambda c: c == comment)
+                await _remove(agent, lambda k: k.public_data in added)
                 raise AgentError(
                     f"the ssh-agent at {sock} accepted the key but does not hold its certificate"
                 )
@@ -178,19 +191,18 @@ def load_into_agent(
             await agent.wait_closed()
 
     _run(run)
+    return added
 
 
-async def _remove(agent, match: Callable[[str], bool]) -> int:  # type: ignore[no-untyped-def]
-    """Remove the agent keys whose comment ``match`` accepts."""
-    doomed = [k for k in await agent.get_keys() if match(k.get_comment() or "")]
+async def _remove(agent, match: Callable[[Any], bool]) -> int:  # type: ignore[no-untyped-def]
+    """Remove the agent keys (asyncssh SSHKeyPairs) that ``match`` accepts."""
+    doomed = [k for k in await agent.get_keys() if match(k)]
     if doomed:
         await agent.remove_keys(doomed)
     return len(doomed)
 
 
-def remove_from_agent(sock: str, match: Callable[[str], bool]) -> int:
-    """Remove the keys whose comment ``match`` accepts; return how many were removed."""
-
+def _remove_where(sock: str, match: Callable[[Any], bool]) -> int:
     async def run() -> int:
         agent = await _connect(sock)
         try:
@@ -204,6 +216,20 @@ def remove_from_agent(sock: str, match: Callable[[str], bool]) -> int:
     result = _run(run)
     assert isinstance(result, int)
     return result
+
+
+def remove_from_agent(
+    sock: str, match: Callable[[str], bool], keep: frozenset[bytes] = frozenset()
+) -> int:
+    """Remove the keys whose comment ``match`` accepts, but those in ``keep``; return how many."""
+    return _remove_where(
+        sock, lambda k: match(k.get_comment() or "") and k.public_data not in keep
+    )
+
+
+def drop_from_agent(sock: str, added: frozenset[bytes]) -> int:
+    """Remove exactly the keys :func:`load_into_agent` returned; return how many were there."""
+    return _remove_where(sock, lambda k: k.public_data in added)
 
 
 def ensure_agent_key(

@@ -243,11 +243,23 @@ def _save(
     )
     comment = _agent.agent_comment(profile.proxy_host, profile.cluster, profile.user)
     sock = environ.get("SSH_AUTH_SOCK", "")
+    added: list[frozenset[bytes]] = []
 
-    def place_key() -> None:
-        _place_agent_only_key(profile, keys, response, comment, sock, warnings)
+    def place_key() -> Callable[[], None]:
+        in_agent, undo = _place_agent_only_key(profile, keys, response, comment, sock, warnings)
+        if in_agent:
+            added.append(in_agent)
+        return undo
 
     store.save_login(profile, files, before_commit=None if keep_private else place_key)
+    if added:
+        # Committed: now the keys of the login this one replaces can go.
+        try:
+            _agent.remove_from_agent(sock, lambda c: c == comment, keep=added[0])
+        except AgentError as e:
+            warnings.append(
+                TshWarning("agent-failed", f"{e}; the previous key stays until it expires")
+            )
     if mode in ("auto", "yes"):
         if mode == "auto" and not sock:
             return
@@ -278,23 +290,29 @@ def _place_agent_only_key(
     comment: str,
     sock: str,
     warnings: list[TshWarning],
-) -> None:
-    """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
+) -> tuple[frozenset[bytes], Callable[[], None]]:
+    """``-k only``: the key goes to the keyring and the agent; one of them must take it.
+
+    Returns what the agent took (empty if nothing) and a function that puts
+    agent and keyring back as they were, for when the files fail to commit.
+    Our older agent keys stay until the caller removes them after the commit.
+    """
     from .._agent import agent as _agent
     from .._store import secrets as _secrets
 
-    problem = _secrets.store_key(
-        profile.proxy_host, profile.user, profile.cluster, keys.ssh_private
-    )
+    account = (profile.proxy_host, profile.user, profile.cluster)
+    previous = _secrets.load_key(*account)
+    problem = _secrets.store_key(*account, keys.ssh_private)
     agent_problem: str | None = None
     agent_code = "agent-failed"
+    in_agent: frozenset[bytes] = frozenset()
     if not sock:
         agent_problem = "no ssh-agent is running (SSH_AUTH_SOCK is not set)"
         agent_code = "no-agent"
     else:
         try:
-            _agent.load_into_agent(
-                sock, keys.ssh_private, response.cert, comment, profile.valid_before
+            in_agent = _agent.load_into_agent(
+                sock, keys.ssh_private, response.cert, comment, profile.valid_before, replace=False
             )
         except AgentError as e:
             agent_problem = str(e)
@@ -302,6 +320,19 @@ def _place_agent_only_key(
         raise AgentError(
             f"the key is kept off disk, but {agent_problem}, and {problem}; nothing was saved"
         )
+
+    def undo() -> None:
+        if in_agent:
+            try:
+                _agent.drop_from_agent(sock, in_agent)
+            except AgentError:
+                pass  # the agent drops it when its certificate expires
+        if problem is None:
+            if previous is None:
+                _secrets.delete_key(*account)
+            else:
+                _secrets.store_key(*account, previous)
+
     if problem:
         warnings.append(
             TshWarning(
@@ -318,3 +349,4 @@ def _place_agent_only_key(
                 "will load it into the next agent",
             )
         )
+    return in_agent, undo

@@ -190,7 +190,7 @@ class ProfileStore:
             ProfileError: a planted symlink, or the lock is held too long;
                 OSError: the disk refused. Either way the old files stay.
         """
-        from .._core.knownhosts import ca_lines, merge_known_hosts
+        from .._core.knownhosts import ca_lines
 
         paths = self.paths_for(profile)
         proxy_host = profile.proxy_host
@@ -204,44 +204,67 @@ class ProfileStore:
             for s in files.host_signers
             for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
         ]
+        dirs = (self.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir)
         with self.transaction():
-            for d in (self.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir):
-                _fs.ensure_private_dir(d)
+            created = [d for d in dirs if not os.path.lexists(d)]
             try:
-                known_hosts = _fs.read_text(paths.known_hosts)
-            except FileNotFoundError:
-                known_hosts = ""
-            with _fs.StagedFiles() as staged:
-                if files.private_key is not None:
-                    staged.stage(paths.private_key, files.private_key)
-                staged.stage(paths.public_key, files.public_key)
-                if files.tls_cert is not None:
-                    tls_cert = paths.tls_cert_legacy if files.single_key else paths.tls_cert
-                    staged.stage(tls_cert, files.tls_cert)
-                if files.tls_key is not None:
-                    staged.stage(paths.tls_key, files.tls_key)
-                for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
-                    staged.stage(paths.ssh_cert(name), files.ssh_cert)
-                for signer in files.host_signers:
-                    if signer.tls_certs:
-                        staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
-                staged.stage(
-                    paths.certs_pem, "".join(c for s in files.host_signers for c in s.tls_certs)
-                )
-                staged.stage(
-                    paths.known_hosts, merge_known_hosts(known_hosts, proxy_host, known_lines)
-                )
-                staged.stage(paths.profile_file, profile.to_json())
-                staged.stage(paths.current_profile, f"{profile.name}\n")
-                undo = before_commit() if before_commit is not None else None
-                try:
-                    staged.commit()
-                except BaseException:
-                    if undo is not None:
-                        undo()
-                    raise
+                for d in dirs:
+                    _fs.ensure_private_dir(d)
+                self._stage_login(profile, files, paths, known_lines, before_commit)
+            except BaseException:
+                for d in reversed(created):  # a first login that failed leaves no trace
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                raise
             for path in stale:
                 _fs.remove_file(path)
+
+    def _stage_login(
+        self,
+        profile: Profile,
+        files: LoginFiles,
+        paths: ProfilePaths,
+        known_lines: list[str],
+        before_commit: Callable[[], Callable[[], None] | None] | None,
+    ) -> None:
+        """save_login's staging and commit, with the lock held and the directories made."""
+        from .._core.knownhosts import merge_known_hosts
+
+        try:
+            known_hosts = _fs.read_text(paths.known_hosts)
+        except FileNotFoundError:
+            known_hosts = ""
+        with _fs.StagedFiles() as staged:
+            if files.private_key is not None:
+                staged.stage(paths.private_key, files.private_key)
+            staged.stage(paths.public_key, files.public_key)
+            if files.tls_cert is not None:
+                tls_cert = paths.tls_cert_legacy if files.single_key else paths.tls_cert
+                staged.stage(tls_cert, files.tls_cert)
+            if files.tls_key is not None:
+                staged.stage(paths.tls_key, files.tls_key)
+            for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
+                staged.stage(paths.ssh_cert(name), files.ssh_cert)
+            for signer in files.host_signers:
+                if signer.tls_certs:
+                    staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
+            staged.stage(
+                paths.certs_pem, "".join(c for s in files.host_signers for c in s.tls_certs)
+            )
+            staged.stage(
+                paths.known_hosts, merge_known_hosts(known_hosts, profile.proxy_host, known_lines)
+            )
+            staged.stage(paths.profile_file, profile.to_json())
+            staged.stage(paths.current_profile, f"{profile.name}\n")
+            undo = before_commit() if before_commit is not None else None
+            try:
+                staged.commit()
+            except BaseException:
+                if undo is not None:
+                    undo()
+                raise
 
     def cert_clusters(self, proxy_host: str, user: str) -> set[str]:
         """The clusters ``user`` has an SSH certificate of ``proxy_host``'s for on disk."""
