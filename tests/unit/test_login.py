@@ -474,3 +474,21 @@ def test_failed_commit_leaves_agent_and_keyring_as_they_were(
     new_agent = _agent_keys(ssh_agent.sock)
     assert len(new_agent) == 2 and not set(new_agent) & set(agent)
     assert keyring.entries.keys() == entries.keys() and keyring.entries != entries
+
+
+def test_login_from_inside_a_running_event_loop(store: ProfileStore, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import tsh
+
+    async def main() -> tsh.LoginResult:  # a library caller's async code
+        request = tsh.LoginRequest(proxy="proxy.test:3080", user="alice", agent_mode="yes")
+        return tsh.login(
+            request, ScriptedPrompter(), store=store, transport=FakeProxy().transport,
+            environ={"SSH_AUTH_SOCK": ssh_agent.sock},
+        )  # fmt: skip
+
+    result = asyncio.run(main())
+    assert result.warnings == []
+    cert = store.paths("proxy.test", "alice").ssh_cert("example.test").read_text().split()[1]
+    assert any(line.split()[1] == cert for line in _agent_keys(ssh_agent.sock))

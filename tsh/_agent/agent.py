@@ -114,13 +114,26 @@ def suspect_agent(sock: str) -> str | None:
 
 
 def _run(coro_factory: Callable[[], object]) -> object:
+    """Run an agent conversation to completion from synchronous code.
+
+    Never asyncio.run in a thread whose event loop is running (a library
+    caller's async code): asyncio refuses, so the conversation then gets a
+    fresh loop in a worker thread, and this call blocks as it would anyway.
+    """
     import asyncio  # here: `tsh proxy ssh` uses this module without any agent I/O
 
     async def bounded() -> object:
         return await asyncio.wait_for(coro_factory(), AGENT_TIMEOUT)  # type: ignore[arg-type]
 
     try:
-        return asyncio.run(bounded())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(bounded())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="tsh-agent") as worker:
+            return worker.submit(lambda: asyncio.run(bounded())).result()
     except asyncio.TimeoutError:
         raise AgentError("the ssh-agent did not answer in time") from None
     except (OSError, EOFError, ValueError) as e:
