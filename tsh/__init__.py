@@ -29,6 +29,7 @@ from ._exceptions import (
     ProxyTLSError,
     SSHError,
     TshError,
+    TshWarning,
     UsageError,
 )
 from ._version import __version__
@@ -55,6 +56,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     *_LAZY,
+    "TshWarning",
     "TshError",
     "UsageError",
     "InvalidNameError",

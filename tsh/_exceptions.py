@@ -18,11 +18,20 @@ layer prints ``error: <message>`` on stderr and exits with ``exit_code``.
     ├── CertificateError        a certificate failed the client's own checks
     ├── AgentError              the ssh-agent could not be used
     └── SSHError                the SSH proxy refused or dropped a connection
+
+Warnings are not errors: an operation that succeeded returns them as
+:class:`TshWarning` values, each with a stable ``code`` a program can test
+and a one-line ``message`` (``str(warning)``) for people.
 """
 
 from __future__ import annotations
 
+# namedtuple, not NamedTuple or a dataclass: typing and dataclasses cost
+# start-up time, and this module is imported by every command.
+from collections import namedtuple
+
 __all__ = [
+    "TshWarning",
     "TshError",
     "UsageError",
     "InvalidNameError",
@@ -97,3 +106,22 @@ class AgentError(TshError):
 
 class SSHError(TshError):
     """An SSH connection to the proxy failed."""
+
+
+class TshWarning(namedtuple("_TshWarningFields", ["code", "message"])):
+    """Something that went wrong without failing the operation: ``code`` and ``message``.
+
+    Codes are stable; the messages may be reworded. ``str()`` is the message.
+
+    ``no-agent``           no ssh-agent is running (``SSH_AUTH_SOCK`` is not set)
+    ``agent-unsupported``  the agent looks unable to hold certificates (gpg-agent)
+    ``agent-failed``       the agent refused or failed; the key is kept elsewhere
+    ``no-keyring``         no OS keyring took a key kept off disk (agent only)
+    """
+
+    __slots__ = ()
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,10 +1,11 @@
 """Build a logged-in tsh profile for a test cluster without `tsh login`.
 
 Creates a cluster user, asks the cluster's web API for a certificate (httpx,
-verified against the cluster's TLS CA) and writes what login leaves behind:
-key, public key, certificate, known_hosts CA line, profile and current-profile.
-Used by the tsh config / tsh proxy ssh tests, which should not depend on the
-login code under test elsewhere.
+verified against the cluster's TLS CA) and saves what login leaves behind
+through ProfileStore.save_login (the one owner of the layout): key, public
+key, certificate, known_hosts CA lines, profile and current-profile. Used by
+the tsh config / tsh proxy ssh tests, which should not depend on the login
+code under test elsewhere.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ import asyncssh
 import httpx
 
 from tests.integration._tsh import PASSWORD, tsh_argv
+from tsh._core.knownhosts import parse_ca_key
+from tsh._core.names import validate_cluster_name
 from tsh._core.profile import Profile
 from tsh._store import fs as _fs
 from tsh._store.layout import ProfilePaths
+from tsh._store.store import LoginFiles, ProfileStore
+from tsh._web.wire import HostSigner
 
 _counter = itertools.count()
 
@@ -77,12 +82,11 @@ def log_in(cluster, logins: list[str], *, agent_only_sock: str | None = None) ->
     cert = asyncssh.import_certificate(cert_line)
     proxy_host = cluster.web_addr.rsplit(":", 1)[0]
     home = Path(os.environ["TELEPORT_HOME"])
-    paths = ProfilePaths(home, proxy_host, user)
-    _fs.ensure_private_dir(paths.ssh_cert_dir)
-    _fs.atomic_write(paths.public_key, pub_line, 0o644)
-    _fs.atomic_write(paths.ssh_cert(cluster.name), cert_line, 0o644)
+    store = ProfileStore(home)
+    paths = store.paths(proxy_host, user)
     if agent_only_sock:
         # ssh-add loads the key with its -cert.pub; tsh finds it by public key.
+        _fs.ensure_private_home(home)
         keyfile = home / "agent-key.tmp"
         _fs.atomic_write(keyfile, key.export_private_key("openssh"))
         _fs.atomic_write(Path(f"{keyfile}-cert.pub"), cert_line)
@@ -92,15 +96,6 @@ def log_in(cluster, logins: list[str], *, agent_only_sock: str | None = None) ->
         )
         os.unlink(keyfile)
         os.unlink(f"{keyfile}-cert.pub")
-    else:
-        _fs.atomic_write(paths.private_key, key.export_private_key("openssh"))
-    lines = []
-    for signer in body["host_signers"]:
-        name = signer["domain_name"]
-        for k in signer["checking_keys"]:
-            key_text = base64.b64decode(k).decode().strip()
-            lines.append(f"@cert-authority {proxy_host},{name},*.{name} {key_text} type=host\n")
-    _fs.atomic_write(paths.known_hosts, "".join(lines), 0o644)
     profile = Profile(
         web_proxy_addr=cluster.web_addr,
         ssh_proxy_addr=cluster.ssh_proxy_addr,
@@ -114,8 +109,22 @@ def log_in(cluster, logins: list[str], *, agent_only_sock: str | None = None) ->
         key_storage="agent" if agent_only_sock else "disk",
         server_version="17.0.0",
     )
-    _fs.atomic_write(paths.profile_file, profile.to_json())
-    _fs.atomic_write(paths.current_profile, proxy_host + "\n")
+    files = LoginFiles(
+        private_key=None if agent_only_sock else key.export_private_key("openssh").decode(),
+        public_key=pub_line,
+        ssh_cert=cert_line,
+        host_signers=[
+            HostSigner(
+                domain_name=validate_cluster_name(s["domain_name"]),
+                checking_keys=tuple(
+                    parse_ca_key(base64.b64decode(k).decode()) for k in s["checking_keys"]
+                ),
+                tls_certs=tuple(base64.b64decode(c).decode() for c in s.get("tls_certs") or ()),
+            )
+            for s in body["host_signers"]
+        ],
+    )
+    store.save_login(profile, files)
     return LoggedIn(home, paths)
 
 

@@ -126,6 +126,40 @@ def test_unsupported_second_factor_fails_before_prompt(store: ProfileStore, fact
     assert prompter.asked == []
 
 
+@pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
+def test_login_takes_an_authenticator(store: ProfileStore, version: str) -> None:
+    from tsh._auth.authenticators import PasswordAuthenticator
+
+    seen: list[tuple[object, ...]] = []
+
+    class Recording:  # what an SSO authenticator will get
+        def authenticate(self, ping, user, client, keys, ttl_seconds, cluster):  # type: ignore[no-untyped-def]
+            seen.append((ping.cluster_name, user, keys, ttl_seconds, cluster))
+            password = PasswordAuthenticator(lambda _user: "secret-pw", lambda: "unused")
+            return password.authenticate(ping, user, client, keys, ttl_seconds, cluster)
+
+    proxy = FakeProxy(server_version=version)
+    request = LoginRequest(proxy="proxy.test:3080", user="alice", agent_mode="no", ttl_minutes=5)
+    result = login(request, Recording(), store=store, transport=proxy.transport, environ={})
+    ((cluster_name, user, keys, ttl, route),) = seen
+    assert (cluster_name, user, ttl, route) == ("example.test", "alice", 300.0, "")
+    assert keys.ssh.startswith("ssh-ed25519 " if version == "17.0.0" else "ssh-rsa ")
+    assert (keys.tls is None) == (version == "16.4.0")
+    assert result.profile.user == "alice"
+    assert store.paths("proxy.test", "alice").public_key.read_text() == keys.ssh
+
+
+def test_password_authenticator_refuses_sso_before_asking(store: ProfileStore) -> None:
+    proxy = FakeProxy()
+    ping = proxy.ping_json()
+    ping["auth"]["type"] = "github"
+    proxy.ping_raw = (200, json.dumps(ping).encode(), "application/json")
+    prompter = ScriptedPrompter()
+    with pytest.raises(UsageError, match="github single sign-on"):
+        _login(store, proxy, prompter)
+    assert prompter.asked == [] and proxy.login_bodies == []
+
+
 def test_not_a_proxy_fails_before_prompt(store: ProfileStore) -> None:
     proxy = FakeProxy()
     proxy.ping_raw = (200, b"<!doctype html><title>Login portal</title>", "text/html")
@@ -348,10 +382,16 @@ def test_password_never_reaches_disk(store: ProfileStore) -> None:
 @pytest.mark.parametrize("version", ["16.4.0", "17.0.0"])
 def test_private_keys_stay_out_of_repr(version: str) -> None:
     from tsh._auth.login import _new_keys
+    from tsh._store.store import LoginFiles
 
     keys = _new_keys(version)
     assert "PRIVATE KEY" not in repr(keys)
     assert keys.ssh_public.split()[1] in repr(keys)
+    files = LoginFiles(
+        private_key=keys.ssh_private, tls_key=keys.tls_private, public_key=keys.ssh_public,
+        ssh_cert="cert", host_signers=[],
+    )  # fmt: skip
+    assert "PRIVATE KEY" not in repr(files) and keys.ssh_public.split()[1] in repr(files)
 
 
 @pytest.mark.parametrize("minutes", [0, -5, 153_722_868, 10**400])
@@ -369,3 +409,86 @@ def test_longest_ttl_fits_a_go_duration(store: ProfileStore) -> None:
     with pytest.raises(AccessDeniedError):
         _login(store, proxy, ttl_minutes=153_722_867)
     assert 0 < proxy.login_bodies[0]["ttl"] <= 2**63 - 1
+
+
+class FakeKeyring:
+    """A keyring backend in memory (tsh._store.secrets only calls these three)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def set_password(self, service: str, account: str, secret: str) -> None:
+        self.entries[service, account] = secret
+
+    def get_password(self, service: str, account: str) -> str | None:
+        return self.entries.get((service, account))
+
+    def delete_password(self, service: str, account: str) -> None:
+        del self.entries[service, account]
+
+
+def _agent_keys(sock: str) -> list[str]:
+    import subprocess
+
+    listed = subprocess.run(
+        ["ssh-add", "-L"], capture_output=True, text=True, env={"SSH_AUTH_SOCK": sock}
+    )  # exit status 1: "The agent has no identities."
+    return sorted(listed.stdout.splitlines()) if listed.returncode == 0 else []
+
+
+def test_failed_commit_leaves_agent_and_keyring_as_they_were(
+    store: ProfileStore, ssh_agent, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from tsh._store import fs as _fs
+    from tsh._store import secrets as _secrets
+
+    keyring = FakeKeyring()
+    monkeypatch.setattr(_secrets, "_backend", lambda: keyring)
+    proxy = FakeProxy()
+
+    def login_only(user: str):  # type: ignore[no-untyped-def]
+        request = LoginRequest(proxy="proxy.test:3080", user=user, agent_mode="only")
+        return login(
+            request, ScriptedPrompter(), store=store, transport=proxy.transport,
+            environ={"SSH_AUTH_SOCK": ssh_agent.sock},
+        )  # fmt: skip
+
+    assert login_only("alice").warnings == []
+    agent, entries, files = _agent_keys(ssh_agent.sock), dict(keyring.entries), snapshot(store.home)
+    assert len(agent) == 2 and len(entries) == 1  # the key and its certificate; one account
+
+    def full_disk(self: _fs.StagedFiles) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(_fs.StagedFiles, "commit", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            login_only("alice")  # again: the previous keyring entry must come back
+        with pytest.raises(OSError, match="No space"):
+            login_only("bob")  # a first login: nothing of bob's may stay
+    assert _agent_keys(ssh_agent.sock) == agent
+    assert keyring.entries == entries and snapshot(store.home) == files
+
+    # A login that commits replaces alice's agent key (after the commit) and keyring entry.
+    login_only("alice")
+    new_agent = _agent_keys(ssh_agent.sock)
+    assert len(new_agent) == 2 and not set(new_agent) & set(agent)
+    assert keyring.entries.keys() == entries.keys() and keyring.entries != entries
+
+
+def test_login_from_inside_a_running_event_loop(store: ProfileStore, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import tsh
+
+    async def main() -> tsh.LoginResult:  # a library caller's async code
+        request = tsh.LoginRequest(proxy="proxy.test:3080", user="alice", agent_mode="yes")
+        return tsh.login(
+            request, ScriptedPrompter(), store=store, transport=FakeProxy().transport,
+            environ={"SSH_AUTH_SOCK": ssh_agent.sock},
+        )  # fmt: skip
+
+    result = asyncio.run(main())
+    assert result.warnings == []
+    cert = store.paths("proxy.test", "alice").ssh_cert("example.test").read_text().split()[1]
+    assert any(line.split()[1] == cert for line in _agent_keys(ssh_agent.sock))

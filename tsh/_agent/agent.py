@@ -22,6 +22,10 @@ from .._core.profile import Profile
 from .._exceptions import AgentError, UsageError
 from .._store.store import ProfileStore
 
+TYPE_CHECKING = False  # typing itself costs start-up time (`tsh proxy ssh`, -k only)
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "AGENT_MODES",
     "agent_comment",
@@ -30,13 +34,13 @@ __all__ = [
     "suspect_agent",
     "load_into_agent",
     "remove_from_agent",
+    "drop_from_agent",
     "ensure_agent_key",
 ]
 
 AGENT_MODES = ("auto", "no", "yes", "only")
 #: Seconds any single agent conversation may take (a hung agent must not hang tsh).
 AGENT_TIMEOUT = 10.0
-FIX_HINT = "use --add-keys-to-agent=no, or run OpenSSH's ssh-agent"
 
 
 def resolve_agent_mode(
@@ -58,7 +62,7 @@ def resolve_agent_mode(
     if not use_local_agent:
         if mode == "only":
             raise UsageError(
-                "--add-keys-to-agent=only keeps the key in the ssh-agent, "
+                'agent mode "only" keeps the key in the ssh-agent, '
                 "but use of the local ssh-agent is turned off"
             )
         return "no"
@@ -110,13 +114,26 @@ def suspect_agent(sock: str) -> str | None:
 
 
 def _run(coro_factory: Callable[[], object]) -> object:
+    """Run an agent conversation to completion from synchronous code.
+
+    Never asyncio.run in a thread whose event loop is running (a library
+    caller's async code): asyncio refuses, so the conversation then gets a
+    fresh loop in a worker thread, and this call blocks as it would anyway.
+    """
     import asyncio  # here: `tsh proxy ssh` uses this module without any agent I/O
 
     async def bounded() -> object:
         return await asyncio.wait_for(coro_factory(), AGENT_TIMEOUT)  # type: ignore[arg-type]
 
     try:
-        return asyncio.run(bounded())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(bounded())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="tsh-agent") as worker:
+            return worker.submit(lambda: asyncio.run(bounded())).result()
     except asyncio.TimeoutError:
         raise AgentError("the ssh-agent did not answer in time") from None
     except (OSError, EOFError, ValueError) as e:
@@ -140,12 +157,18 @@ def load_into_agent(
     comment: str,
     valid_before: int,
     now: float | None = None,
-) -> None:
-    """Replace our keys carrying ``comment`` with this key and certificate.
+    *,
+    replace: bool = True,
+) -> frozenset[bytes]:
+    """Add this key and certificate with ``comment``; with ``replace``, drop our older ones.
 
-    The lifetime constraint is the certificate's remaining validity. Raises
+    The lifetime constraint is the certificate's remaining validity. Returns
+    the public blobs added (for :func:`drop_from_agent`). Without
+    ``replace`` the older keys carrying ``comment`` stay until the caller
+    removes them (:func:`remove_from_agent` with ``keep``), so that an
+    operation failing later can leave the agent as it was. Raises
     AgentError if the agent refuses the key or does not hold the certificate
-    afterwards; then no key with ``comment`` is left behind.
+    afterwards; then nothing of this key is left behind.
     """
     from .._asyncssh import asyncssh
 
@@ -159,18 +182,20 @@ def load_into_agent(
         raise AgentError(f"cannot load the key for the ssh-agent: {e}") from None
     key.set_comment(comment)
     cert.set_comment(comment)
+    added = frozenset({key.public_data, cert.public_data})
 
     async def run() -> None:
         agent = await _connect(sock)
         try:
-            await _remove(agent, lambda c: c == comment)
+            if replace:
+                await _remove(agent, lambda k: (k.get_comment() or "") == comment)
             try:
                 await agent.add_keys([(key, cert)], lifetime=lifetime)
             except ValueError as e:
                 raise AgentError(f"the ssh-agent at {sock} refused the certificate ({e})") from None
             held = await agent.get_keys()
             if not any(k.public_data == cert.public_data for k in held):
-                await _remove(agent, lambda c: c == comment)
+                await _remove(agent, lambda k: k.public_data in added)
                 raise AgentError(
                     f"the ssh-agent at {sock} accepted the key but does not hold its certificate"
                 )
@@ -179,19 +204,18 @@ def load_into_agent(
             await agent.wait_closed()
 
     _run(run)
+    return added
 
 
-async def _remove(agent, match: Callable[[str], bool]) -> int:  # type: ignore[no-untyped-def]
-    """Remove the agent keys whose comment ``match`` accepts."""
-    doomed = [k for k in await agent.get_keys() if match(k.get_comment() or "")]
+async def _remove(agent, match: Callable[[Any], bool]) -> int:  # type: ignore[no-untyped-def]
+    """Remove the agent keys (asyncssh SSHKeyPairs) that ``match`` accepts."""
+    doomed = [k for k in await agent.get_keys() if match(k)]
     if doomed:
         await agent.remove_keys(doomed)
     return len(doomed)
 
 
-def remove_from_agent(sock: str, match: Callable[[str], bool]) -> int:
-    """Remove the keys whose comment ``match`` accepts; return how many were removed."""
-
+def _remove_where(sock: str, match: Callable[[Any], bool]) -> int:
     async def run() -> int:
         agent = await _connect(sock)
         try:
@@ -205,6 +229,20 @@ def remove_from_agent(sock: str, match: Callable[[str], bool]) -> int:
     result = _run(run)
     assert isinstance(result, int)
     return result
+
+
+def remove_from_agent(
+    sock: str, match: Callable[[str], bool], keep: frozenset[bytes] = frozenset()
+) -> int:
+    """Remove the keys whose comment ``match`` accepts, but those in ``keep``; return how many."""
+    return _remove_where(
+        sock, lambda k: match(k.get_comment() or "") and k.public_data not in keep
+    )
+
+
+def drop_from_agent(sock: str, added: frozenset[bytes]) -> int:
+    """Remove exactly the keys :func:`load_into_agent` returned; return how many were there."""
+    return _remove_where(sock, lambda k: k.public_data in added)
 
 
 def ensure_agent_key(

@@ -1,16 +1,17 @@
-"""`tsh login`: ping, prompt, key generation, certificate request, checks, storage, agent.
+"""`tsh login`: ping, keys, authentication, checks, storage, agent.
 
 The order matters and is the point of this module:
 
 1. ping the proxy over verified TLS, so that a wrong address, an untrusted
    certificate or something that is not a Teleport proxy fails before any
    password is asked;
-2. prompt for the password (and OTP when the proxy requires one);
-3. generate fresh keys and ask for certificates;
+2. generate fresh keys;
+3. let the Authenticator (tsh._auth.authenticators: password and OTP, for
+   now) prove the user and get certificates for the keys' public halves;
 4. check the certificates (for our keys, principals, validity);
-5. under the store lock, stage every file completely, then replace them, and
-   load the agent. Any failure before the replacement leaves the existing
-   profile, keys and agent as they were.
+5. save every file through the ProfileStore, all or nothing, and load the
+   agent. Any failure before the files replace the old ones leaves the
+   existing profile, keys, keyring and agent as they were.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .._core.addr import join_host_port
 from .._core.names import validate_cluster_name, validate_user_name
 from .._core.profile import Profile
-from .._exceptions import AgentError, ProxyConnectionError, UsageError
-from .._store import fs as _fs
+from .._exceptions import AgentError, ProxyConnectionError, TshWarning, UsageError
+from .authenticators import Authenticator, PasswordAuthenticator, Prompter, PublicKeys
 
 if TYPE_CHECKING:
     import httpx
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .._web.client import WebClient
     from .._web.wire import LoginResponse, PingResponse
 
-__all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]
+__all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]  # Prompter: for old callers
 
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
@@ -45,21 +46,11 @@ DEFAULT_TTL = 12 * 3600
 #: than this: it answers with a raw JSON unmarshalling error. (Real tsh reads
 #: --ttl as an int32 of minutes and lets larger values wrap around.)
 MAX_TTL_MINUTES = (2**63 - 1) // (60 * 1_000_000_000)
-#: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
-_OTP_MODES = ("otp", "on", "optional")
-GPG_WARNING = (
+GPG_WARNING = TshWarning(
+    "agent-unsupported",
     "Certificate was not loaded into agent because the agent at SSH_AUTH_SOCK does not appear "
-    "to support SSH certificates. To force load the certificate into the running agent, use "
-    "the --add-keys-to-agent=yes flag."
+    "to support SSH certificates.",
 )
-
-
-class Prompter(Protocol):
-    """Where login gets secrets from (a terminal, stdin lines, or a test double)."""
-
-    def password(self, user: str) -> str: ...
-
-    def otp(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,7 @@ class LoginResult:
     """The stored profile and the warnings the CLI should print."""
 
     profile: Profile
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[TshWarning] = field(default_factory=list)
 
 
 def _ping(
@@ -105,7 +96,7 @@ def _ping(
         return _ping(host, FALLBACK_WEB_PORT, insecure, transport)
     except ProxyConnectionError as e:
         raise ProxyConnectionError(
-            f"{e} (and on port {DEFAULT_WEB_PORT}; give the port with --proxy=HOST:PORT)"
+            f"{e} (and on port {DEFAULT_WEB_PORT}; give the port as HOST:PORT)"
         ) from None
 
 
@@ -142,25 +133,9 @@ def _new_keys(server_version: str) -> _Keys:
     )
 
 
-def _ask(ping: PingResponse, user: str, prompter: Prompter) -> tuple[str, str]:
-    if ping.auth_type != "local":
-        raise UsageError(
-            f"the proxy uses {ping.auth_type} single sign-on, which tsh-py does not support yet"
-        )
-    if ping.second_factor not in ("off", *_OTP_MODES):
-        raise UsageError(
-            f"the proxy requires second factor {ping.second_factor!r} "
-            "(a security key), which tsh-py does not support yet"
-        )
-    password = prompter.password(user)
-    otp = prompter.otp() if ping.second_factor in _OTP_MODES else ""
-    # Authenticator apps show codes in groups ("440 061"); people type them so.
-    return password, "".join(otp.split())
-
-
 def login(
     request: LoginRequest,
-    prompter: Prompter,
+    authenticator: Authenticator | Prompter,
     *,
     store: ProfileStore | None = None,
     transport: httpx.BaseTransport | None = None,
@@ -168,6 +143,9 @@ def login(
     clock: Callable[[], float] = time.time,
 ) -> LoginResult:
     """Log in to ``request.proxy`` and store the profile; see the module docstring.
+
+    ``authenticator`` proves the user (e.g. a PasswordAuthenticator); a
+    Prompter (``password(user)`` and ``otp()``) means the password method.
 
     Raises:
         UsageError, ProxyError (and subclasses), CertificateError, ProfileError:
@@ -192,27 +170,22 @@ def login(
                 "the cluster can read; it caps certificates at its max_session_ttl anyway)"
             )
 
+    if not hasattr(authenticator, "authenticate"):
+        authenticator = PasswordAuthenticator.from_prompter(authenticator)
     client, ping = _ping(host, port, request.insecure, transport)
     with client:
-        password, otp = _ask(ping, user, prompter)
         keys = _new_keys(ping.server_version)
         if request.ttl_minutes is not None:
             ttl = request.ttl_minutes * 60.0
         else:
             ttl = ping.default_session_ttl or DEFAULT_TTL
-        # Up to v16 one key serves SSH and TLS; v17+ sends one of each.
-        key_args = (
-            {"pub_key": keys.ssh_public}
-            if keys.tls_private is None
-            else {"ssh_pub_key": keys.ssh_public, "tls_pub_key": keys.tls_public}
-        )
-        response = client.ssh_certs(
-            user=user,
-            password=password,
-            otp_token=otp,
-            ttl_seconds=ttl,
-            route_to_cluster=request.cluster or "",
-            **key_args,
+        response = authenticator.authenticate(
+            ping,
+            user,
+            client,
+            PublicKeys(keys.ssh_public, None if keys.tls_private is None else keys.tls_public),
+            ttl,
+            request.cluster or "",
         )
 
     now = clock()
@@ -239,84 +212,64 @@ def login(
         server_version=ping.server_version,
         private_key_policy=ping.private_key_policy,
     )
-    warnings: list[str] = []
-    with store.transaction():
-        _store_login(store, profile, keys, response, request.agent_mode, environ, warnings, now)
+    warnings: list[TshWarning] = []
+    _save(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     return LoginResult(profile, warnings)
 
 
-def _store_login(
+def _save(
     store: ProfileStore,
     profile: Profile,
     keys: _Keys,
     response: LoginResponse,
     mode: str,
     environ: Mapping[str, str],
-    warnings: list[str],
+    warnings: list[TshWarning],
     now: float,
 ) -> None:
-    """Stage every file, (for ``only``) place the key, commit, then load the agent."""
+    """Save the files (for ``only``, place the key just before they commit), then load the agent."""
     from .._agent import agent as _agent
-    from .._core.knownhosts import ca_lines, merge_known_hosts
+    from .._store.store import LoginFiles
 
-    proxy_host = profile.proxy_host
-    paths = store.paths_for(profile)
-    for d in (store.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir):
-        _fs.ensure_private_dir(d)
-
-    legacy = keys.tls_private is None
     keep_private = mode != "only"
-    stale = [paths.tls_key, paths.tls_cert] if legacy else [paths.tls_cert_legacy]
-    if not keep_private:
-        stale += [paths.private_key, paths.tls_key]
+    files = LoginFiles(
+        private_key=keys.ssh_private if keep_private else None,
+        public_key=keys.ssh_public,
+        ssh_cert=response.cert,
+        tls_cert=response.tls_cert,
+        tls_key=keys.tls_private if keep_private else None,
+        single_key=keys.tls_private is None,
+        host_signers=response.host_signers,
+    )
+    comment = _agent.agent_comment(profile.proxy_host, profile.cluster, profile.user)
+    sock = environ.get("SSH_AUTH_SOCK", "")
+    added: list[frozenset[bytes]] = []
 
-    known_lines = [
-        line
-        for s in response.host_signers
-        for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
-    ]
-    try:
-        known_hosts = _fs.read_text(paths.known_hosts)
-    except FileNotFoundError:
-        known_hosts = ""
+    def place_key() -> Callable[[], None]:
+        in_agent, undo = _place_agent_only_key(profile, keys, response, comment, sock, warnings)
+        if in_agent:
+            added.append(in_agent)
+        return undo
 
-    with _fs.StagedFiles() as staged:
-        if keep_private:
-            staged.stage(paths.private_key, keys.ssh_private)
-        staged.stage(paths.public_key, keys.ssh_public)
-        if legacy:
-            staged.stage(paths.tls_cert_legacy, response.tls_cert)
-        else:
-            if keep_private and keys.tls_private is not None:
-                staged.stage(paths.tls_key, keys.tls_private)
-            staged.stage(paths.tls_cert, response.tls_cert)
-        for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
-            staged.stage(paths.ssh_cert(name), response.cert)
-        for signer in response.host_signers:
-            if signer.tls_certs:
-                staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
-        staged.stage(
-            paths.certs_pem, "".join(c for s in response.host_signers for c in s.tls_certs)
-        )
-        staged.stage(paths.known_hosts, merge_known_hosts(known_hosts, proxy_host, known_lines))
-        staged.stage(paths.profile_file, profile.to_json())
-        staged.stage(paths.current_profile, f"{profile.name}\n")
-
-        comment = _agent.agent_comment(proxy_host, profile.cluster, profile.user)
-        sock = environ.get("SSH_AUTH_SOCK", "")
-        if not keep_private:
-            _place_agent_only_key(profile, keys, response, comment, sock, warnings)
-        staged.commit()
-
-    for path in stale:
-        _fs.remove_file(path)
+    store.save_login(profile, files, before_commit=None if keep_private else place_key)
+    if added:
+        # Committed: now the keys of the login this one replaces can go.
+        try:
+            _agent.remove_from_agent(sock, lambda c: c == comment, keep=added[0])
+        except AgentError as e:
+            warnings.append(
+                TshWarning("agent-failed", f"{e}; the previous key stays until it expires")
+            )
     if mode in ("auto", "yes"):
         if mode == "auto" and not sock:
             return
         if not sock:
             warnings.append(
-                "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
-                "the certificate was not loaded into an agent"
+                TshWarning(
+                    "no-agent",
+                    "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
+                    "the certificate was not loaded into an agent",
+                )
             )
             return
         if mode == "auto" and _agent.suspect_agent(sock):
@@ -327,7 +280,7 @@ def _store_login(
                 sock, keys.ssh_private, response.cert, comment, profile.valid_before, now
             )
         except AgentError as e:
-            warnings.append(f"{e}; the keys stay on disk ({_agent.FIX_HINT})")
+            warnings.append(TshWarning("agent-failed", f"{e}; the keys stay on disk"))
 
 
 def _place_agent_only_key(
@@ -336,36 +289,64 @@ def _place_agent_only_key(
     response: LoginResponse,
     comment: str,
     sock: str,
-    warnings: list[str],
-) -> None:
-    """``-k only``: the key goes to the keyring and the agent; one of them must take it."""
+    warnings: list[TshWarning],
+) -> tuple[frozenset[bytes], Callable[[], None]]:
+    """``-k only``: the key goes to the keyring and the agent; one of them must take it.
+
+    Returns what the agent took (empty if nothing) and a function that puts
+    agent and keyring back as they were, for when the files fail to commit.
+    Our older agent keys stay until the caller removes them after the commit.
+    """
     from .._agent import agent as _agent
     from .._store import secrets as _secrets
 
-    problem = _secrets.store_key(
-        profile.proxy_host, profile.user, profile.cluster, keys.ssh_private
-    )
+    account = (profile.proxy_host, profile.user, profile.cluster)
+    previous = _secrets.load_key(*account)
+    problem = _secrets.store_key(*account, keys.ssh_private)
     agent_problem: str | None = None
+    agent_code = "agent-failed"
+    in_agent: frozenset[bytes] = frozenset()
     if not sock:
         agent_problem = "no ssh-agent is running (SSH_AUTH_SOCK is not set)"
+        agent_code = "no-agent"
     else:
         try:
-            _agent.load_into_agent(
-                sock, keys.ssh_private, response.cert, comment, profile.valid_before
+            in_agent = _agent.load_into_agent(
+                sock, keys.ssh_private, response.cert, comment, profile.valid_before, replace=False
             )
         except AgentError as e:
             agent_problem = str(e)
     if problem and agent_problem:
         raise AgentError(
-            f"--add-keys-to-agent=only: {agent_problem}, and {problem}; nothing was saved"
+            f"the key is kept off disk, but {agent_problem}, and {problem}; nothing was saved"
         )
+
+    def undo() -> None:
+        if in_agent:
+            try:
+                _agent.drop_from_agent(sock, in_agent)
+            except AgentError:
+                pass  # the agent drops it when its certificate expires
+        if problem is None:
+            if previous is None:
+                _secrets.delete_key(*account)
+            else:
+                _secrets.store_key(*account, previous)
+
     if problem:
         warnings.append(
-            f"{problem}; the key is kept in the ssh-agent only and will be lost "
-            "when the agent stops"
+            TshWarning(
+                "no-keyring",
+                f"{problem}; the key is kept in the ssh-agent only and will be lost "
+                "when the agent stops",
+            )
         )
     if agent_problem:
         warnings.append(
-            f"{agent_problem}; the key is in the OS keyring and `tsh status` "
-            "will load it into the next agent"
+            TshWarning(
+                agent_code,
+                f"{agent_problem}; the key is in the OS keyring and `tsh status` "
+                "will load it into the next agent",
+            )
         )
+    return in_agent, undo

@@ -107,7 +107,7 @@ def _check(p: SSHConfigParams) -> None:
         validate_login(p.login)
     if p.proxy_command not in PROXY_COMMANDS:
         raise UsageError(
-            f"invalid --proxy-command {p.proxy_command!r}: use one of {', '.join(PROXY_COMMANDS)}"
+            f"invalid proxy command form {p.proxy_command!r}: use one of {', '.join(PROXY_COMMANDS)}"
         )
     if p.proxy_command == "tsh":
         if not p.executable:

@@ -1,4 +1,8 @@
-"""The profile store: tsh's home directory on disk.
+"""The profile store: tsh's home directory on disk, and every operation on it.
+
+Saving a login, removing a user or everything, and listing what is there
+live here (paths come from tsh._store.layout), so that the layout has one
+owner: login, logout and the tests' helpers call these methods.
 
 Home is ``$TELEPORT_HOME`` if set, else platformdirs' user data directory for
 ``tsh-py``. Reads never take the lock (every file is replaced atomically);
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from .._core.addr import split_host_port
@@ -25,7 +29,12 @@ TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ProfileStore", "default_home", "parse_proxy_arg"]
+    from .._web.wire import HostSigner
+
+__all__ = ["LoginFiles", "ProfileStore", "default_home", "parse_proxy_arg"]
+
+#: Entries of tsh's home that "remove everything" keeps (real tsh's list, plus our lock).
+_KEEP = {"config", "azure", ".lock"}
 
 
 def default_home() -> str:
@@ -77,13 +86,56 @@ def parse_proxy_arg(proxy: str) -> tuple[str, int | None]:
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme.lower() != "https":
-            raise UsageError(f"--proxy {proxy!r}: only https proxies are supported")
+            raise UsageError(f"proxy address {proxy!r}: only https proxies are supported")
         text = rest.rstrip("/")
     try:
         host, port = split_host_port(text, 0)
     except ValueError as e:
-        raise UsageError(f"--proxy {proxy!r}: {e}") from None
+        raise UsageError(f"proxy address {proxy!r}: {e}") from None
     return validate_host(host, "proxy host"), (port or None)
+
+
+class LoginFiles:
+    """What one login of one user to one proxy keeps on disk (see ProfileStore.save_login).
+
+    The texts arrive checked (the certificates are for these keys; the host
+    signers come parsed from the login answer). A None key is kept off disk.
+    """
+
+    __slots__ = (
+        "private_key", "public_key", "ssh_cert", "tls_cert", "tls_key", "single_key",
+        "host_signers",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        public_key: str,
+        ssh_cert: str,
+        host_signers: Sequence[HostSigner],
+        private_key: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        single_key: bool = False,
+    ) -> None:
+        #: The SSH private key (PEM), or None when it is kept off disk (agent and keyring).
+        self.private_key = private_key
+        #: Its public half, an OpenSSH line.
+        self.public_key = public_key
+        #: The SSH user certificate, saved for the profile's cluster and root cluster.
+        self.ssh_cert = ssh_cert
+        #: The TLS client certificate (PEM), or None for none.
+        self.tls_cert = tls_cert
+        #: v17+: the separate TLS private key (PKCS#8 PEM), or None when kept off disk.
+        self.tls_key = tls_key
+        #: Up to v16 one key serves SSH and TLS: the TLS certificate is ``<user>-x509.pem``.
+        self.single_key = single_key
+        #: Each cluster's host CA: known_hosts lines and ``cas/<cluster>.pem``.
+        self.host_signers = tuple(host_signers)
+
+    def __repr__(self) -> str:
+        # Private keys stay out of repr(), so no traceback or log can show them.
+        return f"LoginFiles(public_key={self.public_key!r}, single_key={self.single_key})"
 
 
 class ProfileStore:
@@ -116,6 +168,207 @@ class ProfileStore:
         _fs.ensure_private_home(self.home)
         with _fs.locked(self.home / ".lock"):
             yield
+
+    def save_login(
+        self,
+        profile: Profile,
+        files: LoginFiles,
+        before_commit: Callable[[], Callable[[], None] | None] | None = None,
+    ) -> None:
+        """Save ``profile`` and its ``files`` as the current profile, all or nothing.
+
+        Under the store lock every file is staged completely, then they all
+        replace the old ones; files of an earlier login that this one does not
+        have (a key now kept off disk, the other TLS layout) are removed after.
+        The proxy's known_hosts lines are replaced, other proxies' kept.
+
+        ``before_commit`` runs once everything is staged, just before the old
+        files are replaced (to put a key kept off disk in its place); it may
+        return a function that undoes it, which runs if the replacement fails.
+
+        Raises:
+            ProfileError: a planted symlink, or the lock is held too long;
+                OSError: the disk refused. Either way the old files stay.
+        """
+        from .._core.knownhosts import ca_lines
+
+        paths = self.paths_for(profile)
+        proxy_host = profile.proxy_host
+        stale = [paths.tls_cert if files.single_key else paths.tls_cert_legacy]
+        if files.private_key is None:
+            stale.append(paths.private_key)
+        if files.tls_key is None:
+            stale.append(paths.tls_key)
+        known_lines = [
+            line
+            for s in files.host_signers
+            for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
+        ]
+        dirs = (self.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir)
+        with self.transaction():
+            created = [d for d in dirs if not os.path.lexists(d)]
+            try:
+                for d in dirs:
+                    _fs.ensure_private_dir(d)
+                self._stage_login(profile, files, paths, known_lines, before_commit)
+            except BaseException:
+                for d in reversed(created):  # a first login that failed leaves no trace
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                raise
+            for path in stale:
+                _fs.remove_file(path)
+
+    def _stage_login(
+        self,
+        profile: Profile,
+        files: LoginFiles,
+        paths: ProfilePaths,
+        known_lines: list[str],
+        before_commit: Callable[[], Callable[[], None] | None] | None,
+    ) -> None:
+        """save_login's staging and commit, with the lock held and the directories made."""
+        from .._core.knownhosts import merge_known_hosts
+
+        try:
+            known_hosts = _fs.read_text(paths.known_hosts)
+        except FileNotFoundError:
+            known_hosts = ""
+        with _fs.StagedFiles() as staged:
+            if files.private_key is not None:
+                staged.stage(paths.private_key, files.private_key)
+            staged.stage(paths.public_key, files.public_key)
+            if files.tls_cert is not None:
+                tls_cert = paths.tls_cert_legacy if files.single_key else paths.tls_cert
+                staged.stage(tls_cert, files.tls_cert)
+            if files.tls_key is not None:
+                staged.stage(paths.tls_key, files.tls_key)
+            for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
+                staged.stage(paths.ssh_cert(name), files.ssh_cert)
+            for signer in files.host_signers:
+                if signer.tls_certs:
+                    staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
+            staged.stage(
+                paths.certs_pem, "".join(c for s in files.host_signers for c in s.tls_certs)
+            )
+            staged.stage(
+                paths.known_hosts, merge_known_hosts(known_hosts, profile.proxy_host, known_lines)
+            )
+            staged.stage(paths.profile_file, profile.to_json())
+            staged.stage(paths.current_profile, f"{profile.name}\n")
+            undo = before_commit() if before_commit is not None else None
+            try:
+                staged.commit()
+            except BaseException:
+                if undo is not None:
+                    undo()
+                raise
+
+    def cert_clusters(self, proxy_host: str, user: str) -> set[str]:
+        """The clusters ``user`` has an SSH certificate of ``proxy_host``'s for on disk."""
+        cert_dir = self.paths(proxy_host, user).ssh_cert_dir
+        if cert_dir.is_symlink() or not cert_dir.is_dir():
+            return set()
+        return {p.name[: -len("-cert.pub")] for p in cert_dir.glob("*-cert.pub")}
+
+    def key_users(self) -> dict[str, list[str]]:
+        """Every proxy host with a keys directory, and the users with certificates there."""
+        keys_root = self.home / "keys"
+        if not keys_root.is_dir() or keys_root.is_symlink():
+            return {}
+        return {
+            proxy_dir.name: sorted(d.name[: -len("-ssh")] for d in proxy_dir.glob("*-ssh"))
+            for proxy_dir in sorted(keys_root.iterdir())
+            if proxy_dir.is_dir() and not proxy_dir.is_symlink()
+        }
+
+    def remove_user(self, proxy_host: str, user: str) -> frozenset[str] | None:
+        """Remove ``user``'s keys, certificates and keyring entries for ``proxy_host``.
+
+        The profile goes too when it is this user's (and current-profile when
+        it names it); the keys directory and the proxy's known_hosts lines go
+        with the last user. Returns the clusters the user had certificates
+        for, or None when none of their files was there.
+        """
+        if not self.home.is_dir():
+            return None
+        from .._core.knownhosts import merge_known_hosts
+
+        paths = self.paths(proxy_host, user)
+        removed = False
+        with self.transaction():
+            try:
+                profile = self._load(proxy_host)
+            except ProfileError:
+                profile = None
+            ours = profile is not None and profile.user == user
+            clusters = self.cert_clusters(proxy_host, user)
+            if profile is not None and ours:
+                clusters |= {profile.cluster, *profile.clusters}
+            self._forget_keys(proxy_host, user, clusters)
+            for path in (
+                paths.private_key,
+                paths.public_key,
+                paths.tls_key,
+                paths.tls_cert,
+                paths.tls_cert_legacy,
+                paths.ssh_cert_dir,
+            ):
+                removed |= _remove_tree(path)
+            if ours:
+                removed |= _fs.remove_file(paths.profile_file)
+                if self.current_name() == proxy_host:
+                    _fs.remove_file(paths.current_profile)
+            keys_dir = paths.keys_dir
+            if keys_dir.is_dir() and not keys_dir.is_symlink():
+                if not any(p.name.endswith("-ssh") for p in keys_dir.iterdir()):
+                    _remove_tree(keys_dir)
+                    try:
+                        known = _fs.read_text(paths.known_hosts)
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        _fs.atomic_write(paths.known_hosts, merge_known_hosts(known, proxy_host, []))
+        return frozenset(clusters) if removed else None
+
+    def remove_all(self) -> frozenset[str] | None:
+        """Remove every profile, key and keyring entry: all of home but ``config``, ``azure``.
+
+        Returns the proxy hosts there were profiles or keys for, or None when
+        there was nothing to remove.
+        """
+        if not self.home.is_dir():
+            return None
+        with self.transaction():
+            profiles = self.list()
+            identities = {
+                (p.proxy_host, p.user, c) for p in profiles for c in {p.cluster, *p.clusters}
+            }
+            keys = self.key_users()
+            for proxy, users in keys.items():
+                for user in users:
+                    identities |= {(proxy, user, c) for c in self.cert_clusters(proxy, user)}
+            for proxy, user, cluster in identities:
+                self._forget_keys(proxy, user, {cluster})
+            removed = False
+            for entry in self.home.iterdir():
+                if entry.name not in _KEEP:
+                    removed |= _remove_tree(entry)
+        return frozenset({p.proxy_host for p in profiles} | set(keys)) if removed else None
+
+    def _forget_keys(self, proxy_host: str, user: str, clusters: set[str]) -> None:
+        """Delete ``user``'s keyring entries, if they have any: call before removing key files.
+
+        Only a login whose key is kept off disk puts a key into the keyring.
+        """
+        if not clusters or self.paths(proxy_host, user).private_key.exists():
+            return
+        from . import secrets as _secrets
+
+        for cluster in clusters:
+            _secrets.delete_key(proxy_host, user, cluster)
 
     def current_name(self) -> str | None:
         """Name of the current profile, or None."""
@@ -197,6 +450,18 @@ class ProfileStore:
                 continue
         profiles.sort(key=lambda p: (p.name != current, p.name))
         return profiles
+
+
+def _remove_tree(path: Path) -> bool:
+    """Remove a file, symlink or directory tree (never following a symlink)."""
+    if path.is_symlink() or path.is_file():
+        return _fs.remove_file(path)
+    if path.is_dir():
+        import shutil  # here: reading a profile must start fast
+
+        shutil.rmtree(path)
+        return True
+    return False
 
 
 def _named(profile: Profile, name: str, path: str) -> Profile:

@@ -24,8 +24,11 @@ from .._exceptions import TshError
 __all__ = ["main", "print_warnings"]
 
 
-def print_warnings(warnings: Iterable[str]) -> None:
-    """Each warning as a ``WARNING:`` line on stderr (stdout carries only results)."""
+def print_warnings(warnings: Iterable[object]) -> None:
+    """Each warning (a TshWarning, or the CLI's own str) as a ``WARNING:`` line on stderr.
+
+    stdout carries only results.
+    """
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
 

@@ -25,7 +25,7 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
     def relogin(profile: "Profile") -> "Profile":
         from .._agent.agent import resolve_agent_mode
         from .._auth.login import LoginRequest, login
-        from .login import TerminalPrompter
+        from .login import login_warnings, terminal_authenticator
 
         print(
             f"The certificate for {profile.user}@{profile.name} has expired; logging in again.",
@@ -41,8 +41,8 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
             cluster=profile.cluster if profile.cluster != profile.root_cluster else None,
             agent_mode=mode,
         )
-        result = login(request, TerminalPrompter())
-        print_warnings(result.warnings)
+        result = login(request, terminal_authenticator())
+        print_warnings(login_warnings(result.warnings, mode))
         return result.profile
 
     return relogin

@@ -6,16 +6,37 @@ import getpass
 import os
 import sys
 import time
-from typing import Optional
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from .._exceptions import UsageError
+from .._exceptions import TshWarning, UsageError
 from . import print_warnings
+
+if TYPE_CHECKING:
+    from .._auth.authenticators import PasswordAuthenticator
+
+#: What to do about a login warning, in flags (the library's messages name none).
+_HINTS = {
+    "agent-unsupported": " To force load the certificate into the running agent, use "
+    "the --add-keys-to-agent=yes flag.",
+    "agent-failed": " (use --add-keys-to-agent=no, or run OpenSSH's ssh-agent)",
+}
+
+
+def login_warnings(warnings: Iterable[TshWarning], mode: str) -> list[str]:
+    """Login's warnings as the CLI prints them: with what to do, for keys kept on disk.
+
+    (With ``-k only`` the key is meant for the agent: ``-k no`` is no advice.)
+    """
+    if mode == "only":
+        return [str(w) for w in warnings]
+    return [f"{w}{_HINTS.get(w.code, '')}" for w in warnings]
 
 
 class TerminalPrompter:
-    """Secrets from the terminal (no echo), or from stdin lines when it is not one.
+    """The password method's secrets from the terminal (no echo), or from stdin lines when it is not one.
 
     On a terminal: ``Enter password for Teleport user NAME:`` and ``Enter your
     OTP token:``. Otherwise the first line of stdin is the password and the
@@ -40,6 +61,13 @@ class TerminalPrompter:
         if self._tty:
             return getpass.getpass("Enter your OTP token:")
         return self._line("OTP token")
+
+
+def terminal_authenticator() -> PasswordAuthenticator:
+    """Password (and OTP) login asking at the terminal (see TerminalPrompter)."""
+    from .._auth.authenticators import PasswordAuthenticator
+
+    return PasswordAuthenticator.from_prompter(TerminalPrompter())
 
 
 def _default_proxy() -> str:
@@ -113,6 +141,6 @@ def login(
         insecure=insecure,
         agent_mode=mode,
     )
-    result = do_login(request, TerminalPrompter())
-    print_warnings(result.warnings)
+    result = do_login(request, terminal_authenticator())
+    print_warnings(login_warnings(result.warnings, mode))
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))
