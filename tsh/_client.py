@@ -24,13 +24,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._auth.authenticators import PasswordAuthenticator
 from ._exceptions import UsageError
 
 if TYPE_CHECKING:
     import httpx
 
     from ._asyncssh import asyncssh
-    from ._auth.login import LoginResult, Prompter
+    from ._auth.authenticators import Authenticator, Prompter
+    from ._auth.login import LoginResult
     from ._auth.logout import LogoutResult
     from ._connect import NodeConnect, ProxyConnection, RunResult
     from ._core.profile import Profile
@@ -42,7 +44,7 @@ __all__ = ["AsyncClient", "Client", "Password"]
 T = TypeVar("T")
 
 
-class Password:
+class Password(PasswordAuthenticator):
     """An authenticator for password (and OTP) logins that never prompts.
 
     ``password`` is the password, or a callable given the user name; ``otp``
@@ -51,16 +53,15 @@ class Password:
     """
 
     def __init__(self, password: str | Callable[[str], str], otp: Callable[[], str] | None = None) -> None:
-        self._password = password
-        self._otp = otp
+        def ask_password(user: str) -> str:
+            return password(user) if callable(password) else password
 
-    def password(self, user: str) -> str:
-        return self._password(user) if callable(self._password) else self._password
+        def ask_otp() -> str:
+            if otp is None:
+                raise UsageError("the proxy requires a one-time code, and no otp callback was given")
+            return otp()
 
-    def otp(self) -> str:
-        if self._otp is None:
-            raise UsageError("the proxy requires a one-time code, and no otp callback was given")
-        return self._otp()
+        super().__init__(ask_password, ask_otp)
 
 
 class AsyncClient:
@@ -131,7 +132,7 @@ class AsyncClient:
         self,
         proxy: str | None = None,
         *,
-        authenticator: Prompter,
+        authenticator: Authenticator | Prompter,
         user: str | None = None,
         ttl_minutes: int | None = None,
         cluster: str | None = None,
@@ -373,7 +374,9 @@ class Client:
         """The profile this client uses (NotLoggedInError if none)."""
         return self._async.profile()
 
-    def login(self, proxy: str | None = None, *, authenticator: Prompter, **kwargs: Any) -> LoginResult:
+    def login(
+        self, proxy: str | None = None, *, authenticator: Authenticator | Prompter, **kwargs: Any
+    ) -> LoginResult:
         """Log in and store the profile; see :meth:`AsyncClient.login`."""
         return self._run(lambda: self._async.login(proxy, authenticator=authenticator, **kwargs))
 

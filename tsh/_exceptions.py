@@ -65,7 +65,15 @@ class InvalidNameError(UsageError):
 
 
 class NotLoggedInError(TshError):
-    """There is no usable profile (never logged in, logged out, or expired)."""
+    """There is no usable profile (never logged in, logged out, or expired).
+
+    ``proxy`` is the proxy to log in to again (``HOST:PORT``), when known, and
+    ``"<proxy>"`` when any will do; None when logging in would not help.
+    """
+
+    def __init__(self, message: str, proxy: str | None = None) -> None:
+        super().__init__(message)
+        self.proxy = proxy
 
 
 class ProfileError(TshError):
@@ -81,7 +89,11 @@ class ProxyConnectionError(ProxyError):
 
 
 class ProxyTLSError(ProxyError):
-    """The proxy's TLS certificate could not be verified."""
+    """The proxy's TLS certificate could not be verified (``verification``), or TLS failed."""
+
+    def __init__(self, message: str, verification: bool = False) -> None:
+        super().__init__(message)
+        self.verification = verification
 
 
 class ProxyResponseError(ProxyError):

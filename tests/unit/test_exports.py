@@ -11,7 +11,7 @@ PUBLIC = [
     "InvalidNameError", "LoginRequest", "LoginResult", "LogoutResult", "NotLoggedInError",
     "Password", "Profile", "ProfileError", "ProfilePaths", "ProfileStore", "ProxyConnection",
     "ProxyConnectionError", "ProxyError", "ProxyResponseError", "ProxyTLSError", "RunResult",
-    "SSHError", "TshError", "UsageError", "__version__", "ensure_agent_key", "login",
+    "SSHError", "TshError", "TshWarning", "UsageError", "__version__", "ensure_agent_key", "login",
     "logout_all", "logout_user",
 ]  # fmt: skip
 

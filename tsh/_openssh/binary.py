@@ -47,8 +47,7 @@ def usable_profile(
     if profile.valid_before <= time.time():
         if relogin is None:
             raise NotLoggedInError(
-                f"the certificate for {profile.name} has expired; "
-                f"run: tsh login --proxy={profile.web_proxy_addr}"
+                f"the certificate for {profile.name} has expired", profile.web_proxy_addr
             )
         profile = relogin(profile)
     if profile.key_storage == "agent":

@@ -419,12 +419,12 @@ class ProfileStore:
         if not proxy:
             profile = self.current()
             if profile is None:
-                raise NotLoggedInError("not logged in; run: tsh login --proxy=<proxy>")
+                raise NotLoggedInError("not logged in", "<proxy>")
             return profile
         host, _ = parse_proxy_arg(proxy)  # a validated host name: "../x" names no file
         profile = self._load(host)
         if profile is None:
-            raise NotLoggedInError(f"not logged in to {host}; run: tsh login --proxy={proxy}")
+            raise NotLoggedInError(f"not logged in to {host}", proxy)
         return profile
 
     def list(self, problems: list[ProfileError] | None = None) -> list[Profile]:

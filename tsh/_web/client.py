@@ -188,7 +188,8 @@ class WebClient:
             if failure is not None and failure[0]:
                 raise ProxyTLSError(
                     f"TLS verification of {self.host} failed: {failure[1]} "
-                    "(trust its CA via SSL_CERT_FILE, or use --insecure in test setups)"
+                    "(trust its CA via SSL_CERT_FILE)",
+                    verification=True,
                 ) from None
             if failure is not None:
                 raise ProxyTLSError(

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from .._exceptions import TshError
+from .._exceptions import NotLoggedInError, ProxyTLSError, TshError
 
 __all__ = ["main", "print_warnings"]
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_hot(args)
         return rc if rc is not None else _run_typer(args)
     except TshError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_cli_hint(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
@@ -73,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _cli_hint(error: Exception) -> str:
+    """What to type next, in this command line's words (the library names no flags)."""
+    proxy = getattr(error, "proxy", None)
+    if isinstance(error, NotLoggedInError) and proxy:
+        return f"; run: tsh login --proxy={proxy}"
+    if isinstance(error, ProxyTLSError) and error.verification:
+        return " (or use --insecure in test setups)"
+    return ""
 
 
 def _stderr_to(path: str) -> None:
