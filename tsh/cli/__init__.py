@@ -17,17 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
 
 from .._exceptions import TshError
 
-__all__ = ["main", "print_warnings"]
-
-
-def print_warnings(warnings: Iterable[str]) -> None:
-    """Each warning as a ``WARNING:`` line on stderr (stdout carries only results)."""
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .._exceptions import UsageError
-from . import print_warnings
+from ._output import print_warnings
 
 
 class TerminalPrompter:

@@ -1,0 +1,14 @@
+"""What every command prints the same way (a leaf: the command modules import it)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+__all__ = ["print_warnings"]
+
+
+def print_warnings(warnings: Iterable[str]) -> None:
+    """Each warning as a ``WARNING:`` line on stderr (stdout carries only results)."""
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
