@@ -120,12 +120,12 @@ def _tsh_modules(names: list[str]) -> set[str]:
     return {name for name in names if name == "tsh" or name.startswith("tsh.")}
 
 
-def test_the_hot_path_loads_exactly_these_tsh_modules(fresh_imports) -> None:
+def test_the_hot_path_loads_exactly_these_tsh_modules(fresh_imports: dict[str, list[str]]) -> None:
     assert _tsh_modules(fresh_imports["hot"]) == HOT_PATH_TSH_MODULES
     assert _tsh_modules(fresh_imports["hot_agent"]) == HOT_PATH_TSH_MODULES | HOT_PATH_AGENT_TSH_MODULES
 
 
-def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> None:
+def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports: dict[str, list[str]]) -> None:
     # Start-up time is part of every connection's set-up (benchmarks/proxy_ssh.py);
     # these modules cost more than the rest of it together.
     slow = {"typer", "click", "rich", "dataclasses", "inspect", "typing", "tempfile", "shutil",
@@ -138,7 +138,7 @@ def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> No
     assert not loaded, sorted(loaded)
 
 
-def test_the_hop_starts_before_the_copying_is_imported(fresh_imports) -> None:
+def test_the_hop_starts_before_the_copying_is_imported(fresh_imports: dict[str, list[str]]) -> None:
     # With the key on disk, these load only once the hop to the proxy has started (if
     # at all), so their import overlaps with its connection instead of delaying it.
     after_start = {"pathlib", "urllib", "subprocess", "socket", "selectors", "threading", "locale",
@@ -147,6 +147,6 @@ def test_the_hop_starts_before_the_copying_is_imported(fresh_imports) -> None:
     assert not loaded, sorted(loaded)
 
 
-def test_config_and_proxy_cli_import_nothing_heavy(fresh_imports) -> None:
+def test_config_and_proxy_cli_import_nothing_heavy(fresh_imports: dict[str, list[str]]) -> None:
     heavy = {"asyncssh", "httpx", "keyring", "cryptography"} & set(fresh_imports["all"])
     assert not heavy, heavy
