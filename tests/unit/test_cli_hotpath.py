@@ -100,17 +100,45 @@ def fresh_imports() -> dict[str, list[str]]:
     return json.loads(out.stdout)
 
 
-def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports) -> None:
+#: Every tsh module `tsh proxy ssh` loads with the key on disk. A new import into the hot
+#: path changes this set: its start-up cost is then a visible decision (benchmarks/proxy_ssh.py).
+HOT_PATH_TSH_MODULES = {
+    "tsh", "tsh._exceptions", "tsh._version",
+    "tsh.cli", "tsh.cli._hotpath",
+    "tsh._proxy", "tsh._proxy.command", "tsh._proxy.target", "tsh._proxy.dial", "tsh._proxy.retry",
+    "tsh._proxy.child", "tsh._proxy.supervisor", "tsh._proxy.relay",
+    "tsh._core", "tsh._core.addr", "tsh._core.names", "tsh._core.profile",
+    "tsh._store", "tsh._store.fs", "tsh._store.layout", "tsh._store.store",
+    "tsh._openssh", "tsh._openssh.hop",
+    "tsh._agent", "tsh._agent.private", "tsh._agent.procs",
+}  # fmt: skip
+#: What `-k only` profiles load on top (the agent must hold the key).
+HOT_PATH_AGENT_TSH_MODULES = {"tsh._agent.agent", "tsh._agent.probe", "tsh._openssh.binary"}
+
+
+def _tsh_modules(names: list[str]) -> set[str]:
+    return {name for name in names if name == "tsh" or name.startswith("tsh.")}
+
+
+def test_the_hot_path_loads_exactly_these_tsh_modules(fresh_imports: dict[str, list[str]]) -> None:
+    assert _tsh_modules(fresh_imports["hot"]) == HOT_PATH_TSH_MODULES
+    assert _tsh_modules(fresh_imports["hot_agent"]) == HOT_PATH_TSH_MODULES | HOT_PATH_AGENT_TSH_MODULES
+
+
+def test_the_hot_path_imports_only_what_the_data_path_needs(fresh_imports: dict[str, list[str]]) -> None:
     # Start-up time is part of every connection's set-up (benchmarks/proxy_ssh.py);
     # these modules cost more than the rest of it together.
     slow = {"typer", "click", "rich", "dataclasses", "inspect", "typing", "tempfile", "shutil",
             "random", "getpass", "ipaddress", "asyncssh", "httpx", "keyring", "cryptography",
-            "platformdirs", "asyncio", "ssl", "tsh._openssh.argv", "tsh._openssh.config"}  # fmt: skip
+            "platformdirs", "asyncio", "ssl", "tsh._openssh.argv", "tsh._openssh.config",
+            "tsh._openssh.config_file", "tsh._web", "tsh._auth", "tsh._connect", "tsh._asyncssh",
+            "tsh._store.secrets", "tsh._core.certs", "tsh._core.knownhosts", "tsh._core.status",
+            "tsh._types"}  # fmt: skip
     loaded = set(fresh_imports["hot_agent"]) & slow
     assert not loaded, sorted(loaded)
 
 
-def test_the_hop_starts_before_the_copying_is_imported(fresh_imports) -> None:
+def test_the_hop_starts_before_the_copying_is_imported(fresh_imports: dict[str, list[str]]) -> None:
     # With the key on disk, these load only once the hop to the proxy has started (if
     # at all), so their import overlaps with its connection instead of delaying it.
     after_start = {"pathlib", "urllib", "subprocess", "socket", "selectors", "threading", "locale",
@@ -119,6 +147,6 @@ def test_the_hop_starts_before_the_copying_is_imported(fresh_imports) -> None:
     assert not loaded, sorted(loaded)
 
 
-def test_config_and_proxy_cli_import_nothing_heavy(fresh_imports) -> None:
+def test_config_and_proxy_cli_import_nothing_heavy(fresh_imports: dict[str, list[str]]) -> None:
     heavy = {"asyncssh", "httpx", "keyring", "cryptography"} & set(fresh_imports["all"])
     assert not heavy, heavy

@@ -1,4 +1,8 @@
-"""tsh._proxy.command's pure parts (target parsing, host cleaning, subsystem name, backoff) and its child."""
+"""The hop's host cleaning and subsystem name (tsh._openssh.hop), tsh._proxy's relay and child.
+
+What is retried, target parsing and the dial: test_proxy_policy.py; the supervisor:
+test_proxy_supervisor.py.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +12,7 @@ import signal
 
 import pytest
 
-from tsh import InvalidNameError, UsageError
 from tsh._openssh.hop import clean_target_host, subsystem_name
-from tsh._proxy.retry import backoff_delays
-from tsh._proxy.target import Target, parse_target
-
-
-def test_parse_target() -> None:
-    assert parse_target("root@node1.example.test:3022") == Target(
-        "root", "node1.example.test", "3022"
-    )
-    assert parse_target("node1:22") == Target(None, "node1", "22")
-    assert parse_target("a@b@node1:22") == Target("a@b", "node1", "22")
-    assert parse_target("root@[::1]:2222") == Target("root", "::1", "2222")
-    assert parse_target("node1:") == Target(None, "node1", "")
-
-
-@pytest.mark.parametrize("bad", ["node1", ":22", "node1:0", "node1:x", "node1:70000", "[::1]"])
-def test_parse_target_refuses(bad: str) -> None:
-    with pytest.raises(UsageError):
-        parse_target(bad)
-
-
-@pytest.mark.parametrize("bad", ["-oProxyCommand=x@h:22", "a b@h:22", "r@h;id:22", "r@*:22"])
-def test_parse_target_refuses_unsafe_names(bad: str) -> None:
-    with pytest.raises(InvalidNameError):
-        parse_target(bad)
 
 
 def test_clean_target_host() -> None:
@@ -50,13 +29,6 @@ def test_subsystem_name() -> None:
     assert subsystem_name("node1", "3022", "example.test") == "proxy:node1:3022@example.test"
     assert subsystem_name("node1", "", "") == "proxy:node1:"
     assert subsystem_name("::1", "22", "c") == "proxy:[::1]:22@c"
-
-
-def test_backoff_is_bounded_and_jittered() -> None:
-    assert backoff_delays(4, base=0.1, cap=1.0, rand=lambda: 1.0) == [0.1, 0.2, 0.4]
-    assert backoff_delays(8, base=0.1, cap=1.0, rand=lambda: 1.0)[-1] == 1.0
-    assert backoff_delays(5, rand=lambda: 0.0) == [0.0] * 4
-    assert backoff_delays(1) == []
 
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are a Linux feature")

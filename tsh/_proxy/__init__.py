@@ -5,6 +5,6 @@ Modules: ``command`` (the command: profile, agent, hop, supervisor), ``target``
 retried: pure), ``child`` (the hop process), ``supervisor`` (attempts and
 replay), ``relay`` (copying bytes). Start-up time is part of every
 connection's set-up, so this package imports only the stdlib it needs, and
-tsh._store, tsh._core and tsh._openssh.hop; tests/unit/test_cli_hotpath.py
-pins its import set. This file stays empty of imports.
+tsh._store, tsh._core, tsh._openssh.hop and tsh._agent.private;
+tests/unit/test_cli_hotpath.py pins the exact set of tsh modules it loads. This file stays empty of imports.
 """

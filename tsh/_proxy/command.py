@@ -2,7 +2,7 @@
 
 OpenSSH starts ``tsh proxy ssh --cluster=C --proxy=P %r@%h:%p`` and speaks
 SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
-``ssh -s`` (tsh._hop.proxy_hop_argv), run as a child: it logs in to the
+``ssh -s`` (tsh._openssh.hop.proxy_hop_argv), run as a child: it logs in to the
 proxy's SSH port with the profile's certificate, accepts only a proxy host
 certificate from the profile's known_hosts CAs, forwards the agent (a recording
 proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (docs/protocol.md
@@ -18,7 +18,7 @@ What tsh adds around the child:
   dropped, a new child is started after a jittered backoff and the kept bytes
   are replayed, so ssh never notices. Authentication failures, untrusted
   proxies and anything after the node spoke are never retried.
-- The agent to forward (tsh._privagent): with the key on disk, a socket
+- The agent to forward (tsh._agent.private): with the key on disk, a socket
   behind which, if a recording proxy uses it, is the user's agent when that
   holds the certificate, else a private agent holding the key on disk. The
   hop itself logs in with the key files (OpenSSH 8.2 and later; older ones
@@ -29,11 +29,8 @@ Start-up time is part of every connection's set-up, so this module and what
 it imports stay lean: no typer (tsh.cli._hotpath), no dataclasses, tempfile
 or shutil, no SSH library; random only for a retry. Until the hop is started
 not even subprocess, socket.py or threading: the hop is spawned directly
-(:class:`_Child`), and what only the copying needs is imported while the hop
-connects.
-
-The top half of this module is pure (target parsing, retry policy, error
-classification).
+(tsh._proxy.child), and what only the copying needs is imported while the hop
+connects. tests/unit/test_cli_hotpath.py pins the tsh modules this loads.
 """
 
 from __future__ import annotations

@@ -17,20 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
 
 from .._exceptions import NotLoggedInError, ProxyTLSError, TshError
 
-__all__ = ["main", "print_warnings"]
-
-
-def print_warnings(warnings: Iterable[object]) -> None:
-    """Each warning (a TshWarning, or the CLI's own str) as a ``WARNING:`` line on stderr.
-
-    stdout carries only results.
-    """
-    for warning in warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
-from . import print_warnings
+from ._output import print_warnings
 
 if TYPE_CHECKING:
     from .._core.profile import Profile

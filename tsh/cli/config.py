@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from . import print_warnings
+from ._output import print_warnings
 
 
 def config(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from .._exceptions import TshWarning, UsageError
-from . import print_warnings
+from ._output import print_warnings
 
 if TYPE_CHECKING:
     from .._auth.authenticators import PasswordAuthenticator

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import print_warnings
+from ._output import print_warnings
 
 
 def logout(

@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from . import print_warnings
+from ._output import print_warnings
 
 
 def status(
