@@ -293,16 +293,10 @@ class AsyncClient:
         Raises:
             UsageError, NotLoggedInError, SSHError: see :meth:`connect`.
         """
-        from ._asyncssh import asyncssh
-        from ._connect import RunResult
-        from ._exceptions import SSHError
+        from ._connect import run_command
 
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
-            try:
-                done = await conn.run(command, input=input)
-            except (OSError, asyncssh.Error) as e:
-                raise SSHError(f"running a command on {host} failed: {e}") from None
-        return RunResult(done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
+            return await run_command(conn, host, command, input)
 
     async def aclose(self) -> None:
         """Close the proxy connection (and every node connection on it)."""

@@ -383,11 +383,7 @@ class ProxyConnection:
             as :meth:`connect`.
         """
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
-            try:
-                done = await conn.run(command, input=input)
-            except (OSError, asyncssh.Error) as e:
-                raise SSHError(f"running a command on {host} failed: {_reason(e)}") from None
-        return RunResult(done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
+            return await run_command(conn, host, command, input)
 
     async def close(self) -> None:
         """Close the proxy connection (and with it every node connection on it)."""
@@ -403,6 +399,21 @@ class ProxyConnection:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+async def run_command(
+    conn: asyncssh.SSHClientConnection, host: str, command: str, input: str | None = None
+) -> RunResult:
+    """Run ``command`` on the open node connection ``conn`` (to ``host``, for messages).
+
+    Raises:
+        SSHError: the session could not be run.
+    """
+    try:
+        done = await conn.run(command, input=input)
+    except (OSError, asyncssh.Error) as e:
+        raise SSHError(f"running a command on {host} failed: {_reason(e)}") from None
+    return RunResult(done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
 
 
 def connect(
