@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from ._asyncssh import asyncssh
-from ._core.addr import split_host_port
+from ._core.addr import DEFAULT_NODE_PORT, SSH_PROXY_PORT, split_host_port
 from ._core.names import validate_cluster_name, validate_host, validate_login
 from ._core.profile import Profile
 from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, UsageError
@@ -252,7 +252,7 @@ class ProxyConnection:
         paths = store.paths_for(profile)
         if profile.valid_before <= time.time():
             raise NotLoggedInError(f"the certificate for {profile.name} has expired; log in again")
-        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, 3023)
+        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, SSH_PROXY_PORT)
         validate_host(ssh_host, "SSH proxy host")
         proxy_host = validate_host(profile.proxy_host, "proxy host")
         if agent_path is None:
@@ -340,7 +340,7 @@ class ProxyConnection:
         tunnel = _Tunnel(self._conn, subsystem_name(node, "" if port is None else str(port), cluster))
         try:
             return await asyncssh.connect(
-                node, port or 3022,
+                node, port or DEFAULT_NODE_PORT,
                 tunnel=tunnel,
                 username=login,
                 client_keys=self._client_keys,

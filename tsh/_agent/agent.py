@@ -26,6 +26,8 @@ TYPE_CHECKING = False  # typing itself costs start-up time (`tsh proxy ssh`, -k 
 if TYPE_CHECKING:
     from typing import Any
 
+    from .._types import AgentMode
+
 __all__ = [
     "AGENT_MODES",
     "agent_comment",
@@ -45,7 +47,7 @@ AGENT_TIMEOUT = 10.0
 
 def resolve_agent_mode(
     flag: str | None, use_local_agent: bool | None, environ: Mapping[str, str]
-) -> str:
+) -> AgentMode:
     """The effective ``--add-keys-to-agent`` mode (pure).
 
     The flag wins over ``TELEPORT_ADD_KEYS_TO_AGENT``; ``auto`` is the default.
@@ -66,7 +68,7 @@ def resolve_agent_mode(
                 "but use of the local ssh-agent is turned off"
             )
         return "no"
-    return mode
+    return mode  # type: ignore[return-value]  # checked against AGENT_MODES above
 
 
 def agent_comment(proxy_host: str, cluster: str, user: str) -> str:

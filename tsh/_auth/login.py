@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .._store.store import ProfileStore
+    from .._types import AgentMode
     from .._web.client import WebClient
     from .._web.wire import LoginResponse, PingResponse
 
@@ -63,7 +64,7 @@ class LoginRequest:
     cluster: str | None = None
     insecure: bool = False
     #: A resolved mode: auto, no, yes or only (see _agent.resolve_agent_mode).
-    agent_mode: str = "auto"
+    agent_mode: AgentMode = "auto"
 
 
 @dataclass

@@ -31,10 +31,8 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
             f"The certificate for {profile.user}@{profile.name} has expired; logging in again.",
             file=sys.stderr,
         )
-        if profile.key_storage == "agent":
-            mode = "only"
-        else:
-            mode = resolve_agent_mode(None, None, os.environ)
+        # A `-k only` profile's key stays out of disk.
+        mode = "only" if profile.key_storage == "agent" else resolve_agent_mode(None, None, os.environ)
         request = LoginRequest(
             proxy=profile.web_proxy_addr,
             user=profile.user,
