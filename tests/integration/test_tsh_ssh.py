@@ -172,6 +172,37 @@ def test_interactive_session_in_a_terminal(node, login_name, logged_in) -> None:
     assert child.exitstatus == 3
 
 
+def test_ssh_escape_suspend_stops_the_job_and_fg_resumes_it(node, login_name, logged_in) -> None:  # type: ignore[no-untyped-def]
+    """ssh's ``~^Z`` stops ssh; tsh, which waits for it, stops too, so the shell gets its job back."""
+    tsh = " ".join([sys.executable, "-m", "tsh", "ssh", f"--port={node.port}", f"{login_name}@{node.name}"])
+    child = pexpect.spawn(
+        "bash", ["--norc", "--noprofile", "-i"],
+        env={**logged_in, "TERM": "xterm", "PS1": "local$ "}, encoding="utf-8", timeout=20,
+        dimensions=(24, 80),
+    )  # fmt: skip
+    try:
+        child.expect_exact("local$ ")
+        child.sendline(f"PS1='remote$ ' {tsh}")
+        child.sendline("echo in-$((6*7))")
+        child.expect("in-42")
+        child.send("\r~\x1a")  # ssh's escape: suspend
+        child.expect("Stopped")
+        child.expect_exact("local$ ")
+        child.sendline("echo local-$((2*3))")
+        child.expect("local-6")
+        child.sendline("fg")
+        child.sendline("echo back-$((5*5))")
+        child.expect("back-25")
+        child.sendline("exit 4")
+        child.expect_exact("local$ ")
+        child.sendline("echo status=$?")
+        child.expect("status=4")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
 def _expire(env: dict[str, str]) -> None:
     home = Path(env["TELEPORT_HOME"])
     (profile,) = home.glob("*.yaml")
