@@ -43,7 +43,7 @@ from ._openssh.hop import clean_target_host, subsystem_name
 from ._store.layout import ProfilePaths
 from ._store.store import ProfileStore
 
-__all__ = ["NodeConnect", "ProxyConnection", "RunResult", "connect", "run"]
+__all__ = ["NodeConnect", "ProxyConnection", "RunResult", "run_command"]
 
 #: The principal of every Teleport user certificate meant for API-only
 #: connections (teleport-wire.md section 10.2, "Principal check").
@@ -414,62 +414,6 @@ async def run_command(
     except (OSError, asyncssh.Error) as e:
         raise SSHError(f"running a command on {host} failed: {_reason(e)}") from None
     return RunResult(done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
-
-
-def connect(
-    host: str,
-    *,
-    login: str,
-    port: int | None = None,
-    cluster: str | None = None,
-    proxy: str | None = None,
-    store: ProfileStore | None = None,
-) -> _OneShot:
-    """``async with connect("node1", login="root") as conn``: one node, its own proxy connection.
-
-    ``proxy`` picks the profile (default: the current one). Both connections
-    close at the end of the block. For many nodes, open one
-    :class:`ProxyConnection` and call its :meth:`~ProxyConnection.connect`.
-    """
-    return _OneShot(host, login, port, cluster, proxy, store)
-
-
-class _OneShot:
-    def __init__(self, host: str, login: str, port: int | None, cluster: str | None,
-                 proxy: str | None, store: ProfileStore | None) -> None:
-        self._args = (host, login, port, cluster)
-        self._store = store or ProfileStore()
-        self._proxy = proxy
-        self._pc: ProxyConnection | None = None
-
-    async def __aenter__(self) -> asyncssh.SSHClientConnection:
-        host, login, port, cluster = self._args
-        self._pc = await ProxyConnection.open(self._store.select(self._proxy), self._store)
-        try:
-            return await self._pc.connect(host, login=login, port=port, cluster=cluster)
-        except BaseException:
-            await self._pc.close()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._pc is not None:
-            await self._pc.close()
-
-
-async def run(
-    host: str,
-    command: str,
-    *,
-    login: str,
-    port: int | None = None,
-    cluster: str | None = None,
-    proxy: str | None = None,
-    store: ProfileStore | None = None,
-) -> RunResult:
-    """Run ``command`` on ``host`` through the proxy of profile ``proxy`` (default: current)."""
-    store = store or ProfileStore()
-    async with await ProxyConnection.open(store.select(proxy), store) as pc:
-        return await pc.run(host, command, login=login, port=port, cluster=cluster)
 
 
 # ---------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+import tsh
 from tests.conftest import launch_node
 from tests.integration._profiles import log_in
 from tsh import InvalidNameError, NotLoggedInError, ProfileStore, SSHError, UsageError
-from tsh._connect import ProxyConnection, run
+from tsh._connect import ProxyConnection, RunResult
 from tsh._core.profile import Profile
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,12 @@ def test_twenty_concurrent_commands_share_one_proxy_login(cluster, node, login_n
     assert all(r.exit_status == 0 for r in results)
     assert proxy_connections == 1
     assert node.log().count("Accepted publickey") - accepted_before == 20
+
+
+async def run(host: str, command: str, *, login: str, cluster: str | None = None) -> RunResult:
+    """One command through a fresh tsh.AsyncClient on the current profile."""
+    async with tsh.AsyncClient() as client:
+        return await client.run(host, command, login=login, cluster=cluster)
 
 
 def test_recording_proxy_with_key_on_disk_and_no_agent(start_cluster, start_node, login_name) -> None:  # type: ignore[no-untyped-def]
