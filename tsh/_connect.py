@@ -17,7 +17,7 @@ What makes it as strict as `tsh ssh` through OpenSSH:
   or for a `-k only` profile the agent's identity carrying the certificate.
 - The agent is forwarded to the proxy, since a recording proxy
   (``session_recording: proxy``) logs in to the node with it. With the key on
-  disk that is tsh._privagent's LazyAgent: the user's agent if it holds the
+  disk that is tsh._agent.private's LazyAgent: the user's agent if it holds the
   certificate, else a private agent with the key, started only if the proxy asks.
 
 The proxy connection logs in as ``-teleport-internal-join``, the principal
@@ -483,7 +483,7 @@ async def _agent_identity(
 
 
 def _lazy_agent(profile: Profile, paths: ProfilePaths, user_sock: str | None) -> Any:
-    """The agent to forward with the key on disk (tsh._privagent.LazyAgent), or None."""
+    """The agent to forward with the key on disk (tsh._agent.private.LazyAgent), or None."""
     from ._agent.private import LazyAgent
 
     try:

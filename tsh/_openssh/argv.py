@@ -16,7 +16,7 @@ stays in the data path. What they hand OpenSSH:
   useless to a recording proxy, so the caller passes ``via_tsh`` and the
   ProxyCommand is `tsh proxy ssh`, which forwards a private agent instead.
 
-Every name is validated (tsh._names) before it is put on a command line, and
+Every name is validated (tsh._core.names) before it is put on a command line, and
 the ProxyCommand, which OpenSSH runs through the user's shell, quotes every
 word. User input never passes through a shell otherwise.
 """

@@ -7,7 +7,7 @@ a ``Host *.<cluster> !<proxyhost>`` block with the node port and ProxyCommand,
 then a footer. The local OpenSSH version is passed in (``ssh_version``), so
 tests need no ``ssh -V``.
 
-Every interpolated value is validated here again (tsh._names): the renderer
+Every interpolated value is validated here again (tsh._core.names): the renderer
 never trusts its caller to have done it.
 """
 
@@ -140,7 +140,7 @@ def tsh_proxy_command(
 
     ``executable`` is how to start tsh (see SSHConfigParams). OpenSSH hands
     this line to the user's shell, so every word is validated and then
-    single-quoted for it (tsh._names.shell_word), ``%r@%h:%p`` included: ssh
+    single-quoted for it (tsh._core.names.shell_word), ``%r@%h:%p`` included: ssh
     expands those tokens before the shell reads the line.
 
     Raises:

@@ -1,6 +1,6 @@
 """`tsh config`: gather the facts for the configuration text, and write it.
 
-The text itself is rendered by the pure tsh._sshconfig; this module does the
+The text itself is rendered by the pure tsh._openssh.config; this module does the
 I/O around it: the current profile, the local ``ssh -V``, where the tsh
 executable is, and the in-place ``--update`` of an ssh_config file.
 """

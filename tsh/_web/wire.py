@@ -229,7 +229,7 @@ def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
     """Check and resolve a decoded ping answer from ``web_proxy_addr`` (host:port).
 
     Every string that the profile, ssh_config or known_hosts will hold is
-    validated here (names through tsh._names), so a hostile proxy gets a
+    validated here (names through tsh._core.names), so a hostile proxy gets a
     ProxyResponseError and nothing it sent is written anywhere.
     """
     data = _obj(data, "ping response")
