@@ -19,6 +19,7 @@ from typing import Protocol
 
 import asyncssh
 
+from . import _trust
 from ._auth import UserCertServer
 from ._ca import Authority
 from ._config import ServerConfig
@@ -156,6 +157,9 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._request: ProxyRequest | None = None
         self._forwarder: Forwarder | None = None
         self._task: asyncio.Task[None] | None = None
+        # Client bytes (and EOF) that arrive while a leaf is still answering the dial.
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
         self._chan = chan
@@ -182,12 +186,22 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def session_started(self) -> None:
         assert self._chan is not None
         if self._subsystem == "proxysites":
-            self._chan.write(proxysites_json(self._proxy.state.name))
+            state = self._proxy.state
+            self._chan.write(proxysites_json(state.name, leaves=_trust.live_leaves(state)))
             self._chan.exit(0)
             return
         if self._request is None:  # a shell or exec request: nothing to run here
             self._chan.write_stderr(_ONLY_SUBSYSTEMS)
             self._chan.exit(1)
+            return
+        req = self._request
+        if req.cluster and req.cluster != self._proxy.state.name:
+            leaf = _trust.leaf_route(self._proxy.state, req.cluster)
+            if leaf is None:
+                self._refuse(_trust.unknown_cluster(req.cluster))
+                return
+            self._chan.pause_reading()  # until the leaf answered the dial
+            self._task = asyncio.ensure_future(self._run_leaf(leaf, req))
             return
         try:
             node = route(self._request, self._proxy.state.name, self._proxy.state.nodes())
@@ -201,6 +215,31 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._forwarder = self._proxy.forwarder_cls(self._chan, node)
         self._task = asyncio.ensure_future(self._forwarder.run())
 
+    def _refuse(self, e: SubsystemError) -> None:
+        assert self._chan is not None
+        log.info("no route for %r: %s", self._subsystem, e)
+        self._chan.write_stderr(f"{e}\n".encode())
+        self._chan.exit(1)
+
+    async def _run_leaf(self, leaf: _trust.LeafRoute, req: ProxyRequest) -> None:
+        """Route to a leaf over its reverse tunnel (docs/protocol.md, trusted clusters)."""
+        assert self._chan is not None
+        port = int(req.port) if req.port.isdigit() else 0
+        node = Node(req.host or "auth", req.host or leaf.leaf, port)  # names it in errors
+        try:
+            streams = await leaf.open(req)
+        except SubsystemError as e:
+            self._refuse(e)
+            return
+        forwarder = PipeForwarder(self._chan, node, dial=lambda: _trust.as_streams(*streams))
+        for data in self._early:
+            forwarder.data_received(data)
+        if self._early_eof:
+            forwarder.eof_received()
+        self._early.clear()
+        self._forwarder = forwarder
+        await forwarder.run()
+
     def shell_requested(self) -> bool:
         return True  # answered in session_started with a clear error
 
@@ -208,12 +247,18 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True  # idem
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._forwarder is not None and datatype is None:
+        if datatype is not None:
+            return
+        if self._forwarder is not None:
             self._forwarder.data_received(data)
+        elif self._task is not None:
+            self._early.append(data)
 
     def eof_received(self) -> bool:
         if self._forwarder is not None:
             self._forwarder.eof_received()
+        else:
+            self._early_eof = True
         return True  # stay half-open: the node may still be talking
 
     def pause_writing(self) -> None:

@@ -20,6 +20,7 @@ import asyncssh
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from . import _trust
 from ._ca import Authority, public_line
 from ._config import ServerConfig, parse_version
 from ._duration import NS_PER_S, format_go_duration
@@ -189,6 +190,7 @@ class WebAPI:
             "/webapi/ping": {"GET": self.ping},
             "/webapi/find": {"GET": self.find},
             "/webapi/ssh/certs": {"POST": self.create_ssh_cert},
+            "/webapi/trustedclusters/validate": {"POST": self.validate_trusted_cluster},
         }
 
     async def dispatch(self, request: web.Request) -> web.Response:
@@ -236,6 +238,8 @@ class WebAPI:
         }
         if self.config.public_addr:
             ssh["public_addr"] = self.config.public_addr
+        if self.config.tunnel_addr:  # where leaves' proxies dial (trusted clusters)
+            ssh["ssh_tunnel_public_addr"] = self.config.tunnel_addr
         return {
             "kube": {},
             "ssh": ssh,
@@ -268,6 +272,17 @@ class WebAPI:
         if self.config.major >= 17:
             body.update({"edition": "oss", "fips": False})
         return body
+
+    async def validate_trusted_cluster(self, request: web.Request) -> web.Response:
+        """A leaf joins (trusted-clusters.md §1.1): token check, CA exchange."""
+        try:
+            body = _trust.validate_trusted_cluster(
+                self.state, self.authority, await request.read()
+            )
+        except _trust.TrustError as e:
+            raise ApiError(e.status, str(e)) from None
+        return web.Response(body=body, content_type="application/json",
+                            headers=_SECURITY_HEADERS)
 
     async def ping(self, request: web.Request) -> web.Response:
         return json_response(self._ping_body(self._auth_settings()))
@@ -307,7 +322,7 @@ class WebAPI:
             raise ApiError(403, BAD_CREDENTIALS)
 
         route = req.get("routetocluster", "")
-        if route and route != self.state.name:
+        if route and route != self.state.name and route not in _trust.remote_host_cas(self.state):
             raise ApiError(404, f"remote cluster {json.dumps(route)} is not found")
 
         ttl_s = max(min(ttl_ns, user.max_ttl_ns) // NS_PER_S, 1)

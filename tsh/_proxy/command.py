@@ -81,6 +81,7 @@ def proxy_ssh(
     store = ProfileStore()
     profile = store.select(proxy)
     tgt = parse_target(target)
+    cluster = cluster or os.environ.get("TELEPORT_CLUSTER")  # real tsh's variable
     cluster = validate_cluster_name(cluster) if cluster else (profile.root_cluster or profile.cluster)
     login = tgt.login
     if login is None:  # OpenSSH always passes %r; by hand, the login may be left out

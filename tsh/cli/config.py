@@ -26,6 +26,9 @@ def config(
         metavar="tsh|openssh",
         help="ProxyCommand form: 'tsh' (tsh proxy ssh) or 'openssh' (plain ssh, no Python).",
     ),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Only this cluster's block (default: root and every leaf)."
+    ),
     update: bool = typer.Option(
         False,
         "--update",
@@ -54,6 +57,7 @@ def config(
         login=login,
         proxy_command=proxy_command,
         ssh_version=openssh_version(),
+        cluster=cluster,
     )
     _warn_if_expired(profile.valid_before)
     if not update and update_file is None:

@@ -14,7 +14,8 @@ def scp(
         None, "-P", "--port", help="Node SSH port (default 3022; 22 for OpenSSH nodes)."
     ),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="Cluster of the node (default: the profile's)."
+        None, "--cluster", envvar="TELEPORT_CLUSTER", show_envvar=False,
+        help="Cluster of the node, root or leaf (default: the profile's; env TELEPORT_CLUSTER).",
     ),
     proxy: Optional[str] = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."

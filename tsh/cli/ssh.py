@@ -16,7 +16,8 @@ def ssh(
     ),
     login: Optional[str] = typer.Option(None, "-l", "--login", help="Remote login."),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="Cluster of the node (default: the profile's)."
+        None, "--cluster", envvar="TELEPORT_CLUSTER", show_envvar=False,
+        help="Cluster of the node, root or leaf (default: the profile's; env TELEPORT_CLUSTER).",
     ),
     proxy: Optional[str] = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
