@@ -226,19 +226,31 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         assert self._chan is not None
         port = int(req.port) if req.port.isdigit() else 0
         node = Node(req.host or "auth", req.host or leaf.leaf, port)  # names it in errors
+        forwarder: Forwarder
+        if self._proxy.config.recording == "proxy" and req.host:
+            # The root records: it terminates the session and dials the leaf node
+            # itself, through the tunnel (trusted-clusters.md §5).
+            forwarder = self._proxy.forwarder_cls(self._chan, node, leaf)  # type: ignore[call-arg]
+            self._start_forwarder(forwarder)
+            await forwarder.run()
+            return
         try:
             streams = await leaf.open(req)
         except SubsystemError as e:
             self._refuse(e)
             return
         forwarder = PipeForwarder(self._chan, node, dial=lambda: _trust.as_streams(*streams))
+        self._start_forwarder(forwarder)
+        await forwarder.run()
+
+    def _start_forwarder(self, forwarder: Forwarder) -> None:
+        """Hand ``forwarder`` the channel, with what the client sent in the meantime."""
         for data in self._early:
             forwarder.data_received(data)
         if self._early_eof:
             forwarder.eof_received()
         self._early.clear()
         self._forwarder = forwarder
-        await forwarder.run()
 
     def shell_requested(self) -> bool:
         return True  # answered in session_started with a clear error

@@ -198,7 +198,8 @@ def test_leaf_node_refuses_a_login_the_mapped_role_does_not_allow(trust: Trust, 
 
 
 # --------------------------------------------------------------------------- plain OpenSSH
-@pytest.mark.parametrize("root_name", ["root.test"], ids=["node-recording"])
+@pytest.mark.parametrize("root_name", ["root.test", "rec.test"], ids=["node-recording",
+                                                                      "proxy-recording"])
 def test_plain_ssh_to_a_leaf_node_with_the_generated_config(
     trust: Trust, ssh_agent, openssh, tmp_path, root_name: str
 ) -> None:  # type: ignore[no-untyped-def]
