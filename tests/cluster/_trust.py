@@ -676,6 +676,7 @@ class LeafRoute:
     leaf: str
     conn: asyncssh.SSHServerConnection
     host_cas: tuple[str, ...]
+    root: str = ""
 
     async def open(self, req: ProxyRequest) -> tuple[asyncssh.SSHReader[bytes],
                                                       asyncssh.SSHWriter[bytes]]:
@@ -701,7 +702,7 @@ class LeafRoute:
             raise SubsystemError(e.reason) from None
         except (asyncssh.Error, OSError, asyncio.TimeoutError):
             raise SubsystemError(
-                f"{self.leaf} is offline: no active tunnels to this cluster found"
+                f"{self.leaf} is offline: no active tunnels to {self.root} found"
             ) from None
 
 
@@ -742,7 +743,7 @@ def leaf_route(state: ClusterState, cluster: str) -> LeafRoute | None:
     rec = _remote_records(state).get(cluster)
     if tunnel is None or rec is None:
         return None
-    return LeafRoute(cluster, tunnel.conn, tuple(rec["host_ca"]["ssh"]))
+    return LeafRoute(cluster, tunnel.conn, tuple(rec["host_ca"]["ssh"]), state.name)
 
 
 def _encode_request(req: ProxyRequest) -> str:
