@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ from tests.cluster.sshd import SSHDNode, find_sshd, start_node
 from tests.conftest import LOGIN
 from tests.integration._leaves import trust_leaves
 from tests.integration._profiles import request_cert
-from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
+from tests.integration._tsh import (
+    env_for,
+    login,
+    run_tsh,
+    ssh_with_config,
+    tsh_argv,
+    tsh_config_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +180,24 @@ def test_tsh_ssh_to_leaf_nodes_by_flag_and_environment(trust: Trust, ssh_agent) 
         assert _server_port(r.stdout) == node.port  # the same name, each leaf's own node
 
 
+def test_tsh_proxy_ssh_takes_the_cluster_from_the_environment(
+    trust: Trust, ssh_agent, openssh
+) -> None:  # type: ignore[no-untyped-def]
+    env = _logged_in(trust.root, ssh_agent, [trust.leaf1, trust.leaf2])
+    node = trust.nodes[trust.leaf2.name]
+    known_hosts = os.path.join(env["TELEPORT_HOME"], "known_hosts")
+    hop = " ".join(tsh_argv(installed=False)) + " proxy ssh %r@%h:%p"
+    r = subprocess.run(
+        [openssh.ssh, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"ProxyCommand={hop}",
+         "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+         "-p", str(node.port), f"{LOGIN}@node2.leaf2.test", "echo $SSH_CONNECTION"],
+        capture_output=True, text=True, env={**env, "TELEPORT_CLUSTER": "leaf2.test"},
+        stdin=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert _server_port(r.stdout) == node.port
+
+
 def test_unknown_leaf_gives_teleports_text(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1])
     r = run_tsh("ssh", "--cluster=nowhere.test", f"{LOGIN}@node2", "true", env=env)
@@ -238,9 +264,23 @@ def test_tsh_config_cluster_flag_keeps_one_block_pair(trust: Trust, ssh_agent) -
 
 
 # --------------------------------------------------------------------------- a leaf goes away
+def _wait_absent(root: Cluster, leaf: str) -> None:
+    deadline = time.monotonic() + 20
+    while leaf in [s["name"] for s in _proxysites(root)]:
+        assert time.monotonic() < deadline, f"{leaf} is still in proxysites"
+        time.sleep(0.1)  # the root drops the site when the tunnel's TCP connection closes
+
+
+
 def test_stopped_leaf_goes_offline_then_away(trust: Trust, ssh_agent, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     leaf = launch_cluster(tmp_path_factory.mktemp("leaf3") / "data", name="leaf3.test")
     try:
+        join_leaf(trust.root, leaf)
+        assert "leaf3.test" in [s["name"] for s in _proxysites(trust.root)]
+        # The leaf leaves (trusted-clusters rm): its tunnel closes at once...
+        leaf.admin("trusted-clusters", "rm", "root.test")
+        _wait_absent(trust.root, "leaf3.test")
+        # ...and comes back with a new join.
         join_leaf(trust.root, leaf)
         assert "leaf3.test" in [s["name"] for s in _proxysites(trust.root)]
         # A frozen leaf keeps its TCP connection but sends no heartbeat: offline.
@@ -258,10 +298,7 @@ def test_stopped_leaf_goes_offline_then_away(trust: Trust, ssh_agent, tmp_path_f
     finally:
         leaf.stop()
     # Stopped: the tunnel is gone, the leaf leaves proxysites and cannot be reached.
-    deadline = time.monotonic() + 20
-    while "leaf3.test" in [s["name"] for s in _proxysites(trust.root)]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_absent(trust.root, "leaf3.test")
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1])
     r = run_tsh("ssh", "--cluster=leaf3.test", f"{LOGIN}@node2", "true", env=env)
     assert r.returncode != 0
