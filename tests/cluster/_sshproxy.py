@@ -4,7 +4,11 @@
   channel to a *forwarder* picked by the recording mode. ``node`` and ``off``
   use :class:`PipeForwarder` (raw TCP bytes, half-close respected); ``proxy``
   uses the terminating, recording forwarder of ``_recording.py``.
-* ``proxysites`` writes the JSON list of clusters and exits 0.
+* ``proxy:host:port@<leaf>`` (and ``proxy:@<leaf>``) for a trusted leaf goes
+  over the leaf's reverse tunnel (``_trust.LeafRoute``): piped, or in
+  recording mode terminated here and dialled through the tunnel.
+* ``proxysites`` writes the JSON list of clusters (this one, then the
+  connected leaves) and exits 0.
 
 Agent-forwarding requests are accepted (asyncssh's default), because a
 recording proxy needs the user's agent to reach the node.

@@ -129,7 +129,9 @@ def route(req: ProxyRequest, local_cluster: str, nodes: Mapping[str, Node]) -> N
     A node matches by name, or by its registered host; a port that is given
     (non-empty and not ``"0"``) must equal the registered one. An empty or zero
     port means the default node port, 3022, when the name matches nothing
-    better. Only the local cluster exists (no trusted leaf clusters yet).
+    better. Requests for a leaf cluster never get here: the SSH proxy sends
+    them over the leaf's reverse tunnel (``_trust``), whose leaf end routes
+    them as local requests.
     """
     if req.cluster and req.cluster != local_cluster:
         raise SubsystemError(f"unknown cluster {go_quote(req.cluster)}")

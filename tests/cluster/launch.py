@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.cluster._files import stop_process
 
-__all__ = ["REPO_ROOT", "Cluster", "join_leaf", "launch_cluster", "run_cluster_cli"]
+__all__ = ["REPO_ROOT", "Cluster", "join_leaf", "launch_cluster", "run_cluster_cli", "wait_tunnel"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 _START_TIMEOUT_S = 30.0
