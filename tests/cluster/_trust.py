@@ -839,6 +839,8 @@ async def _agent_once(state: ClusterState, authority: Authority, config: ServerC
         chan, _ = await conn.create_session(asyncssh.SSHClientSession, "heartbeat")
         log.info("reverse tunnel to %s at %s is up", root, rec["tunnel_addr"])
         while root in _trusted_records(state):
+            if conn.is_closed():
+                return  # the root went away: _agent_loop dials again
             chan.write(b"ping\n")
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
         log.info("trusted cluster %s removed: closing its tunnel", root)
