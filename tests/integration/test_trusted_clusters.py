@@ -198,6 +198,17 @@ def test_tsh_proxy_ssh_takes_the_cluster_from_the_environment(
     assert _server_port(r.stdout) == node.port
 
 
+def test_login_to_a_leaf_makes_it_the_default_cluster(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(trust.root, ssh_agent.sock)
+    r = login(trust.root, USER, env, "--cluster=leaf2.test")
+    assert r.returncode == 0, r.stderr
+    trust_leaves(trust.root, [trust.leaf1, trust.leaf2])
+    node = trust.nodes[trust.leaf2.name]
+    r = run_tsh("ssh", f"--port={node.port}", f"{LOGIN}@node2", "echo $SSH_CONNECTION", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _server_port(r.stdout) == node.port
+
+
 def test_unknown_leaf_gives_teleports_text(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1])
     r = run_tsh("ssh", "--cluster=nowhere.test", f"{LOGIN}@node2", "true", env=env)
