@@ -98,6 +98,7 @@ _RECONNECT_S = 0.5
 _TRANSPORT_HOST = "teleport-transport"
 _TRANSPORT_PORT = 3024
 _DIAL_TIMEOUT_S = 10.0
+_HIGH_WATER = 256 * 1024
 
 
 class TrustError(Exception):
@@ -791,6 +792,17 @@ class _TCPRelay(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._writer.write(data)
+        if self._chan is not None and self._writer.transport.get_write_buffer_size() > _HIGH_WATER:
+            self._chan.pause_reading()  # the node is slow: hold the root's bytes
+            asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except OSError:
+            return
+        if self._chan is not None:
+            self._chan.resume_reading()
 
     def eof_received(self) -> bool:
         if self._writer.can_write_eof():

@@ -259,6 +259,22 @@ def test_plain_ssh_to_a_leaf_node_with_the_generated_config(
         assert recordings == before
 
 
+@pytest.mark.parametrize("root_name", ["root.test", "rec.test"], ids=["node-recording",
+                                                                      "proxy-recording"])
+def test_tsh_scp_to_a_leaf_node(trust: Trust, ssh_agent, tmp_path, root_name: str) -> None:  # type: ignore[no-untyped-def]
+    root = trust.root if root_name == "root.test" else trust.rec
+    env = _logged_in(root, ssh_agent, [trust.leaf1])
+    node = trust.nodes[trust.leaf1.name]
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    remote = tmp_path / "remote"  # the node is this machine: its paths are ours
+    remote.mkdir()
+    r = run_tsh("scp", "--cluster=leaf1.test", "-P", str(node.port), str(src),
+                f"{LOGIN}@node2:{remote}/", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (remote / "payload.bin").read_bytes() == src.read_bytes()
+
+
 def test_tsh_config_cluster_flag_keeps_one_block_pair(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1, trust.leaf2])
     full = run_tsh("config", env=env)
