@@ -157,6 +157,15 @@ def test_join_with_a_bad_token_is_refused(trust: Trust, tmp_path) -> None:  # ty
     assert "leaf2.test" not in (trust.rec.data_dir / "remote_clusters.json").read_text()
 
 
+def test_join_checks_the_roots_tls_certificate(trust: Trust) -> None:
+    token = trust.rec.admin("tokens", "add", "--type=trusted_cluster").strip()
+    with pytest.raises(RuntimeError, match="misconfigured HTTP/TLS certificate"):
+        trust.leaf2.admin(
+            "trusted-clusters", "add", f"--root-proxy={trust.rec.web_addr}",
+            f"--root-ca={trust.root.tls_ca}", f"--token={token}", "--role-map=access:access",
+        )  # fmt: skip
+
+
 def test_join_refuses_an_undefined_local_role(trust: Trust) -> None:
     token = trust.rec.admin("tokens", "add", "--type=trusted_cluster").strip()
     with pytest.raises(RuntimeError, match='a role "ghost" referenced in a mapping'):
@@ -283,6 +292,9 @@ def test_tsh_config_cluster_flag_keeps_one_block_pair(trust: Trust, ssh_agent) -
         "# Common flags for all root.test hosts", "# Common flags for all leaf1.test hosts",
         "# Common flags for all leaf2.test hosts",
     ]
+    # the root's certificate for every block, as real tsh (the proxy routes it to any leaf)
+    certs = {ln.strip() for ln in full.stdout.splitlines() if "CertificateFile" in ln}
+    assert len(certs) == 1 and certs.pop().endswith('root.test-cert.pub"')
     one = run_tsh("config", "--cluster=leaf2.test", env=env)
     assert one.returncode == 0, one.stderr
     assert "Host *.leaf2.test" in one.stdout and "root.test hosts" not in one.stdout
