@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tsh import InvalidNameError, ProxyResponseError
 from tsh._core.knownhosts import ca_lines, cluster_trust_lines, merge_known_hosts
@@ -102,3 +104,23 @@ def test_cluster_trust_lines_match_with_ssh_keygen(tmp_path) -> None:  # type: i
     assert found("node2.leaf.test") == [leaf_key.split()[1], root_key.split()[1]]
     assert found("node1.root.test") == [root_key.split()[1]]
     assert found("node2.other.test") == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(leaf=st.text(min_size=0, max_size=20))
+def test_cluster_trust_lines_hostile_leaf_names(leaf: str) -> None:
+    """A leaf name from the auth API either is refused or stays one host pattern of its own."""
+    try:
+        lines = cluster_trust_lines(
+            "proxy.test", "root.test", {"root.test": [ROOT_KEY], leaf: [LEAF_KEY]}
+        )
+    except InvalidNameError:
+        return
+    if leaf == "root.test":
+        return
+    for line in lines[1:]:
+        marker, hosts, *rest = line.split(" ")
+        assert marker == "@cert-authority" and "\n" not in line
+        assert hosts.split(",") == ["proxy.test", leaf, f"*.{leaf}"]
+        assert "*" not in leaf and "?" not in leaf and "!" not in leaf
+        assert rest[-1] == "type=host"
