@@ -1,6 +1,6 @@
 """Trusted clusters: join tokens, the CA exchange, the reverse tunnel, leaf routing.
 
-docs/protocol.md §"Trusted clusters" tells the story; trusted-clusters.md is the
+docs/protocol.md §14 tells the story; trusted-clusters.md is the
 reference. Two processes of this test cluster play root and leaf:
 
 * **root**: ``tokens add --type=trusted_cluster`` writes a join token; the web
@@ -73,6 +73,8 @@ __all__ = [
     "join",
     "leaf_route",
     "live_leaves",
+    "map_roles",
+    "parse_labels",
     "parse_role_map",
     "remote_clusters",
     "remote_host_cas",
