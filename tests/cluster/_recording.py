@@ -121,7 +121,8 @@ class RecordingForwarder:
             self._close_socks()
             return
         host_cert = self._ctx.authority.sign_host(
-            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600
+            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600,
+            self._ctx.authority.keys("host").presented,
         )
         server = self._server
         self._server_task = asyncio.ensure_future(
@@ -196,7 +197,8 @@ async def _node_principals(node: Node, ctx: _Context) -> list[str]:
         log.info("host key probe of %s: %s", node.addr, e)
         return names
     cert = key if isinstance(key, asyncssh.SSHCertificate) else None
-    if cert is not None and cert.signing_key.public_data == ctx.authority.host_ca.public_data:
+    trusted = ctx.authority.keys("host").trusted
+    if cert is not None and any(cert.signing_key.public_data == k.public_data for k in trusted):
         names += [p for p in cert.principals if p not in names]
     return names
 
@@ -267,7 +269,7 @@ class _InnerServer(UserCertServer):
     """The SSH server the user's ssh talks to inside the ``proxy:`` channel."""
 
     def __init__(self, ctx: _Context, node: Node, agent_path: str, peer: object):
-        super().__init__(ctx.authority.user_ca)
+        super().__init__(lambda: ctx.authority.keys("user").trusted)
         self._ctx = ctx
         self.node = node
         self._agent_path = agent_path
@@ -321,7 +323,9 @@ class _InnerServer(UserCertServer):
                     node.host, node.port,
                     username=self.login,
                     client_factory=lambda: client,
-                    known_hosts=([], [self._ctx.authority.host_ca.convert_to_public()], []),
+                    known_hosts=(
+                        [], [k.convert_to_public() for k in self._ctx.authority.keys("host").trusted], []
+                    ),
                     server_host_key_algs="default",
                     client_keys=keys,
                     agent_path=None,
