@@ -18,7 +18,7 @@ import pytest
 
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import launch_node
-from tests.integration._tsh import env_for, login, tsh_config_file
+from tests.integration._tsh import env_for, login, run_tsh, tsh_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,22 @@ def tls_cas(cluster: Cluster) -> int:
     home = Path(os.environ["TELEPORT_HOME"])
     (pem,) = home.glob(f"keys/*/cas/{cluster.name}.pem")
     return pem.read_text().count("BEGIN CERTIFICATE")
+
+
+HOST_CA_CHANGED = "error: the cluster's host CA has changed (CA rotation): run tsh login"
+USER_CA_ROTATED = (
+    "error: your certificate is signed by a user CA the cluster no longer trusts (CA rotation): "
+    "run tsh login"
+)
+
+
+def tsh_ssh(user: User, node, login_name: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return run_tsh("ssh", f"--port={node.port}", f"{login_name}@{node.name}", "echo", "ok",
+                   env=user.env)
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
 
 
 class User:
@@ -146,6 +162,7 @@ def test_host_rotation_keeps_old_and_resigned_nodes_reachable(
         user.login()
         (old,) = keys_of(export(rcluster, "host"))
         assert keys_of(ours(rcluster)) == [old]
+        before_rotation = "".join(ln + "\n" for ln in ours(rcluster))
         cfg = tsh_config_file(tmp_path / "ssh_config", env=user.env, installed=True)
         assert plain_ssh(openssh.ssh, cfg, login_name, old_node, rcluster, user.env).stdout == "ok\n"
 
@@ -171,6 +188,17 @@ def test_host_rotation_keeps_old_and_resigned_nodes_reachable(
         cert = (tmp_path / "new-node" / "ssh_host_key-cert.pub").read_text()
         assert signing_ca(cert, openssh) == fingerprint(new, openssh)
         _wait_for(lambda: proxy_host_ca(rcluster, openssh) == fingerprint(new, openssh))
+        # a profile from before the rotation no longer trusts the proxy: say why
+        current = (home / "known_hosts").read_text()
+        (home / "known_hosts").write_text(FOREIGN + "\n" + before_rotation)
+        r = tsh_ssh(user, new_node, login_name)
+        assert r.returncode == 255 and last_line(r.stderr) == HOST_CA_CHANGED, r.stderr
+        r = run_tsh("proxy", "ssh", f"{login_name}@{new_node.name}:{new_node.port}",
+                    env=user.env, timeout=60)
+        assert r.returncode != 0 and HOST_CA_CHANGED in r.stderr, r.stderr
+        r = plain_ssh(openssh.ssh, cfg, login_name, new_node, rcluster, user.env)
+        assert r.returncode == 255 and HOST_CA_CHANGED in r.stderr, r.stderr
+        (home / "known_hosts").write_text(current)
         for n in (old_node, new_node):  # both reachable with the profile of update_clients
             r = plain_ssh(openssh.ssh, cfg, login_name, n, rcluster, user.env)
             assert r.stdout == "ok\n", r.stderr
@@ -183,8 +211,16 @@ def test_host_rotation_keeps_old_and_resigned_nodes_reachable(
         assert tls_cas(rcluster) == 1
         r = plain_ssh(openssh.ssh, cfg, login_name, old_node, rcluster, user.env)
         assert r.returncode == 255 and "Host key verification failed." in r.stderr
+        r = tsh_ssh(user, old_node, login_name)  # tsh ssh says why, and what the fix is
+        assert r.returncode == 255
+        assert last_line(r.stderr) == (
+            "error: node old-node's host certificate is not signed by a host CA the cluster "
+            "trusts now (left on a rotated-away CA?): the node's admin must re-sign it (tctl "
+            "auth sign --host=... --format=openssh) and restart sshd"
+        ), r.stderr
         r = plain_ssh(openssh.ssh, cfg, login_name, new_node, rcluster, user.env)
         assert r.stdout == "ok\n", r.stderr
+        assert tsh_ssh(user, new_node, login_name).stdout == "ok\n"
     finally:
         old_node.stop()
         if new_node is not None:
@@ -195,6 +231,8 @@ def test_user_rotation_old_certificate_works_during_grace_only(
     rcluster: Cluster, openssh, login_name: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     node = launch_node(rcluster, "user-node", tmp_path / "user-node")
+    # a node whose admin never re-exports the user CA
+    stale = launch_node(rcluster, "stale-node", tmp_path / "stale-node")
     try:
         user = User(rcluster, login_name)
         user.login()
@@ -213,10 +251,22 @@ def test_user_rotation_old_certificate_works_during_grace_only(
         assert new != old
         r = plain_ssh(openssh.ssh, cfg, login_name, node, rcluster, user.env)
         assert r.returncode == 255  # the proxy refuses the old certificate now
+        r = tsh_ssh(user, node, login_name)
+        assert r.returncode == 255 and last_line(r.stderr) == USER_CA_ROTATED, r.stderr
         user.login()
         assert plain_ssh(openssh.ssh, cfg, login_name, node, rcluster, user.env).stdout == "ok\n"
+        r = tsh_ssh(user, stale, login_name)
+        assert r.returncode == 255
+        assert last_line(r.stderr) == (
+            "error: node stale-node does not trust the cluster's current user CA (CA rotation): "
+            "re-export the user CA to the node with `tctl auth export --type=user` (its "
+            "TrustedUserCAKeys file)"
+        ), r.stderr
+        _reexport_user_ca(rcluster, tmp_path / "stale-node")
+        assert tsh_ssh(user, stale, login_name).stdout == "ok\n"
     finally:
         node.stop()
+        stale.stop()
 
 
 def _reexport_user_ca(cluster: Cluster, workdir: Path) -> None:
@@ -302,3 +352,37 @@ def _wait_for(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-de
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.2)  # the cluster re-certifies its proxy every 0.2 s
+
+
+def test_terminal_relogin_covers_a_rotated_away_user_ca(
+    rcluster: Cluster, openssh, login_name: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    import pexpect
+
+    from tests.integration._tsh import PASSWORD
+
+    node = launch_node(rcluster, "relogin-node", tmp_path / "relogin-node")
+    try:
+        user = User(rcluster, login_name)
+        user.login()
+        rotate(rcluster, "--type=user", "--grace-period=0")  # forced: the certificate is dead
+        _reexport_user_ca(rcluster, tmp_path / "relogin-node")
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "tsh", "ssh", f"--port={node.port}", f"{login_name}@{node.name}", "echo renewed"],
+            env=user.env, encoding="utf-8", timeout=30,
+        )  # fmt: skip
+        try:
+            child.expect_exact(USER_CA_ROTATED)
+            child.expect("was issued before a CA rotation; logging in again")
+            child.expect(f"Enter password for Teleport user {user.name}:")
+            child.sendline(PASSWORD)
+            child.expect("renewed")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        assert child.exitstatus == 0
+    finally:
+        node.stop()
