@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -283,13 +284,26 @@ def test_forced_rotation_needs_a_new_login(
     user = User(rcluster, login_name)
     user.login()
     before = known_hosts()
+    status = run_tsh("status", env=user.env)
+    assert status.returncode == 0 and "WARNING" not in status.stderr, status.stderr
     out = rotate(rcluster, "--type=all", "--grace-period=0")
     assert out == "Initiated certificate authority rotation. To check status use 'tctl status'\n"
     (host,) = export(rcluster, "host")
     assert len(export(rcluster, "user")) == 1
     assert keys_of([host]) != keys_of(before)
     _wait_for(lambda: proxy_host_ca(rcluster, openssh) == fingerprint(keys_of([host])[0], openssh))
+    status = run_tsh("status", env=user.env)
+    assert status.returncode == 0, status.stderr
+    who = f"{user.name}@127.0.0.1"
+    assert status.stderr.splitlines() == [
+        f"WARNING: the certificate for {who} is signed by a user CA the cluster no longer "
+        "trusts (CA rotation): run tsh login",
+        f"WARNING: the cluster of {who} trusts a host CA that known_hosts lacks (CA rotation): "
+        "run tsh login",
+    ]
+    assert re.search(rf"Logged in as: +{user.name}\n", status.stdout)  # the offline status
     user.login()
+    assert "WARNING" not in run_tsh("status", env=user.env).stderr
     assert keys_of(known_hosts()) == keys_of([host])
 
 
@@ -386,3 +400,29 @@ def test_terminal_relogin_covers_a_rotated_away_user_ca(
         assert child.exitstatus == 0
     finally:
         node.stop()
+
+
+def test_status_never_waits_long_for_an_unreachable_proxy(
+    rcluster: Cluster, login_name: str
+) -> None:
+    """A proxy that accepts and never answers: the offline status still comes, at once."""
+    import json
+    import socket
+    import time
+
+    user = User(rcluster, login_name)
+    user.login()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        home = Path(os.environ["TELEPORT_HOME"])
+        (profile,) = home.glob("*.yaml")
+        data = json.loads(profile.read_text())
+        data["web_proxy_addr"] = f"127.0.0.1:{silent.getsockname()[1]}"
+        profile.write_text(json.dumps(data))
+        t = time.monotonic()
+        status = run_tsh("status", env=user.env)
+        took = time.monotonic() - t
+    assert status.returncode == 0 and re.search(rf"Logged in as: +{user.name}\n", status.stdout)
+    assert "WARNING" not in status.stderr
+    assert took < 1.5 + 5  # the online check's deadline plus a loaded machine's start-up

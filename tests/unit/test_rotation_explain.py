@@ -97,3 +97,18 @@ def test_node_refusing_a_current_certificate_needs_the_user_ca_re_exported() -> 
 ], ids=["proxy-unreachable", "proxy-denies-current-cert", "no-cert", "nothing-failed"])
 def test_no_explanation_without_the_facts(facts: Facts) -> None:
     assert explain(facts) is None
+
+
+def test_status_flags_a_dead_certificate_and_stale_known_hosts() -> None:
+    from tsh._core.rotation import trust_warnings
+
+    assert trust_warnings("joe@p", NEW, [NEW], [NEW], [NEW]) == []
+    assert trust_warnings("joe@p", OLD, [OLD], [OLD, NEW], [NEW, OLD]) == [
+        "the cluster of joe@p trusts a host CA that known_hosts lacks (CA rotation): run tsh login"
+    ]
+    assert trust_warnings("joe@p", OLD, [NEW], [NEW], [NEW]) == [
+        "the certificate for joe@p is signed by a user CA the cluster no longer trusts "
+        "(CA rotation): run tsh login"
+    ]
+    # known_hosts may hold more than the cluster trusts (a rollback): not a problem
+    assert trust_warnings("joe@p", NEW, [NEW, OLD], [NEW], [NEW]) == []

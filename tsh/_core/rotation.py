@@ -26,6 +26,7 @@ __all__ = [
     "fingerprint",
     "known_host_cas",
     "parse_export",
+    "trust_warnings",
 ]
 
 #: What went wrong, for callers that act on it (a relogin fixes the first two).
@@ -152,3 +153,30 @@ def explain(f: Facts) -> Explanation | None:
                 "(its TrustedUserCAKeys file)",
             )
     return None
+
+
+def trust_warnings(
+    who: str,
+    cert_ca: str | None,
+    known_host: Sequence[str],
+    trusted_host: Sequence[str],
+    trusted_user: Sequence[str],
+) -> list[str]:
+    """`tsh status`'s flags for one profile (``who`` = ``user@proxy``), from the cluster's export.
+
+    A certificate whose CA the cluster no longer trusts is dead; a host CA the
+    cluster trusts and known_hosts lacks means the proxy and nodes will soon
+    (or already) present certificates this profile refuses.
+    """
+    warnings = []
+    if cert_ca is not None and fingerprint(cert_ca) not in _fps(trusted_user):
+        warnings.append(
+            f"the certificate for {who} is signed by a user CA the cluster no longer trusts "
+            "(CA rotation): run tsh login"
+        )
+    if trusted_host and not _fps(trusted_host) <= _fps(known_host):
+        warnings.append(
+            f"the cluster of {who} trusts a host CA that known_hosts lacks (CA rotation): "
+            "run tsh login"
+        )
+    return warnings

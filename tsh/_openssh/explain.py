@@ -29,7 +29,9 @@ from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
 from .argv import HOP_ERRORS_ENV, SSHRequest, parse_destination, ssh_argv
 
-__all__ = ["cluster_trust", "explain_proxy_failure", "explain_ssh_failure", "probe_node"]
+__all__ = [
+    "cluster_trust", "explain_proxy_failure", "explain_ssh_failure", "probe_node", "status_warnings",
+]
 
 #: Seconds the export may take: an explanation must not hold up an error.
 EXPORT_DEADLINE = 3.0
@@ -184,3 +186,17 @@ def explain_proxy_failure(
             proxy_denied=denied,
         )
     )
+
+
+def status_warnings(store: ProfileStore, profile: Profile, deadline: float) -> list[str]:
+    """`tsh status`'s rotation flags for ``profile`` (nothing if the proxy cannot say in time)."""
+    paths = store.paths_for(profile)
+    trusted_host, trusted_user = cluster_trust(profile, deadline)
+    if trusted_host is None or trusted_user is None:
+        return []
+    from .._core.rotation import trust_warnings
+
+    return trust_warnings(
+        f"{profile.user}@{profile.name}", cert_ca(paths, profile),
+        _known(paths, profile.root_cluster or profile.cluster), trusted_host, trusted_user,
+    )  # fmt: skip
