@@ -30,7 +30,8 @@ from .._store.store import ProfileStore
 from .argv import HOP_ERRORS_ENV, SSHRequest, parse_destination, ssh_argv
 
 __all__ = [
-    "cluster_trust", "explain_proxy_failure", "explain_ssh_failure", "probe_node", "status_warnings",
+    "Probe", "cluster_trust", "diagnose_node", "explain_proxy_failure", "explain_ssh_failure",
+    "probe_node", "status_warnings",
 ]
 
 #: Seconds the export may take: an explanation must not hold up an error.
@@ -77,6 +78,7 @@ class Probe:
     """What one ``ssh -v`` attempt showed."""
 
     def __init__(self, stderr: str, hop: str) -> None:
+        self.stderr, self.hop = stderr, hop
         match = _HOST_CERT_CA.search(stderr)
         self.node_host_ca = match.group(1) if match else None
         self.authenticated = "Authenticated to " in stderr
@@ -90,6 +92,33 @@ class Probe:
             sign in stderr for sign in ("refused the certificate", "user CA the cluster no longer")
         )
         self.node_denied = not self.proxy_denied and "Permission denied (" in stderr
+        self.node_spoke = "Remote protocol version" in stderr  # the node's SSH- banner arrived
+
+    def failing_hop(self, host: str) -> tuple[str, str]:
+        """(what failed, what to do) for `tsh doctor HOST`, naming the hop that failed."""
+        if self.proxy_untrusted:
+            return ("the proxy's host certificate is not signed by a CA in known_hosts",
+                    "run tsh login")
+        if self.proxy_denied:
+            return "the proxy refused your certificate", "run tsh login"
+        hop_lines = [ln.strip() for ln in self.hop.splitlines() if ln.strip()]
+        if hop_lines and not self.node_spoke:
+            return (f"the proxy did not connect you to {host}: {hop_lines[-1]}",
+                    "check the node's name and port (and that it is registered)")
+        if self.host_refused:
+            return (f"{host}'s host key is not certified by a CA in known_hosts",
+                    "the node's admin must sign its host key: tctl auth sign --host=... "
+                    "--format=openssh")
+        if self.node_denied:
+            return (f"{host} refused your certificate",
+                    "check the login; the node's TrustedUserCAKeys must hold "
+                    "`tctl auth export --type=user`")
+        if not self.node_spoke:
+            return (f"{host} closed the connection before its SSH banner "
+                    "(sshd MaxStartups drops, or nothing listens there)",
+                    "retry; or raise MaxStartups in the node's sshd_config")
+        lines = [ln for ln in self.stderr.splitlines() if ln.strip() and not ln.startswith("debug")]
+        return (lines[-1] if lines else f"ssh to {host} failed"), ""
 
 
 def probe_node(argv: Sequence[str], timeout: float = PROBE_TIMEOUT) -> Probe:
@@ -126,18 +155,14 @@ def probe_node(argv: Sequence[str], timeout: float = PROBE_TIMEOUT) -> Probe:
     return Probe(text.decode("utf-8", "replace"), hop)
 
 
-def explain_ssh_failure(
+def diagnose_node(
     store: ProfileStore,
     profile: Profile,
     request: SSHRequest,
     destination: str,
     ssh: str = "ssh",
-) -> Explanation | None:
-    """After `tsh ssh`/`tsh scp` saw ssh exit 255: a rotation explanation, or None.
-
-    The probe's hop is always OpenSSH's own (not `tsh proxy ssh`): its words land
-    in a file before ssh ends it, so the proxy's refusals are facts, not a race.
-    """
+) -> tuple[Probe, Explanation | None]:
+    """Probe ``destination`` through the proxy; the probe and its rotation explanation."""
     import getpass
 
     paths = store.paths_for(profile)
@@ -150,8 +175,29 @@ def explain_ssh_failure(
     )  # fmt: skip
     argv = ssh_argv(profile, paths, probe_request, destination, (), ssh=ssh, hop_errors=True)
     probe = probe_node(argv)
-    if probe.authenticated:
-        return None  # it works now: whatever failed was not the CAs
+    return probe, (None if probe.authenticated else _explain_probe(
+        store, profile, request, paths, probe, host, login))
+
+
+def explain_ssh_failure(
+    store: ProfileStore,
+    profile: Profile,
+    request: SSHRequest,
+    destination: str,
+    ssh: str = "ssh",
+) -> Explanation | None:
+    """After `tsh ssh`/`tsh scp` saw ssh exit 255: a rotation explanation, or None.
+
+    The probe's hop is always OpenSSH's own (not `tsh proxy ssh`): its words land
+    in a file before ssh ends it, so the proxy's refusals are facts, not a race.
+    """
+    return diagnose_node(store, profile, request, destination, ssh)[1]
+
+
+def _explain_probe(
+    store: ProfileStore, profile: Profile, request: SSHRequest, paths: ProfilePaths,
+    probe: Probe, host: str, login: str,
+) -> Explanation | None:
     trusted_host, trusted_user = cluster_trust(profile)
     cluster = request.cluster or profile.cluster
     facts = Facts(
