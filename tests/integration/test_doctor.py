@@ -261,7 +261,7 @@ def test_node_checks_name_the_failing_hop(me, dcluster, login_name, tmp_path) ->
 
 
 # ---- the command line
-def test_cli_json_and_exit_status(me, dcluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_json_and_exit_status(me, dcluster, login_name, tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {**me, "HOME": str(tmp_path)}  # no ~/.ssh/config there: one check fails
     r = run_tsh("doctor", "--format", "json", env=env)
     assert r.returncode == 1, r.stderr
@@ -279,6 +279,13 @@ def test_cli_json_and_exit_status(me, dcluster, tmp_path) -> None:  # type: igno
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 6 and all(ln.startswith("[ok  ] ") for ln in lines), r.stdout
+    node = launch_node(dcluster, "cli-node", tmp_path / "cli-node")
+    try:
+        r = run_tsh("doctor", f"{login_name}@cli-node", "-p", str(node.port), env=env)
+    finally:
+        node.stop()
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[-1] == "[ok  ] node: logged in to cli-node through the proxy"
     bad = run_tsh("doctor", "--format", "yaml", env=env)
     assert bad.returncode != 0 and "invalid format" in bad.stderr
 

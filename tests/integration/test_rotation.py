@@ -219,6 +219,13 @@ def test_host_rotation_keeps_old_and_resigned_nodes_reachable(
             "trusts now (left on a rotated-away CA?): the node's admin must re-sign it (tctl "
             "auth sign --host=... --format=openssh) and restart sshd"
         ), r.stderr
+        src = tmp_path / "payload"
+        src.write_text("x")
+        r = run_tsh("scp", "-P", str(old_node.port), str(src), f"{login_name}@old-node:/tmp/",
+                    env=user.env)
+        assert r.returncode == 255 and "is not signed by a host CA the cluster trusts now" in (
+            last_line(r.stderr)
+        ), r.stderr
         r = plain_ssh(openssh.ssh, cfg, login_name, new_node, rcluster, user.env)
         assert r.stdout == "ok\n", r.stderr
         assert tsh_ssh(user, new_node, login_name).stdout == "ok\n"
