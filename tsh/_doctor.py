@@ -29,7 +29,7 @@ from ._store.store import ProfileStore
 __all__ = ["Check", "CheckStatus", "Doctor", "MIN_OPENSSH", "run_checks"]
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]
-#: `tsh config` blocks need OpenSSH 6.9 (ProxyCommand with %r, ProxyUseFdpass-free -W alternatives).
+#: The oldest OpenSSH client the Teleport OpenSSH guide supports (issue #17's floor).
 MIN_OPENSSH = (6, 9)
 _TIMEOUT = 15.0
 
@@ -127,12 +127,18 @@ class Doctor:
     def known_hosts(self) -> Check:
         if self.profile is None:
             return Check("known_hosts", "skip", "no usable profile")
-        from ._openssh.explain import cluster_trust, status_warnings
+        from ._core.rotation import trust_warnings
+        from ._openssh.explain import cert_ca, cluster_trust, known_keys
 
-        trusted_host, _ = cluster_trust(self.profile)
-        if trusted_host is None:
+        profile = self.profile
+        trusted_host, trusted_user = cluster_trust(profile)
+        if trusted_host is None or trusted_user is None:
             return Check("known_hosts", "skip", "the proxy did not say which CAs it trusts")
-        warnings = status_warnings(self.store, self.profile, 5.0)
+        paths = self.store.paths_for(profile)
+        warnings = trust_warnings(
+            f"{profile.user}@{profile.name}", cert_ca(paths, profile),
+            known_keys(paths, profile.root_cluster or profile.cluster), trusted_host, trusted_user,
+        )  # fmt: skip
         if warnings:
             return Check("known_hosts", "fail", "; ".join(w.split(" (CA rotation)")[0]
                                                           for w in warnings),

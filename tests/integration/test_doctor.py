@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ from tsh._doctor import Doctor, run_checks
 from tsh._store.store import ProfileStore
 
 pytestmark = pytest.mark.integration
+_users = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def dcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def me(dcluster: Cluster, login_name: str, ssh_agent, monkeypatch):  # type: ignore[no-untyped-def]
     """A `tsh login` (key in the test's ssh-agent); the process trusts the cluster's TLS CA."""
     monkeypatch.setenv("SSL_CERT_FILE", str(dcluster.tls_ca))
-    name = f"doc{os.getpid()}{threading.get_ident() % 1000}{len(os.listdir(dcluster.data_dir))}"
+    name = f"doc{next(_users)}"
     dcluster.add_user(name, [login_name])
     env = env_for(dcluster, ssh_agent.sock)
     r = login(dcluster, name, env)
@@ -84,13 +86,13 @@ def test_agent_checks(openssh, ssh_agent, tmp_path) -> None:  # type: ignore[no-
     assert ok.status == "ok", ok
     assert subprocess.run([openssh.ssh_add, "-L"], env=ssh_agent.env,
                           capture_output=True).returncode == 1  # the probe key was removed
-    with _forgetful_agent() as sock:  # accepts keys, never lists a certificate
+    with ForgetfulAgent() as sock:  # accepts keys, never lists a certificate
         bad = doctor({**base, "SSH_AUTH_SOCK": sock}).agent()
     assert bad.status == "fail" and "does not keep SSH certificates" in bad.detail
     assert bad.fix.startswith("use OpenSSH's ssh-agent")
 
 
-class _forgetful_agent:
+class ForgetfulAgent:
     """An agent (the protocol's bare minimum) that says yes to every add and lists nothing:
     what some agents do with certificates."""
 

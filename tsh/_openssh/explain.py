@@ -30,8 +30,8 @@ from .._store.store import ProfileStore
 from .argv import HOP_ERRORS_ENV, SSHRequest, parse_destination, ssh_argv
 
 __all__ = [
-    "Probe", "cluster_trust", "diagnose_node", "explain_proxy_failure", "explain_ssh_failure",
-    "probe_node", "status_warnings",
+    "Probe", "cert_ca", "cluster_trust", "diagnose_node", "explain_proxy_failure",
+    "explain_ssh_failure", "known_keys", "probe_node", "status_warnings",
 ]
 
 #: Seconds the export may take: an explanation must not hold up an error.
@@ -53,7 +53,8 @@ def cluster_trust(
         return None, None
 
 
-def _known(paths: ProfilePaths, cluster: str) -> tuple[str, ...]:
+def known_keys(paths: ProfilePaths, cluster: str) -> tuple[str, ...]:
+    """The host CA keys the profile's known_hosts trusts for ``cluster`` (() if unreadable)."""
     try:
         with open(paths.known_hosts, encoding="utf-8", errors="replace") as f:
             return known_host_cas(f.read(), cluster)
@@ -203,7 +204,7 @@ def _explain_probe(
     facts = Facts(
         trusted_host=trusted_host,
         trusted_user=trusted_user,
-        known_host=_known(paths, cluster),
+        known_host=known_keys(paths, cluster),
         cert_ca=cert_ca(paths, profile),
         node=f"node {host}",
         node_host_ca=probe.node_host_ca,
@@ -226,7 +227,7 @@ def explain_proxy_failure(
         Facts(
             trusted_host=trusted_host,
             trusted_user=trusted_user,
-            known_host=_known(paths, profile.root_cluster or profile.cluster),
+            known_host=known_keys(paths, profile.root_cluster or profile.cluster),
             cert_ca=cert_ca(paths, profile),
             proxy_untrusted=untrusted,
             proxy_denied=denied,
@@ -244,5 +245,5 @@ def status_warnings(store: ProfileStore, profile: Profile, deadline: float) -> l
 
     return trust_warnings(
         f"{profile.user}@{profile.name}", cert_ca(paths, profile),
-        _known(paths, profile.root_cluster or profile.cluster), trusted_host, trusted_user,
+        known_keys(paths, profile.root_cluster or profile.cluster), trusted_host, trusted_user,
     )  # fmt: skip

@@ -27,6 +27,8 @@ def explain_failure(
     At a terminal, when a fresh login fixes it (the host CA changed, the
     certificate's user CA was rotated away), log in again and run once more.
     """
+    import subprocess
+
     from .._exceptions import TshError
     from .._openssh.explain import explain_ssh_failure
     from ._relogin import terminal_relogin
@@ -34,7 +36,7 @@ def explain_failure(
     try:
         profile = store.select(proxy)
         explanation = explain_ssh_failure(store, profile, request, destination, ssh=ssh)
-    except TshError:
+    except (TshError, OSError, subprocess.SubprocessError):
         return SSH_FAILED  # no better explanation than OpenSSH's own
     if explanation is None:
         return SSH_FAILED
