@@ -6,8 +6,10 @@
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
-    auth export --type=user|host
+    auth export --type=user|host|tls
     auth sign --host=a,b,c --format=openssh --out=PATH
+    auth rotate --type=user|host|all [--grace-period=D] [--manual] [--phase=P]
+    status                                    (each CA's rotation, as tctl status)
     nodes add NAME HOST:PORT
     tokens add --type=trusted_cluster [--labels k=v,...]      (root; prints the token)
     trusted-clusters add --root-proxy=HOST:PORT --root-ca=PEM --token=T --role-map=R:L[,...]
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
 from ._duration import NS_PER_S, parse_duration
+from ._rotation import PHASES
 from ._state import ClusterState, StateError
 
 
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     auth = sub.add_parser("auth", help="CA operations").add_subparsers(dest="action", required=True)
     ae = auth.add_parser("export", parents=[dd], help="print a CA public key")
-    ae.add_argument("--type", choices=("user", "host"), required=True)
+    ae.add_argument("--type", choices=("user", "host", "tls"), required=True)
     asg = auth.add_parser("sign", parents=[dd], help="make a host key + host certificate")
     asg.add_argument("--host", required=True, help="comma-separated principals")
     asg.add_argument("--format", choices=("openssh",), required=True)
@@ -84,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     apr.add_argument("login")
     apr.add_argument("cert", help="the user certificate, base64 (sshd's %%k)")
+
+    ar = auth.add_parser("rotate", parents=[dd], help="rotate a CA (tctl auth rotate)")
+    ar.add_argument("--type", choices=("user", "host", "all"), required=True)
+    ar.add_argument(
+        "--grace-period", default="30h",
+        help="Grace period keeps previous certificate authorities signatures valid, if set to 0 "
+        "will force users to re-login and nodes to re-register.",
+    )
+    ar.add_argument("--manual", action="store_true",
+                    help="Activate manual rotation, set rotation phases manually")
+    ar.add_argument("--phase", choices=PHASES, default=None,
+                    help="Target rotation phase to set, used in manual rotation")
+    sub.add_parser("status", parents=[dd], help="each CA's rotation state (tctl status)")
 
     nodes = sub.add_parser("nodes", help="manage nodes")
     nodes = nodes.add_subparsers(dest="action", required=True)
@@ -183,7 +199,40 @@ def _cmd_auth_export(args: argparse.Namespace) -> int:
     from ._ca import Authority
 
     authority = Authority.load(ClusterState.open(args.data_dir))
-    sys.stdout.write(authority.export_user() if args.type == "user" else authority.export_host())
+    exports = {"user": authority.export_user, "host": authority.export_host,
+               "tls": authority.export_tls}
+    sys.stdout.write(exports[args.type]())
+    return 0
+
+
+def _cmd_auth_rotate(args: argparse.Namespace) -> int:
+    from ._ca import Authority
+    from ._rotation import RotationError
+
+    try:
+        grace_s = 0 if args.grace_period.strip() in ("0", "0s") else (
+            parse_duration(args.grace_period) // NS_PER_S
+        )
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    authority = Authority.load(ClusterState.open(args.data_dir))
+    try:
+        authority.rotate(args.type, args.phase or "init", "manual" if args.manual else "auto",
+                         grace_s)
+    except RotationError as e:
+        raise StateError(str(e)) from None
+    if args.phase:
+        print(f'Updated rotation phase to "{args.phase}". To check status use \'tctl status\'')
+    else:
+        print("Initiated certificate authority rotation. To check status use 'tctl status'")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ._ca import Authority, format_status
+
+    state = ClusterState.open(args.data_dir)
+    sys.stdout.write(format_status(Authority.load(state)))
     return 0
 
 
@@ -303,6 +352,8 @@ _COMMANDS = {
     ("users", "add"): _cmd_users_add,
     ("auth", "export"): _cmd_auth_export,
     ("auth", "sign"): _cmd_auth_sign,
+    ("auth", "rotate"): _cmd_auth_rotate,
+    ("status", None): _cmd_status,
     ("nodes", "add"): _cmd_nodes_add,
     ("nodes", "ls"): _cmd_nodes_ls,
     ("tokens", "add"): _cmd_tokens_add,

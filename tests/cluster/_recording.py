@@ -125,7 +125,8 @@ class RecordingForwarder:
             self._close_socks()
             return
         host_cert = self._ctx.authority.sign_host(
-            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600
+            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600,
+            self._ctx.authority.keys("host").presented,
         )
         server = self._server
         self._server_task = asyncio.ensure_future(
@@ -182,8 +183,8 @@ def _log_server_end(task: asyncio.Task[Any]) -> None:
 
 def _host_cas(ctx: _Context, leaf: LeafRoute | None) -> list[asyncssh.SSHKey]:
     """The host CAs a node must be certified by: ours, or its leaf's (trusted-clusters.md §5.3)."""
-    if leaf is None:
-        return [ctx.authority.host_ca.convert_to_public()]
+    if leaf is None:  # every key the host CA trusts now: both during a rotation
+        return [k.convert_to_public() for k in ctx.authority.keys("host").trusted]
     return [asyncssh.import_public_key(line) for line in leaf.host_cas]
 
 
@@ -285,7 +286,7 @@ class _InnerServer(UserCertServer):
 
     def __init__(self, ctx: _Context, node: Node, agent_path: str, peer: object,
                  leaf: LeafRoute | None = None):
-        super().__init__(ctx.authority.user_ca)
+        super().__init__(lambda: ctx.authority.keys("user").trusted)
         self._ctx = ctx
         self.node = node
         self._leaf = leaf

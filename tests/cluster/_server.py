@@ -15,7 +15,7 @@ from aiohttp import web
 from . import _trust
 from ._ca import Authority
 from ._config import ServerConfig
-from ._sshproxy import start_ssh_proxy
+from ._sshproxy import follow_rotation, start_ssh_proxy
 from ._state import ClusterState, StateError
 from ._web import WebAPI, make_app, server_ssl_context
 
@@ -74,12 +74,14 @@ async def serve(
     sys.stdout.flush()
     log.info("cluster %s ready: web %s, ssh %s", state.name, config.web_addr,
              config.ssh_proxy_addr)
+    rotation = asyncio.ensure_future(follow_rotation(acceptor, state, authority))
     try:
         await stop.wait()
     finally:
         log.info("stopping")
         agents.cancel()
         tunnel.close()
+        rotation.cancel()
         acceptor.close()
         await acceptor.wait_closed()
         await tunnel.wait_closed()

@@ -37,7 +37,10 @@ from ._subsystem import (
     route,
 )
 
-__all__ = ["FORWARDERS", "PipeForwarder", "start_ssh_proxy"]
+__all__ = [
+    "FORWARDERS", "PipeForwarder", "follow_rotation", "proxy_host_identity", "start_ssh_proxy",
+]
+_ROTATION_POLL_S = 0.2
 
 log = logging.getLogger("tests.cluster.ssh")
 
@@ -308,11 +311,46 @@ class _Proxy:
 
 class _ProxyServer(UserCertServer):
     def __init__(self, proxy: _Proxy):
-        super().__init__(proxy.authority.user_ca)
+        super().__init__(lambda: proxy.authority.keys("user").trusted)
         self._proxy = proxy
 
     def session_requested(self) -> _ProxySession:
         return _ProxySession(self._proxy)
+
+
+def proxy_host_identity(
+    state: ClusterState, authority: Authority, host_key: asyncssh.SSHKey
+) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+    """The proxy's host key with a certificate from the host CA key servers present now.
+
+    The server re-asks this whenever the rotation moves (:func:`follow_rotation`):
+    from ``update_servers`` on, the proxy presents a new-CA certificate.
+    """
+    principals = ["127.0.0.1", "localhost", "::1", state.name]
+    presented = authority.keys("host").presented
+    cert = authority.sign_host(host_key, principals, f"proxy.{state.name}", 365 * 86400, presented)
+    return host_key, cert
+
+
+async def follow_rotation(
+    acceptor: asyncssh.SSHAcceptor, state: ClusterState, authority: Authority
+) -> None:
+    """Run until cancelled: advance automatic rotations and re-certify the proxy's host key
+    when the host CA key servers present changes (new connections get the new certificate)."""
+    host_key = asyncssh.read_private_key(state.proxy_dir / "ssh_host_key")
+    presented = authority.keys("host").presented.public_data
+    while True:
+        await asyncio.sleep(_ROTATION_POLL_S)
+        try:
+            authority.records()  # takes due automatic transitions even when nobody asks
+            now = authority.keys("host").presented.public_data
+        except (OSError, ValueError) as e:  # a half-edited data dir: try again later
+            log.warning("cannot read the rotation state: %s", e)
+            continue
+        if now != presented:
+            acceptor.update(server_host_keys=[proxy_host_identity(state, authority, host_key)])
+            presented = now
+            log.info("proxy host certificate re-issued by the current host CA")
 
 
 async def start_ssh_proxy(
@@ -327,14 +365,12 @@ async def start_ssh_proxy(
 
         host_key = authority.new_host_key()
         atomic_write(key_path, host_key.export_private_key("openssh"), 0o600)
-    principals = ["127.0.0.1", "localhost", "::1", state.name]
-    host_cert = authority.sign_host(host_key, principals, f"proxy.{state.name}", 365 * 86400)
     proxy = _Proxy(state, authority, config, host_key)
     return await asyncssh.listen(
         "127.0.0.1",
         port,
         server_factory=lambda: _ProxyServer(proxy),
-        server_host_keys=[(host_key, host_cert)],
+        server_host_keys=[proxy_host_identity(state, authority, host_key)],
         encoding=None,
         agent_forwarding=True,
         allow_scp=False,

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from .._agent.private import LazyAgent
 from .._core.names import validate_cluster_name, validate_login
 from .._core.profile import Profile
-from .._exceptions import NotLoggedInError
+from .._exceptions import NotLoggedInError, SSHError
 from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
 from .supervisor import HopSupervisor
@@ -120,11 +120,25 @@ def proxy_ssh(
             return attempts.run(
                 proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=os.fspath(paths.known_hosts)
             )
+        except SSHError as e:
+            raise _explained(e, store, profile) from None
         except _HangUp:
             return 128 + signal.SIGHUP
         finally:
             if agent is not None:
                 agent.close()
+
+
+def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHError:
+    """``error``, or the CA rotation that caused it when the facts say so (only on failure)."""
+    text = str(error)
+    untrusted, denied = " is not trusted: " in text, " refused the certificate " in text
+    if not (untrusted or denied) or os.environ.get("TSH_HOP_ERRORS"):
+        return error  # (under `tsh ssh`/`tsh scp`, which explain after ssh's own lines)
+    from .._openssh.explain import explain_proxy_failure
+
+    explanation = explain_proxy_failure(store, profile, untrusted, denied)
+    return SSHError(explanation.message) if explanation is not None else error
 
 
 @contextmanager

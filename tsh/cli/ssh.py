@@ -43,6 +43,7 @@ def ssh(
     from .._openssh.binary import plan_ssh, run_explained
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
+    from ._rotation import SSH_FAILED, explain_failure
 
     if tty and no_tty:
         raise UsageError("-t and -T cannot be used together")
@@ -62,9 +63,17 @@ def ssh(
     if remote_command[:1] == ("--",):
         # click keeps a "--" that follows HOST; ssh drops it, and so do we.
         remote_command = remote_command[1:]
-    argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command,
-                    terminal_relogin(), hop_errors=True)
-    sys.stdout.flush()
-    status = run_explained(argv)
+    store = ProfileStore()
+
+    def run() -> tuple[int, str]:
+        argv = plan_ssh(store, proxy, request, destination, remote_command,
+                        terminal_relogin(), hop_errors=True)
+        sys.stdout.flush()
+        return run_explained(argv), argv[0]
+
+    status, ssh_path = run()
+    if status == SSH_FAILED:  # OpenSSH's own error: was it a CA rotation?
+        status = explain_failure(store, proxy, request, destination, ssh_path,
+                                 lambda: run()[0])
     if status:
         raise typer.Exit(status)
