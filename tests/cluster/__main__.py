@@ -3,6 +3,7 @@
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
           [--proxy-checks-host-keys yes|no]
+          [--auth local|oidc|saml|github] [--connector-name NAME] [--oidc-issuer URL]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -24,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
+from ._config import AUTH_TYPES, RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
 from ._duration import NS_PER_S, parse_duration
 from ._state import ClusterState, StateError
 
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--proxy-checks-host-keys", choices=("yes", "no"), default="yes",
         help="recording proxy: require node host certificates from the host CA (default yes)",
+    )
+    s.add_argument(
+        "--auth", choices=AUTH_TYPES, default="local",
+        help="auth connector: local passwords, or SSO (see tests/cluster/_sso.py)",
+    )
+    s.add_argument("--connector-name", default="", help="the SSO connector's name (default: its type)")
+    s.add_argument(
+        "--oidc-issuer", default="",
+        help="--auth=oidc: the OpenID provider (default: oidc-provider-mock in this process)",
     )
 
     users = sub.add_parser("users", help="manage users")
@@ -109,6 +119,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
         proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
         public_addr=args.public_addr,
         ssh_public_addr=args.ssh_public_addr,
+        auth=args.auth,
+        connector_name=args.connector_name,
+        oidc_issuer=args.oidc_issuer.rstrip("/"),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from ._ca import Authority, public_line
 from ._config import ServerConfig, parse_version
 from ._duration import NS_PER_S, format_go_duration
-from ._state import ClusterState
+from ._state import ClusterState, User
 
 __all__ = ["ApiError", "WebAPI", "make_app"]
 
@@ -190,6 +190,10 @@ class WebAPI:
             "/webapi/find": {"GET": self.find},
             "/webapi/ssh/certs": {"POST": self.create_ssh_cert},
         }
+        from ._sso import SSOService
+
+        self.sso = SSOService(self)
+        self.routes.update(self.sso.routes())
 
     async def dispatch(self, request: web.Request) -> web.Response:
         try:
@@ -243,7 +247,12 @@ class WebAPI:
             "tls_routing_enabled": False,
         }
 
-    def _auth_settings(self) -> dict[str, Any]:
+    def _auth_settings(self, local: bool = False) -> dict[str, Any]:
+        sso = None if local else self.sso.auth_settings()
+        if sso is not None:  # an SSO connector instead of "local" (omitted, as Teleport's)
+            settings = self._auth_settings(local=True)
+            del settings["local"]
+            return {**settings, **sso}
         return {
             "type": "local",
             "second_factor": self.config.second_factor,
@@ -274,8 +283,11 @@ class WebAPI:
 
     async def ping_connector(self, connector: str) -> web.Response:
         if connector in ("local", "passwordless"):
+            return json_response(self._ping_body(self._auth_settings(local=True)))
+        if self.sso.kind is not None and connector == self.sso.connector_name:
             return json_response(self._ping_body(self._auth_settings()))
-        raise ApiError(400, f"invalid connector name: {connector}; valid options: local")
+        options = ", ".join(["local", *([self.sso.connector_name] if self.sso.kind else [])])
+        raise ApiError(400, f"invalid connector name: {connector}; valid options: {options}")
 
     async def find(self, request: web.Request) -> web.Response:
         empty_auth = {
@@ -306,7 +318,10 @@ class WebAPI:
         if user is None or not self._otp_ok(user.otp_secret, req.get("otp_token", "")):
             raise ApiError(403, BAD_CREDENTIALS)
 
-        route = req.get("routetocluster", "")
+        return json_response(self.certify(user, keys, ttl_ns, req.get("routetocluster", "")))
+
+    def certify(self, user: User, keys: _Keys, ttl_ns: int, route: str) -> dict[str, Any]:
+        """The ``SSHLoginResponse`` for ``user``'s keys (password and SSO logins alike)."""
         if route and route != self.state.name:
             raise ApiError(404, f"remote cluster {json.dumps(route)} is not found")
 
@@ -318,20 +333,18 @@ class WebAPI:
             cert = b64(ssh_cert.export_certificate("openssh"))
         if keys.tls is not None:
             tls_cert = b64(self.authority.tls_client_cert(keys.tls, user, ttl_s))
-        return json_response(
-            {
-                "username": user.name,
-                "cert": cert,
-                "tls_cert": tls_cert,
-                "host_signers": [
-                    {
-                        "domain_name": cluster,
-                        "checking_keys": [b64(public_line(self.authority.host_ca) + "\n")],
-                        "tls_certs": [b64(self.authority.tls_ca_pem)],
-                    }
-                ],
-            }
-        )
+        return {
+            "username": user.name,
+            "cert": cert,
+            "tls_cert": tls_cert,
+            "host_signers": [
+                {
+                    "domain_name": cluster,
+                    "checking_keys": [b64(public_line(self.authority.host_ca) + "\n")],
+                    "tls_certs": [b64(self.authority.tls_ca_pem)],
+                }
+            ],
+        }
 
     def _request_keys(self, req: dict[str, Any]) -> _Keys:
         pub = req.get("pub_key", b"")

@@ -1,0 +1,141 @@
+"""SSO `tsh login` (docs/protocol.md §14) against the test cluster, without a real browser.
+
+The OIDC cluster is a real relying party of oidc-provider-mock (tests/cluster/_idp.py);
+:class:`ScriptedBrowser` plays the browser: the short link, the IdP's form, the
+proxy's meta refresh, the loopback callback, the proxy's success page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.launch import Cluster, launch_cluster
+from tests.integration._sso import BackgroundLogin, ScriptedBrowser, set_idp_user
+from tests.integration._tsh import agent_lines, env_for, run_tsh, ssh_with_config, tsh_config_file
+
+pytestmark = pytest.mark.integration
+
+
+def _oidc_cluster(tmp_path_factory: pytest.TempPathFactory, version: str) -> Cluster:
+    return launch_cluster(
+        tmp_path_factory.mktemp(f"oidc-{version}") / "data", server_version=version,
+        extra_args=("--auth=oidc", "--connector-name=okta"),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def oidc_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    c = _oidc_cluster(tmp_path_factory, "17.0.0")
+    yield c
+    c.stop()
+
+
+def issuer(cluster: Cluster) -> str:
+    return str(cluster.info["oidc_issuer"])
+
+
+def home_files() -> dict[str, bytes]:
+    import os
+
+    home = Path(os.environ["TELEPORT_HOME"])
+    return {str(p.relative_to(home)): p.read_bytes() for p in home.rglob("*") if p.is_file()}
+
+
+def browser_login(
+    cluster: Cluster, sub: str, env: dict[str, str], *args: str
+) -> tuple[tuple[int, str, str], ScriptedBrowser, object]:
+    """`tsh login --browser=none` completed by the scripted browser as subject ``sub``."""
+    login = BackgroundLogin(f"--proxy={cluster.web_addr}", *args, env=env)
+    browser = ScriptedBrowser(cluster.ssl_context())
+    try:
+        form = browser.open(login.url())
+        assert "Authorize Client" in form.text, form.text[:300]  # the IdP's own page
+        final = browser.submit(form, {"sub": sub})
+        return login.wait(), browser, final
+    finally:
+        browser.close()
+        login.kill()
+
+
+@pytest.mark.parametrize("version", ["17.0.0", "16.4.0"])
+def test_oidc_login_without_browser_then_agent_status_and_plain_ssh(
+    request, tmp_path_factory, ssh_agent, openssh, start_node, login_name: str, tmp_path: Path,
+    version: str,
+) -> None:  # type: ignore[no-untyped-def]
+    if version == "17.0.0":
+        cluster = request.getfixturevalue("oidc_cluster")
+    else:
+        cluster = _oidc_cluster(tmp_path_factory, version)
+        request.addfinalizer(cluster.stop)
+    set_idp_user(issuer(cluster), "alice-sub",
+                 {"email": "alice", "groups": ["ssh-users"], "logins": [login_name]})
+    env = env_for(cluster, ssh_agent.sock)
+    (rc, out, err), browser, final = browser_login(
+        cluster, "alice-sub", env, "--user=bob"
+    )
+    assert rc == 0, err
+    assert "Use the following URL to authenticate:\n http://127.0.0.1:" in err  # CRLF, as text
+    assert "Ignoring Teleport user (bob) for Single Sign-On (SSO) login." in err
+    # The browser went IdP -> proxy callback -> our loopback callback -> the proxy's page.
+    assert final.status_code == 200 and "Login Successful" in final.text
+    assert str(final.url) == f"https://{cluster.web_addr}/web/msg/info/login_success"
+    assert any("/v1/webapi/oidc/callback?" in u for u in browser.visited)
+    assert any(u.startswith("http://127.0.0.1:") and "/callback?response=" in u
+               for u in browser.visited)
+    # The IdP's user, not --user: the certificate is alice's, with her mapped logins.
+    assert "  Logged in as:       alice\n" in out
+    assert f"  Logins:             {login_name}\n" in out
+
+    comment = f"teleport:127.0.0.1:{cluster.name}:alice"
+    assert any(line.endswith(comment) and "-cert-v01@" in line
+               for line in agent_lines(openssh, ssh_agent.sock))
+    status = run_tsh("status", env=env)
+    assert status.returncode == 0 and "Logged in as:       alice" in status.stdout
+
+    node = start_node(cluster)
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env, installed=True)
+    r = ssh_with_config(
+        openssh.ssh, cfg, f"{login_name}@{node.name}.{cluster.name}", "echo", "sso-ok", env=env
+    )
+    assert r.returncode == 0 and r.stdout == "sso-ok\n", r.stderr
+
+
+def test_request_shape_follows_the_server_version(oidc_cluster: Cluster) -> None:
+    """The v17 proxy refuses the deprecated key together with the split ones (403, Teleport's
+    text); tsh sends only one shape (the v16 login above proves the other)."""
+    import base64
+
+    import httpx
+
+    body = {
+        "redirect_url": "http://127.0.0.1:9/callback?secret_key=" + "ab" * 32,
+        "public_key": base64.b64encode(b"ssh-ed25519 AAAA").decode(),
+        "ssh_pub_key": base64.b64encode(b"ssh-ed25519 AAAA").decode(),
+        "connector_id": "okta",
+    }
+    r = httpx.post(f"{oidc_cluster.web_url}/v1/webapi/oidc/login/console", json=body,
+                   verify=oidc_cluster.ssl_context())
+    assert r.status_code == 403
+    assert json.loads(r.text)["error"]["message"] == (
+        "Failed to login. Please check Teleport's log for more details."
+    )
+
+
+def test_unknown_connector_name_fails_at_ping(oidc_cluster: Cluster) -> None:
+    env = env_for(oidc_cluster)
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--auth=nope", "--browser=none", env=env)
+    assert r.returncode == 1
+    assert "invalid connector name: nope; valid options: local, okta" in r.stderr
+    assert "Use the following URL" not in r.stderr
+
+
+def test_auth_local_on_an_sso_cluster_asks_for_a_password(oidc_cluster: Cluster) -> None:
+    oidc_cluster.add_user("carol", ["root"])
+    env = env_for(oidc_cluster, TELEPORT_AUTH="local")
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--user=carol", env=env,
+                input="secret-pw\n")
+    assert r.returncode == 0, r.stderr
+    assert "Logged in as:       carol" in r.stdout
