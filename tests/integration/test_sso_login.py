@@ -139,3 +139,145 @@ def test_auth_local_on_an_sso_cluster_asks_for_a_password(oidc_cluster: Cluster)
                 input="secret-pw\n")
     assert r.returncode == 0, r.stderr
     assert "Logged in as:       carol" in r.stdout
+
+
+# --------------------------------------------------------------------------- failures
+def assert_nothing_stored(before: dict[str, bytes]) -> None:
+    assert home_files() == before
+
+
+def test_idp_deny_lands_on_the_proxy_error_page_and_tsh_times_out(oidc_cluster: Cluster) -> None:
+    """oidc-provider-mock's Deny redirects with error=access_denied but without ``state``, so
+    the proxy cannot tell which login it ends: its own error page, and tsh waits (as real tsh
+    would) until its timeout. (err= from the IdP: the GitHub stand-in's test.)"""
+    before = home_files()
+    env = env_for(oidc_cluster, TSH_SSO_CALLBACK_TIMEOUT="3")
+    login = BackgroundLogin(f"--proxy={oidc_cluster.web_addr}", env=env)
+    browser = ScriptedBrowser(oidc_cluster.ssl_context())
+    try:
+        form = browser.open(login.url())
+        final = browser.submit(form, {"action": "deny"})
+        rc, out, err = login.wait()
+    finally:
+        browser.close()
+        login.kill()
+    assert any("/v1/webapi/oidc/callback?error=access_denied" in u for u in browser.visited)
+    assert str(final.url) == f"https://{oidc_cluster.web_addr}/web/msg/error/login/callback"
+    assert rc == 1 and "error: timed out waiting for callback" in err
+    assert_nothing_stored(before)
+
+
+def test_idp_user_without_mapped_roles_is_refused(oidc_cluster: Cluster) -> None:
+    set_idp_user(issuer(oidc_cluster), "mallory", {"email": "mallory", "groups": ["guests"]})
+    before = home_files()
+    (rc, out, err), _, final = browser_login(oidc_cluster, "mallory", env_for(oidc_cluster))
+    assert rc == 1
+    assert err.strip().endswith(
+        "error: identity provider callback failed with error: "
+        "No roles mapped from claims. The mappings may contain typos."
+    )
+    assert "Login Failed" in final.text
+    assert_nothing_stored(before)
+
+
+def test_tampered_response_is_refused(oidc_cluster: Cluster) -> None:
+    import base64
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    set_idp_user(issuer(oidc_cluster), "alice-sub",
+                 {"email": "alice", "groups": ["ssh-users"], "logins": ["root"]})
+    before = home_files()
+    login = BackgroundLogin(f"--proxy={oidc_cluster.web_addr}", env=env_for(oidc_cluster))
+    browser = ScriptedBrowser(oidc_cluster.ssl_context())
+
+    def tamper(request: object) -> None:
+        url = request.url  # type: ignore[attr-defined]
+        if url.path == "/callback" and "response" in url.params:
+            sealed = json.loads(url.params["response"])
+            ct = bytearray(base64.b64decode(sealed["ciphertext"]))
+            ct[len(ct) // 2] ^= 0x80
+            sealed["ciphertext"] = base64.b64encode(bytes(ct)).decode()
+            request.url = url.copy_with(  # type: ignore[attr-defined]
+                query=urlencode({"response": json.dumps(sealed)}).encode()
+            )
+
+    browser.http.event_hooks["request"] = [tamper]
+    try:
+        final = browser.submit(browser.open(login.url()), {"sub": "alice-sub"})
+        rc, out, err = login.wait()
+    finally:
+        browser.close()
+        login.kill()
+    assert rc == 1
+    assert "the SSO response could not be decrypted" in err
+    assert "Login Failed" in final.text
+    assert parse_qs(urlsplit(browser.visited[-2]).query).keys() == {"response"}
+    assert_nothing_stored(before)
+
+
+def test_timeout_without_a_browser(oidc_cluster: Cluster) -> None:
+    before = home_files()
+    env = env_for(oidc_cluster, TSH_SSO_CALLBACK_TIMEOUT="1")
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--browser=none", env=env)
+    assert r.returncode == 1
+    assert "error: timed out waiting for callback" in r.stderr
+    assert_nothing_stored(before)
+
+
+def test_ctrl_c_cancels_cleanly(oidc_cluster: Cluster) -> None:
+    import signal
+
+    before = home_files()
+    login = BackgroundLogin(f"--proxy={oidc_cluster.web_addr}", env=env_for(oidc_cluster))
+    try:
+        url = login.url()
+        login.proc.send_signal(signal.SIGINT)
+        rc, out, err = login.wait()
+    finally:
+        login.kill()
+    assert rc == 130
+    assert "Traceback" not in err
+    assert_nothing_stored(before)
+    # The callback server is gone with it.
+    import httpx
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
+
+
+def test_callback_url_the_proxy_refuses(oidc_cluster: Cluster) -> None:
+    """--bind-addr=0.0.0.0 puts 0.0.0.0 in the callback URL, which Teleport refuses (#41516)."""
+    env = env_for(oidc_cluster, TELEPORT_LOGIN_BIND_ADDR="0.0.0.0:0")
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--browser=none", env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "error: access denied: Failed to login due to a disallowed callback URL. "
+        "Please check Teleport's log for more details."
+    )
+
+
+def test_route_to_cluster_is_sent(oidc_cluster: Cluster, login_name: str) -> None:
+    """--cluster names the cluster the certificate is for (RouteToCluster, Go-cased)."""
+    set_idp_user(issuer(oidc_cluster), "alice-sub",
+                 {"email": "alice", "groups": ["ssh-users"], "logins": [login_name]})
+    (rc, out, err), _, _ = browser_login(
+        oidc_cluster, "alice-sub", env_for(oidc_cluster), f"--cluster={oidc_cluster.name}"
+    )
+    assert rc == 0, err
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+
+    from tsh._store.store import ProfileStore
+
+    store = ProfileStore()
+    profile = store.current()
+    assert profile is not None and profile.cluster == oidc_cluster.name
+    cert_path = next(Path(store.home, "keys").rglob("*-cert.pub"))
+    cert = load_ssh_public_identity(cert_path.read_bytes())
+    value = cert.extensions[b"teleport-route-to-cluster"]  # type: ignore[union-attr]
+    assert value == oidc_cluster.name.encode()
+
+    # A cluster the proxy does not know: refused before the browser is needed.
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--browser=none",
+                "--cluster=leaf.example", env=env_for(oidc_cluster))
+    assert r.returncode == 1
+    assert "Failed to login. Please check Teleport's log" in r.stderr
