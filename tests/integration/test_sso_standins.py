@@ -126,3 +126,59 @@ def test_python_api_sso_timeout_raises_ssoerror(github_cluster: Cluster, monkeyp
     with tsh.Client() as client, pytest.raises(tsh.SSOError, match="timed out waiting for callback"):
         client.login(github_cluster.web_addr, authenticator=tsh.SSO(lambda url: None, timeout=0.5))
     assert tsh.Client().status() is None
+
+
+def test_tsh_ssh_relogs_in_with_sso_when_the_certificate_expired(
+    github_cluster: Cluster, start_node, login_name: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The relogin of `tsh ssh` (on a terminal) pings again and takes the proxy's SSO."""
+    import json
+    import os
+    import re
+    import sys
+    import time
+
+    import pexpect
+
+    github_cluster.add_user("octocat", [login_name], password="correct-horse")
+    node = start_node(github_cluster)
+    env = env_for(github_cluster, TELEPORT_LOGIN_BROWSER="none")
+    monkeypatch.setenv("SSL_CERT_FILE", str(github_cluster.tls_ca))
+    walked: list[str] = []
+
+    def complete(url: str) -> None:
+        def walk() -> None:
+            browser = ScriptedBrowser(github_cluster.ssl_context())
+            try:
+                page = browser.submit(browser.open(url), {"login": "octocat",
+                                                          "password": "correct-horse"})
+                walked.append(page.text)
+            finally:
+                browser.close()
+
+        threading.Thread(target=walk, daemon=True).start()
+
+    with tsh.Client() as client:
+        client.login(github_cluster.web_addr, authenticator=tsh.SSO(complete, timeout=30),
+                     agent_mode="no")
+    (profile,) = Path(os.environ["TELEPORT_HOME"]).glob("*.yaml")
+    data = json.loads(profile.read_text())
+    data["valid_before"] = int(time.time()) - 60
+    profile.write_text(json.dumps(data))
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tsh", "ssh", f"--port={node.port}", f"{login_name}@{node.name}", "echo renewed"],
+        env=env, encoding="utf-8", timeout=30,
+    )  # fmt: skip
+    try:
+        child.expect("has expired; logging in again")
+        child.expect(re.compile(r"Use the following URL to authenticate:\r+\n (http://\S+)\r+\n"))
+        complete(child.match.group(1))
+        child.expect("renewed")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert len(walked) == 2 and all("Login Successful" in w for w in walked)
+    assert tsh.Client().profile().valid_before > time.time()
