@@ -11,7 +11,7 @@
     auth sign --host=a,b,c --format=openssh --out=PATH
     nodes add NAME HOST:PORT
     nodes ls
-    demo [--recording proxy|node] [--wait]
+    demo [--recording proxy|node] [--sso] [--wait]
 
 Admin commands take ``--data-dir DIR`` and work on a running cluster (it
 re-reads its files) or on a stopped data dir.
@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--recording", choices=("proxy", "node"), default="proxy",
         help="session recording mode (default proxy: the seed page's scenario)",
+    )
+    demo.add_argument(
+        "--sso", action="store_true",
+        help="log in through the cluster's OIDC provider (tsh login --browser=none and a "
+        "scripted browser) instead of a password",
     )
     return p
 
@@ -217,7 +222,7 @@ def _cmd_recordings_show(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(wait=args.wait, recording=args.recording)
+    return run_demo(wait=args.wait, recording=args.recording, sso=args.sso)
 
 
 _COMMANDS = {
