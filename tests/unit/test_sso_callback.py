@@ -152,6 +152,25 @@ def test_a_browser_command_gets_the_url(tmp_path) -> None:  # type: ignore[no-un
     assert said[0].startswith("Failed to open a browser window for login: ")
 
 
+def test_no_browser_given_runs_the_system_opener(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    out = tmp_path / "opened"
+    opener = tmp_path / "xdg-open"
+    opener.write_text(f"#!/bin/sh\necho \"$1\" > {out}\n")
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    said: list[str] = []
+    open_in_browser("http://127.0.0.1:1/z", None, said.append)
+    for _ in range(200):
+        if out.exists() and out.read_text():
+            break
+        time.sleep(0.01)
+    assert out.read_text() == "http://127.0.0.1:1/z\n"
+    assert said == ["If browser window does not open automatically, open it by clicking on the "
+                    "link:\n http://127.0.0.1:1/z\n"]
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [

@@ -302,30 +302,35 @@ def _parse_bind(text: str) -> tuple[str, int]:
 def open_in_browser(url: str, browser: str | None, notify: Callable[[str], None]) -> None:
     """Show ``url`` to the user as real tsh does: open it in ``browser`` and print it.
 
-    ``browser``: None for the system's default browser, ``"none"`` to only print
-    the URL, else a command run as ``BROWSER URL`` (e.g. ``wslview``).
+    ``browser``: None for the system's opener (``xdg-open``, macOS ``open``,
+    Windows ``rundll32``, as real tsh), ``"none"`` to only print the URL, else
+    a command run as ``BROWSER URL`` (e.g. ``wslview``). The browser is never
+    waited for, and never gets the terminal.
     """
+    import subprocess
+
     if browser == BROWSER_NONE:
         notify(f"Use the following URL to authenticate:\r\n {url}\r\n")
         return
-    import subprocess
-
+    if browser:
+        argv = [browser, url]
+    elif sys.platform == "darwin":
+        argv = ["open", url]
+    elif sys.platform == "win32":
+        argv = ["rundll32", "url.dll,FileProtocolHandler", url]
+    else:
+        argv = ["xdg-open", url]
     try:
-        if browser:
-            # Its own session: Ctrl-C at the terminal is for tsh, not the browser.
-            proc = subprocess.Popen(
-                [browser, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-            # Not waited for (a browser may outlive tsh), but reaped if it ends first.
-            threading.Thread(target=proc.wait, name="tsh-browser", daemon=True).start()
-        else:
-            import webbrowser
-
-            if not webbrowser.open(url):
-                raise OSError("no browser found")
+        # Its own session: Ctrl-C at the terminal is for tsh, not the browser.
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
     except OSError as e:
         notify(f"Failed to open a browser window for login: {e.strerror or e}\n")
+    else:
+        # Not waited for (a browser may outlive tsh), but reaped if it ends first.
+        threading.Thread(target=proc.wait, name="tsh-browser", daemon=True).start()
     notify(f"If browser window does not open automatically, open it by clicking on the link:\n {url}\n")
 
 

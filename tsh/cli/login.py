@@ -78,8 +78,10 @@ def terminal_authenticator(browser: str | None = None, bind_addr: str | None = N
     if os.environ.get("TSH_SSO_CALLBACK_TIMEOUT"):
         try:
             timeout = float(os.environ["TSH_SSO_CALLBACK_TIMEOUT"])
+            if not 0 < timeout < 1e6:
+                raise ValueError
         except ValueError:
-            raise UsageError("TSH_SSO_CALLBACK_TIMEOUT must be a number of seconds") from None
+            raise UsageError("TSH_SSO_CALLBACK_TIMEOUT must be a positive number of seconds") from None
     sso = SSOAuthenticator(
         browser=browser or os.environ.get("TELEPORT_LOGIN_BROWSER") or None,
         bind_addr=bind_addr or os.environ.get("TELEPORT_LOGIN_BIND_ADDR") or None,
@@ -142,7 +144,7 @@ def login(
         "--auth",
         envvar="TELEPORT_AUTH",
         metavar="NAME",
-        help="Auth connector to use (default: the cluster's). Env: TELEPORT_AUTH.",
+        help="Auth connector to use (default: the cluster's).",
     ),
     browser: Optional[str] = typer.Option(
         None,
