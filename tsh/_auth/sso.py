@@ -177,12 +177,17 @@ class CallbackServer:
 
     # -- the request handler ----------------------------------------------------
 
-    def _finish(self, form: dict[str, list[str]]) -> bool:
-        """Decide the login from one callback's form; True on success. Only the first counts."""
+    def _finish(self, form: dict[str, list[str]]) -> bool | None:
+        """Decide the login from one callback's form: True on success, None if another
+        callback came first (only the first counts).
+
+        The caller sets ``done`` once the browser has its answer, so that tsh
+        never exits before the browser is sent to the result page.
+        """
         outcome = self._outcome
         with outcome.lock:
             if outcome.claimed:
-                return False
+                return None
             outcome.claimed = True
         try:
             err = form.get("err")
@@ -196,8 +201,6 @@ class CallbackServer:
             outcome.answer = decrypt_response(self._key, response[0])
         except SSOError as e:
             outcome.error = e
-        finally:
-            outcome.done.set()
         return outcome.error is None
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -261,12 +264,15 @@ class CallbackServer:
                     if kind == "application/x-www-form-urlencoded":
                         for name, values in parse_qs(body.decode("utf-8", "replace")).items():
                             form.setdefault(name, []).extend(values)
-                if server._outcome.claimed:
+                ok = server._finish(form)
+                if ok is None:
                     self._reply(409, "this login has already received its callback\n", cors)
                     return
-                ok = server._finish(form)
-                page = _SUCCESS_PAGE if ok else _FAIL_PAGE
-                self._reply(302, "", {**cors, "Location": server._proxy_url + page})
+                try:
+                    page = _SUCCESS_PAGE if ok else _FAIL_PAGE
+                    self._reply(302, "", {**cors, "Location": server._proxy_url + page})
+                finally:
+                    server._outcome.done.set()
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's names)
                 self._route("GET")
