@@ -1,7 +1,8 @@
 """The proxy's HTTPS web API (docs/protocol.md §2, §3 and §4), on aiohttp.
 
 Routes (each also under a leading ``/v1``): ``GET /webapi/ping``,
-``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``.
+``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``,
+and the SSO routes of tests/cluster/_sso.py (docs/protocol.md §14).
 Errors are Teleport's ``{"error":{"message":...}}`` body, 4-space indented,
 with trace's status codes. Unexpected input always gives a 4xx, never a 500.
 """
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from ._ca import Authority, public_line
 from ._config import ServerConfig, parse_version
 from ._duration import NS_PER_S, format_go_duration
+from ._sso import SSOService
 from ._state import ClusterState, User
 
 __all__ = ["ApiError", "WebAPI", "make_app"]
@@ -190,8 +192,6 @@ class WebAPI:
             "/webapi/find": {"GET": self.find},
             "/webapi/ssh/certs": {"POST": self.create_ssh_cert},
         }
-        from ._sso import SSOService
-
         self.sso = SSOService(self)
         self.routes.update(self.sso.routes())
 
