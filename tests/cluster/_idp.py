@@ -26,6 +26,13 @@ def start_oidc_provider(host: str = "127.0.0.1") -> tuple[str, Callable[[], None
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = oidc_provider_mock.app(require_nonce=True, issue_refresh_token=False)
+    # The package turns on Flask's debug mode and Werkzeug's interactive debugger; a test
+    # provider has no use for a debugger console.
+    import werkzeug.debug
+
+    if isinstance(app.wsgi_app, werkzeug.debug.DebuggedApplication):
+        app.wsgi_app = app.wsgi_app.app  # type: ignore[method-assign]
+    app.debug = False
     server = werkzeug.serving.make_server(host, 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="oidc-provider", daemon=True)
     thread.start()
