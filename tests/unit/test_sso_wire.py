@@ -112,3 +112,54 @@ def test_login_refuses_a_bad_auth_name_before_any_request(auth: str, tmp_path) -
         login(LoginRequest(proxy="proxy.test:3080", user="a", auth=auth),
               lambda: None,  # type: ignore[arg-type]
               store=ProfileStore(tmp_path), transport=httpx.MockTransport(handler))
+
+
+class _CertsFromPassword:
+    """An SSO stand-in for login(): certificates from the fake proxy, then ``username`` set."""
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        self.called = False
+
+    def authenticate(self, ping, user, client, keys, ttl_seconds, cluster):  # type: ignore[no-untyped-def]
+        import dataclasses
+
+        self.called = True
+        answer = client.ssh_certs(user=user, password="secret-pw", ttl_seconds=ttl_seconds,
+                                  ssh_pub_key=keys.ssh, tls_pub_key=keys.tls)
+        return dataclasses.replace(answer, username=self.username)
+
+
+def _sso_proxy() -> FakeProxy:
+    proxy = FakeProxy()
+    ping = proxy.ping_json()
+    ping["auth"] = {"type": "github", "github": {"name": "github", "display": "GitHub"}}
+    proxy.ping_raw = (200, json.dumps(ping).encode(), "application/json")
+    return proxy
+
+
+def test_sso_login_takes_the_user_from_the_answer_and_warns_about_user(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tsh._auth.authenticators import ByAuthType
+    from tsh._auth.login import LoginRequest, login
+    from tsh._store.store import ProfileStore
+
+    sso = _CertsFromPassword("carol")
+    result = login(
+        LoginRequest(proxy="proxy.test:3080", user="alice", agent_mode="no"),
+        ByAuthType(password=None, sso=sso),  # type: ignore[arg-type]
+        store=ProfileStore(tmp_path), transport=_sso_proxy().transport, environ={},
+    )
+    assert sso.called and result.profile.user == "carol"
+    assert [w.code for w in result.warnings] == ["sso-user-ignored"]
+    assert str(result.warnings[0]) == "Ignoring Teleport user (alice) for Single Sign-On (SSO) login."
+
+
+@pytest.mark.parametrize("name", ["", "../../etc/passwd", "a b", "x\nHost *", "a:b", ".."])
+def test_sso_login_refuses_a_hostile_user_name_and_stores_nothing(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tsh._auth.login import LoginRequest, login
+    from tsh._store.store import ProfileStore
+
+    with pytest.raises(ProxyResponseError):
+        login(LoginRequest(proxy="proxy.test:3080", agent_mode="no"), _CertsFromPassword(name),
+              store=ProfileStore(tmp_path / "home"), transport=_sso_proxy().transport, environ={})
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.json"))
