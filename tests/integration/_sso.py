@@ -11,11 +11,37 @@ import subprocess
 import threading
 
 import httpx
+import pytest
 
 from tests.cluster._browser import ScriptedBrowser
+from tests.cluster.launch import Cluster, launch_cluster
 from tests.integration._tsh import tsh_argv
 
-__all__ = ["URL_LINE", "BackgroundLogin", "ScriptedBrowser", "set_idp_user"]
+__all__ = [
+    "URL_LINE", "BackgroundLogin", "ScriptedBrowser", "issuer", "oidc_cluster", "set_idp_user",
+    "start_oidc_cluster",
+]  # fmt: skip
+
+
+def start_oidc_cluster(tmp_path_factory: pytest.TempPathFactory, version: str = "17.0.0") -> Cluster:
+    """A cluster whose auth connector is OIDC (named ``okta``), with its own mock provider."""
+    return launch_cluster(
+        tmp_path_factory.mktemp(f"oidc-{version}") / "data", server_version=version,
+        extra_args=("--auth=oidc", "--connector-name=okta"),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def oidc_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """start_oidc_cluster() shared by one test module (import the fixture into it)."""
+    c = start_oidc_cluster(tmp_path_factory)
+    yield c
+    c.stop()
+
+
+def issuer(cluster: Cluster) -> str:
+    """The cluster's OpenID provider (its ``PUT /users/<sub>`` sets claims)."""
+    return str(cluster.info["oidc_issuer"])
 
 URL_LINE = re.compile(r"^ (http://\S+)\r?$", re.M)
 

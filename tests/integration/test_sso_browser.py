@@ -29,11 +29,13 @@ import pytest
 
 from tests.cluster.launch import Cluster
 from tests.conftest import require_tool
-from tests.integration._sso import set_idp_user
+from tests.integration import _sso
+from tests.integration._sso import issuer, set_idp_user
 from tests.integration._tsh import agent_lines, env_for, run_tsh, ssh_with_config, tsh_config_file
-from tests.integration.test_sso_login import issuer, oidc_cluster  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
+
+oidc_cluster = _sso.oidc_cluster  # the module's OIDC cluster (a fixture)
 
 #: Where the screenshots go: $TSH_TEST_ARTIFACTS if set, else the test's tmp_path/artifacts.
 ARTIFACTS_ENV = "TSH_TEST_ARTIFACTS"
@@ -76,7 +78,7 @@ def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-
 
 
 def test_oidc_login_in_headless_chromium(
-    oidc_cluster: Cluster,  # noqa: F811
+    oidc_cluster: Cluster,
     ssh_agent, openssh, start_node, login_name: str, tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
     chromium = require_tool("chromium")

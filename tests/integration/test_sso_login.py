@@ -12,29 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.launch import Cluster, launch_cluster
-from tests.integration._sso import BackgroundLogin, ScriptedBrowser, set_idp_user
+from tests.cluster.launch import Cluster
+from tests.integration import _sso
+from tests.integration._sso import (
+    BackgroundLogin,
+    ScriptedBrowser,
+    issuer,
+    set_idp_user,
+    start_oidc_cluster,
+)
 from tests.integration._tsh import agent_lines, env_for, run_tsh, ssh_with_config, tsh_config_file
 
 pytestmark = pytest.mark.integration
 
-
-def _oidc_cluster(tmp_path_factory: pytest.TempPathFactory, version: str) -> Cluster:
-    return launch_cluster(
-        tmp_path_factory.mktemp(f"oidc-{version}") / "data", server_version=version,
-        extra_args=("--auth=oidc", "--connector-name=okta"),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def oidc_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    c = _oidc_cluster(tmp_path_factory, "17.0.0")
-    yield c
-    c.stop()
-
-
-def issuer(cluster: Cluster) -> str:
-    return str(cluster.info["oidc_issuer"])
+oidc_cluster = _sso.oidc_cluster  # the module's shared OIDC cluster (a fixture)
 
 
 def home_files() -> dict[str, bytes]:
@@ -68,7 +59,7 @@ def test_oidc_login_without_browser_then_agent_status_and_plain_ssh(
     if version == "17.0.0":
         cluster = request.getfixturevalue("oidc_cluster")
     else:
-        cluster = _oidc_cluster(tmp_path_factory, version)
+        cluster = start_oidc_cluster(tmp_path_factory, version)
         request.addfinalizer(cluster.stop)
     set_idp_user(issuer(cluster), "alice-sub",
                  {"email": "alice", "groups": ["ssh-users"], "logins": [login_name]})
