@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(openssh-client openssh-server gnupg gnome-keyring dbus tmux)
+SYSTEM_PACKAGES=(openssh-client openssh-server gnupg gnome-keyring dbus tmux chromium chromium-driver)
 
 install_system_packages() {
     local missing=()

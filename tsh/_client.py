@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._auth.authenticators import PasswordAuthenticator
+from ._auth.sso import SSO_CALLBACK_TIMEOUT, SSOAuthenticator
 from ._exceptions import UsageError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ._store.store import ProfileStore
     from ._types import AgentMode, ProxyCommandForm
 
-__all__ = ["AsyncClient", "Client", "Password"]
+__all__ = ["AsyncClient", "Client", "Password", "SSO"]
 
 T = TypeVar("T")
 
@@ -62,6 +63,26 @@ class Password(PasswordAuthenticator):
             return otp()
 
         super().__init__(ask_password, ask_otp)
+
+
+class SSO(SSOAuthenticator):
+    """An authenticator for single sign-on (OIDC, SAML, GitHub) that opens no browser.
+
+    ``open_url`` is called with the URL the user must open (show it, or open it
+    in a browser of your choosing); :meth:`Client.login` then waits, up to
+    ``timeout`` seconds, for the browser to come back to a callback server on
+    ``bind_addr`` (default ``127.0.0.1`` on a free port). Pick the connector
+    with ``login(..., auth="NAME")``; by default the cluster's is used.
+    """
+
+    def __init__(
+        self,
+        open_url: Callable[[str], None],
+        *,
+        bind_addr: str | None = None,
+        timeout: float = SSO_CALLBACK_TIMEOUT,
+    ) -> None:
+        super().__init__(open_url, bind_addr=bind_addr, timeout=timeout)
 
 
 class AsyncClient:
@@ -138,12 +159,15 @@ class AsyncClient:
         cluster: str | None = None,
         insecure: bool = False,
         agent_mode: AgentMode = "auto",
+        auth: str | None = None,
     ) -> LoginResult:
         """Log in to ``proxy`` (default: this client's) and store the profile.
 
         ``authenticator`` answers the proxy's challenge, e.g.
-        ``tsh.Password("secret", otp=lambda: totp.now())``. The web API calls
-        run in a worker thread, so the event loop is never blocked.
+        ``tsh.Password("secret", otp=lambda: totp.now())``, or
+        ``tsh.SSO(open_url=print)`` for single sign-on. ``auth`` names the auth
+        connector (as `tsh login --auth`). The web API calls run in a worker
+        thread, so the event loop is never blocked.
 
         Raises:
             UsageError, ProxyError, CertificateError, ProfileError, AgentError:
@@ -156,7 +180,7 @@ class AsyncClient:
             raise UsageError("no proxy to log in to")
         request = LoginRequest(
             proxy=target, user=user, ttl_minutes=ttl_minutes, cluster=cluster,
-            insecure=insecure, agent_mode=agent_mode,
+            insecure=insecure, agent_mode=agent_mode, auth=auth,
         )  # fmt: skip
         await self._drop_proxy_connection()  # a new certificate: never ride on the old one
 

@@ -15,6 +15,8 @@ layer prints ``error: <message>`` on stderr and exits with ``exit_code``.
     │   ├── ProxyTLSError           TLS verification failed
     │   ├── ProxyResponseError      not a Teleport proxy, or a malformed answer
     │   └── AccessDeniedError       wrong user name, password or OTP (HTTP 403)
+    ├── SSOError                a single sign-on login failed (the identity provider
+    │                           refused, its answer was not valid, or no answer came)
     ├── CertificateError        a certificate failed the client's own checks
     ├── AgentError              the ssh-agent could not be used
     └── SSHError                the SSH proxy refused or dropped a connection
@@ -42,6 +44,7 @@ __all__ = [
     "ProxyTLSError",
     "ProxyResponseError",
     "AccessDeniedError",
+    "SSOError",
     "CertificateError",
     "AgentError",
     "SSHError",
@@ -106,6 +109,11 @@ class ProxyResponseError(ProxyError):
 
 class AccessDeniedError(ProxyResponseError):
     """The proxy refused the credentials (HTTP 403)."""
+
+
+class SSOError(TshError):
+    """A single sign-on login failed: the identity provider refused (``err=``), its
+    answer could not be decrypted or checked, or the browser never came back."""
 
 
 class CertificateError(TshError):

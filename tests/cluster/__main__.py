@@ -3,6 +3,7 @@
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
           [--proxy-checks-host-keys yes|no] [--tunnel-port N] [--offline-threshold D]
+          [--auth local|oidc|saml|github] [--connector-name NAME] [--oidc-issuer URL]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -18,7 +19,7 @@
     roles add NAME --logins=a,b                               (leaf roles for mapped users)
     auth principals LOGIN CERT_BASE64                         (sshd AuthorizedPrincipalsCommand)
     nodes ls
-    demo [--recording proxy|node] [--wait]
+    demo [--recording proxy|node] [--sso] [--wait]
 
 Admin commands take ``--data-dir DIR`` and work on a running cluster (it
 re-reads its files) or on a stopped data dir.
@@ -32,7 +33,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
+from ._config import AUTH_TYPES, RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
 from ._duration import NS_PER_S, parse_duration
 from ._rotation import PHASES
 from ._state import ClusterState, StateError
@@ -63,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tunnel-port", type=int, default=0, help="reverse tunnel port (0 = free)")
     s.add_argument(
         "--offline-threshold", default="10s", help="a leaf without heartbeat for this is offline"
+    )
+    s.add_argument(
+        "--auth", choices=AUTH_TYPES, default="local",
+        help="auth connector: local passwords, or SSO (see tests/cluster/_sso.py)",
+    )
+    s.add_argument("--connector-name", default="", help="the SSO connector's name (default: its type)")
+    s.add_argument(
+        "--oidc-issuer", default="",
+        help="--auth=oidc: the OpenID provider (default: oidc-provider-mock in this process)",
     )
 
     users = sub.add_parser("users", help="manage users")
@@ -141,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
         "--recording", choices=("proxy", "node"), default="proxy",
         help="session recording mode (default proxy: the seed page's scenario)",
     )
+    demo.add_argument(
+        "--sso", action="store_true",
+        help="log in through the cluster's OIDC provider (tsh login --browser=none and a "
+        "scripted browser) instead of a password",
+    )
     return p
 
 
@@ -166,6 +181,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
         public_addr=args.public_addr,
         ssh_public_addr=args.ssh_public_addr,
         offline_threshold_s=offline_s,
+        auth=args.auth,
+        connector_name=args.connector_name,
+        oidc_issuer=args.oidc_issuer.rstrip("/"),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -344,7 +362,7 @@ def _cmd_recordings_show(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(wait=args.wait, recording=args.recording)
+    return run_demo(wait=args.wait, recording=args.recording, sso=args.sso)
 
 
 _COMMANDS = {

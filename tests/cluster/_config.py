@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServerConfig", "SECOND_FACTORS", "RECORDING_MODES", "parse_version"]
+__all__ = ["ServerConfig", "SECOND_FACTORS", "RECORDING_MODES", "AUTH_TYPES", "parse_version"]
 
 SECOND_FACTORS = ("off", "otp")
+AUTH_TYPES = ("local", "oidc", "saml", "github")
 RECORDING_MODES = ("node", "proxy", "off")
 
 
@@ -39,6 +40,14 @@ class ServerConfig:
     tunnel_addr: str = ""
     #: A leaf without a heartbeat for this long is offline (trusted clusters).
     offline_threshold_s: float = 10.0
+    #: The auth connector: ``local`` (passwords), or ``oidc``, ``saml`` or ``github`` (tests/cluster/_sso.py).
+    auth: str = "local"
+    #: Its name (default: the type); what ping's ``auth.<type>.name`` and ``--auth`` say.
+    connector_name: str = ""
+    #: OIDC: the provider's issuer URL and this relying party's client credentials.
+    oidc_issuer: str = ""
+    oidc_client_id: str = "teleport-test-cluster"
+    oidc_client_secret: str = "test-cluster-secret"
 
     @property
     def major(self) -> int:

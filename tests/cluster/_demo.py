@@ -46,6 +46,8 @@ class Demo:
     user: str = "demo"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     recording: str = "proxy"
+    #: Log in through the cluster's OIDC provider (``demo --sso``) instead of a password.
+    sso: bool = False
     cluster: Cluster | None = None
     node: sshd_launcher.SSHDNode | None = None
     files: dict[str, Path] = field(default_factory=dict)
@@ -110,18 +112,36 @@ class Step:
 
 def _start_cluster(demo: Demo) -> None:
     data = demo.workdir / "cluster"
+    sso = ("--auth=oidc",) if demo.sso else ()
     demo.show(["python", "-m", "tests.cluster", "start", "--data-dir", str(data),
-               "--name", "example.test", "--recording", demo.recording])
+               "--name", "example.test", "--recording", demo.recording, *sso])
     if demo.recording == "proxy":
         demo.note("session_recording: proxy -- the proxy terminates and records each session,")
         demo.note("logging in to the node with the agent the client forwards to it")
-    demo.cluster = launch_cluster(data, "example.test", recording=demo.recording)
+    if demo.sso:
+        demo.note("auth: an OIDC connector; its provider (oidc-provider-mock) runs in the cluster")
+    demo.cluster = launch_cluster(data, "example.test", recording=demo.recording, extra_args=sso)
     print(json.dumps(demo.cluster.info))
 
 
 def _add_user(demo: Demo) -> None:
+    if demo.sso:
+        _add_idp_user(demo)
+        return
     demo.note(f"(the password is the first line of stdin; this demo's is: {demo.password})")
     demo.admin("users", "add", demo.user, f"--logins={demo.login}", input=demo.password + "\n")
+
+
+def _add_idp_user(demo: Demo) -> None:
+    import httpx
+
+    assert demo.cluster is not None
+    issuer = demo.cluster.info["oidc_issuer"]
+    claims = {"email": demo.user, "groups": ["ssh-users"], "logins": [demo.login]}
+    demo.note("SSO users live in the identity provider; its claims map to roles and logins:")
+    demo.show(f"curl -X PUT -H 'Content-Type: application/json' -d '{json.dumps(claims)}' "
+              f"{issuer}/users/{demo.user}")
+    httpx.put(f"{issuer}/users/{demo.user}", json=claims, timeout=10).raise_for_status()
 
 
 def _start_node(demo: Demo) -> None:
@@ -175,9 +195,51 @@ def _start_agent(demo: Demo) -> None:
 
 def _tsh_login(demo: Demo) -> None:
     assert demo.cluster is not None
+    if demo.sso:
+        _tsh_login_sso(demo)
+        return
     demo.note("(no terminal here, so the password is read from stdin)")
     demo.tsh("login", f"--proxy={demo.cluster.web_addr}", f"--user={demo.user}",
              input=demo.password + "\n")
+
+
+def _tsh_login_sso(demo: Demo) -> None:
+    import re
+
+    from ._browser import ScriptedBrowser
+
+    assert demo.cluster is not None
+    args = ["login", f"--proxy={demo.cluster.web_addr}", "--browser=none"]
+    demo.show(shlex.join(["tsh", *args]))
+    proc = subprocess.Popen([sys.executable, "-m", "tsh", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO_ROOT, env=demo.env)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        said = proc.stderr.readline() + proc.stderr.readline()
+        print(said.rstrip())
+        m = re.search(r"^ (http://\S+)$", said, re.M)
+        if m is None:
+            raise DemoError("tsh login printed no URL")
+        demo.note(f"a scripted browser opens that URL and types {demo.user!r} into the IdP's form:")
+        browser = ScriptedBrowser(demo.cluster.ssl_context())
+        try:
+            page = browser.submit(browser.open(m.group(1)), {"sub": demo.user})
+        finally:
+            browser.close()
+        for url in browser.visited:
+            demo.note(f"  {url[:110]}{'...' if len(url) > 110 else ''}")
+        demo.note(f"  the browser shows: {re.sub(r'<[^>]+>', ' ', page.text).split()[:2]}")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    for text in (out, err):
+        if text.strip():
+            print(text.rstrip())
+    if proc.returncode != 0:
+        raise DemoError(f"tsh login failed with exit status {proc.returncode}")
 
 
 def _agent_has_cert(demo: Demo) -> None:
@@ -290,7 +352,7 @@ STEPS: list[Step] = [
     Step("Start a real OpenSSH sshd node and register it", _start_node),
     Step("The proxy's web API: ping", _ping),
     Step("Start your own OpenSSH ssh-agent", _start_agent),
-    Step("tsh login: password, certificate, profile, agent", _tsh_login),
+    Step("tsh login: password (or SSO), certificate, profile, agent", _tsh_login),
     Step("The certificate is in the agent (look for teleport:...)", _agent_has_cert),
     Step("tsh config: an OpenSSH block for the cluster", _tsh_config),
     Step("Plain ssh through the proxy, using that block", _plain_ssh),
@@ -305,22 +367,23 @@ STEPS: list[Step] = [
 ]
 
 
-def run_demo(wait: bool = False, recording: str = "proxy") -> int:
+def run_demo(wait: bool = False, recording: str = "proxy", sso: bool = False) -> int:
     """Run every step; with ``wait``, keep everything up until Ctrl-C. Returns an exit status."""
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM (kill, timeout) cleans up as Ctrl-C does
 
     signal.signal(signal.SIGTERM, interrupted)
-    demo = Demo(Path(tempfile.mkdtemp(prefix="tsh-demo-")), recording=recording)
+    demo = Demo(Path(tempfile.mkdtemp(prefix="tsh-demo-")), recording=recording, sso=sso)
     try:
         for number, step in enumerate(STEPS, 1):
             print(f"\n{_BOLD}==> {number}. {step.title}{_RESET}")
             step.action(demo)
         print(f"\n{_BOLD}The OpenSSH flow works.{_RESET}")
         if wait and demo.cluster is not None:
+            secret = "an SSO login" if demo.sso else f"password {demo.password!r}"
             print(f"Cluster web {demo.cluster.web_addr}, SSH proxy {demo.cluster.ssh_proxy_addr}, "
-                  f"user {demo.user!r} password {demo.password!r}, files in {demo.workdir}.")
+                  f"user {demo.user!r} {secret}, files in {demo.workdir}.")
             print("Press Ctrl-C to stop.")
             demo.cluster.proc.wait()
         return 0

@@ -30,6 +30,11 @@ async def serve(
     """Serve until a stop signal; prints one JSON readiness line on stdout when listening."""
     authority = Authority.load(state)
     cert_path, key_path = authority.https_identity(state.proxy_dir)
+    stop_idp = None
+    if config.auth == "oidc" and not config.oidc_issuer:
+        from ._idp import start_oidc_provider
+
+        config.oidc_issuer, stop_idp = start_oidc_provider()
 
     runner = web.AppRunner(make_app(WebAPI(state, authority, config)), access_log=None)
     await runner.setup()
@@ -47,6 +52,8 @@ async def serve(
         )
     except OSError as e:
         await runner.cleanup()
+        if stop_idp is not None:
+            stop_idp()
         raise StateError(f"cannot listen: {e.strerror or e}") from None
     config.web_addr = f"127.0.0.1:{web_bound}"
     config.ssh_proxy_addr = f"127.0.0.1:{acceptor.get_port()}"
@@ -68,6 +75,9 @@ async def serve(
         "server_version": config.server_version,
         "second_factor": config.second_factor,
         "recording": config.recording,
+        "auth": config.auth,
+        "connector_name": config.connector_name or config.auth,
+        "oidc_issuer": config.oidc_issuer,
         "pid": os.getpid(),
     }
     sys.stdout.write(json.dumps(ready) + "\n")
@@ -86,3 +96,5 @@ async def serve(
         await acceptor.wait_closed()
         await tunnel.wait_closed()
         await runner.cleanup()
+        if stop_idp is not None:
+            stop_idp()

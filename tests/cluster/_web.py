@@ -2,7 +2,8 @@
 
 Routes (each also under a leading ``/v1``): ``GET /webapi/ping``,
 ``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``,
-``GET /webapi/auth/export?type=user|host|tls`` (also under ``/webapi/sites/<cluster>``).
+``GET /webapi/auth/export?type=user|host|tls`` (also under ``/webapi/sites/<cluster>``),
+and the SSO routes of tests/cluster/_sso.py (docs/protocol.md §16).
 Errors are Teleport's ``{"error":{"message":...}}`` body, 4-space indented,
 with trace's status codes. Unexpected input always gives a 4xx, never a 500.
 """
@@ -25,7 +26,8 @@ from . import _trust
 from ._ca import Authority, public_line
 from ._config import ServerConfig, parse_version
 from ._duration import NS_PER_S, format_go_duration
-from ._state import ClusterState
+from ._sso import SSOService
+from ._state import ClusterState, User
 
 __all__ = ["ApiError", "WebAPI", "make_app"]
 
@@ -194,6 +196,8 @@ class WebAPI:
             "/webapi/trustedclusters/validate": {"POST": self.validate_trusted_cluster},
             "/webapi/auth/export": {"GET": self.auth_export},
         }
+        self.sso = SSOService(self)
+        self.routes.update(self.sso.routes())
 
     async def dispatch(self, request: web.Request) -> web.Response:
         try:
@@ -252,7 +256,12 @@ class WebAPI:
             "tls_routing_enabled": False,
         }
 
-    def _auth_settings(self) -> dict[str, Any]:
+    def _auth_settings(self, local: bool = False) -> dict[str, Any]:
+        sso = None if local else self.sso.auth_settings()
+        if sso is not None:  # an SSO connector instead of "local" (omitted, as Teleport's)
+            settings = self._auth_settings(local=True)
+            del settings["local"]
+            return {**settings, **sso}
         return {
             "type": "local",
             "second_factor": self.config.second_factor,
@@ -294,8 +303,11 @@ class WebAPI:
 
     async def ping_connector(self, connector: str) -> web.Response:
         if connector in ("local", "passwordless"):
+            return json_response(self._ping_body(self._auth_settings(local=True)))
+        if self.sso.kind is not None and connector == self.sso.connector_name:
             return json_response(self._ping_body(self._auth_settings()))
-        raise ApiError(400, f"invalid connector name: {connector}; valid options: local")
+        options = ", ".join(["local", *([self.sso.connector_name] if self.sso.kind else [])])
+        raise ApiError(400, f"invalid connector name: {connector}; valid options: {options}")
 
     async def find(self, request: web.Request) -> web.Response:
         empty_auth = {
@@ -342,7 +354,10 @@ class WebAPI:
         if user is None or not self._otp_ok(user.otp_secret, req.get("otp_token", "")):
             raise ApiError(403, BAD_CREDENTIALS)
 
-        route = req.get("routetocluster", "")
+        return json_response(self.certify(user, keys, ttl_ns, req.get("routetocluster", "")))
+
+    def certify(self, user: User, keys: _Keys, ttl_ns: int, route: str) -> dict[str, Any]:
+        """The ``SSHLoginResponse`` for ``user``'s keys (password and SSO logins alike)."""
         if route and route != self.state.name and route not in _trust.remote_host_cas(self.state):
             raise ApiError(404, f"remote cluster {json.dumps(route)} is not found")
 
@@ -355,20 +370,18 @@ class WebAPI:
             cert = b64(ssh_cert.export_certificate("openssh"))
         if keys.tls is not None:
             tls_cert = b64(self.authority.tls_client_cert(keys.tls, user, ttl_s))
-        return json_response(
-            {
-                "username": user.name,
-                "cert": cert,
-                "tls_cert": tls_cert,
-                "host_signers": [
-                    {
-                        "domain_name": cluster,
-                        "checking_keys": [b64(public_line(k) + "\n") for k in host.trusted],
-                        "tls_certs": [b64(pem) for pem in host.trusted_tls_pem],
-                    }
-                ],
-            }
-        )
+        return {
+            "username": user.name,
+            "cert": cert,
+            "tls_cert": tls_cert,
+            "host_signers": [
+                {
+                    "domain_name": cluster,
+                    "checking_keys": [b64(public_line(k) + "\n") for k in host.trusted],
+                    "tls_certs": [b64(pem) for pem in host.trusted_tls_pem],
+                }
+            ],
+        }
 
     def _request_keys(self, req: dict[str, Any]) -> _Keys:
         pub = req.get("pub_key", b"")

@@ -110,6 +110,16 @@ def test_demo_runs_the_openssh_flow(openssh) -> None:
     assert r.stdout.rstrip().endswith("The OpenSSH flow works.")
 
 
+def test_demo_sso_logs_in_through_the_oidc_provider(openssh) -> None:
+    r = cli("demo", "--sso", "--recording", "node", timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "Use the following URL to authenticate:" in r.stdout
+    assert "/v1/webapi/oidc/callback?code=" in r.stdout
+    assert "teleport:127.0.0.1:example.test:demo" in r.stdout
+    assert re.search(r"^hello from .+ as \S+$", r.stdout, re.M)
+    assert r.stdout.rstrip().endswith("The OpenSSH flow works.")
+
+
 def test_demo_wait_cleans_up_on_sigterm(openssh) -> None:
     """`demo --wait` stopped by kill/timeout (SIGTERM) stops its cluster, node and agent."""
     proc = subprocess.Popen(

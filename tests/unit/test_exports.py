@@ -11,8 +11,8 @@ PUBLIC = [
     "InvalidNameError", "LoginRequest", "LoginResult", "LogoutResult", "NotLoggedInError",
     "Password", "Profile", "ProfileError", "ProfilePaths", "ProfileStore", "ProxyConnection",
     "ProxyConnectionError", "ProxyError", "ProxyResponseError", "ProxyTLSError", "RunResult",
-    "SSHError", "TshError", "TshWarning", "UsageError", "__version__", "ensure_agent_key", "login",
-    "logout_all", "logout_user",
+    "SSHError", "SSO", "SSOError", "TshError", "TshWarning", "UsageError", "__version__",
+    "ensure_agent_key", "login", "logout_all", "logout_user",
 ]  # fmt: skip
 
 

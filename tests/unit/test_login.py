@@ -153,6 +153,7 @@ def test_password_authenticator_refuses_sso_before_asking(store: ProfileStore) -
     proxy = FakeProxy()
     ping = proxy.ping_json()
     ping["auth"]["type"] = "github"
+    ping["auth"]["github"] = {"name": "github", "display": "GitHub", "EndpointURL": ""}
     proxy.ping_raw = (200, json.dumps(ping).encode(), "application/json")
     prompter = ScriptedPrompter()
     with pytest.raises(UsageError, match="github single sign-on"):

@@ -3,7 +3,8 @@
 login() pings the proxy and makes fresh keys; an Authenticator turns the ping
 answer, the user, the keys' public halves and the wanted ttl into
 certificates (a LoginResponse), asking the user whatever its method needs.
-The password + OTP method is here; single sign-on will be another one.
+The password + OTP method is here, single sign-on in tsh._auth.sso, and
+ByAuthType picks one of them by what the proxy says it uses.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from .._web.client import WebClient
     from .._web.wire import LoginResponse, PingResponse
 
-__all__ = ["Authenticator", "PasswordAuthenticator", "Prompter", "PublicKeys"]
+__all__ = ["Authenticator", "ByAuthType", "PasswordAuthenticator", "Prompter", "PublicKeys"]
 
 #: Second-factor modes whose login is password + OTP through /webapi/ssh/certs.
 OTP_MODES = ("otp", "on", "optional")
@@ -85,7 +86,8 @@ class PasswordAuthenticator:
         """See :meth:`Authenticator.authenticate`."""
         if ping.auth_type != "local":
             raise UsageError(
-                f"the proxy uses {ping.auth_type} single sign-on, which tsh-py does not support yet"
+                f"the proxy uses {ping.auth_type} single sign-on, not passwords "
+                "(log in with an SSO authenticator, e.g. tsh.SSO)"
             )
         if ping.second_factor not in ("off", *OTP_MODES):
             raise UsageError(
@@ -109,3 +111,31 @@ class PasswordAuthenticator:
             route_to_cluster=cluster,
             **key_args,
         )
+
+
+class ByAuthType:
+    """The proxy's method: ``sso`` when ping's ``auth.type`` is oidc, saml or github, else ``password``.
+
+    What `tsh login` (and a relogin on expiry) uses, since the user does not
+    say which method the cluster has; ``sso`` may be None (then SSO proxies
+    get the password method's "not supported" error).
+    """
+
+    def __init__(self, password: Authenticator, sso: Authenticator | None) -> None:
+        self.password = password
+        self.sso = sso
+
+    def authenticate(
+        self,
+        ping: PingResponse,
+        user: str,
+        client: WebClient,
+        keys: PublicKeys,
+        ttl_seconds: float,
+        cluster: str,
+    ) -> LoginResponse:
+        """See :meth:`Authenticator.authenticate`."""
+        from .._web.wire import SSO_TYPES
+
+        chosen = self.sso if ping.auth_type in SSO_TYPES and self.sso is not None else self.password
+        return chosen.authenticate(ping, user, client, keys, ttl_seconds, cluster)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,15 @@ from typing import TYPE_CHECKING
 from .._core.addr import join_host_port
 from .._core.names import validate_cluster_name, validate_user_name
 from .._core.profile import Profile
-from .._exceptions import AgentError, ProxyConnectionError, TshWarning, UsageError
+from .._exceptions import (
+    AgentError,
+    InvalidNameError,
+    ProxyConnectionError,
+    ProxyResponseError,
+    TshWarning,
+    UsageError,
+)
+from .._web.wire import SSO_TYPES
 from .authenticators import Authenticator, PasswordAuthenticator, Prompter, PublicKeys
 
 if TYPE_CHECKING:
@@ -39,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LoginRequest", "LoginResult", "Prompter", "login"]  # Prompter: for old callers
 
+#: What ``--auth`` may name: a connector (or ``local``), as it goes into a URL path.
+_CONNECTOR_ARG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}", re.ASCII)
 #: Used when neither --ttl nor the proxy's default_session_ttl says otherwise.
 DEFAULT_TTL = 12 * 3600
 #: The longest ttl in minutes: Go's longest time.Duration (int64 nanoseconds),
@@ -65,6 +76,8 @@ class LoginRequest:
     insecure: bool = False
     #: A resolved mode: auto, no, yes or only (see _agent.resolve_agent_mode).
     agent_mode: AgentMode = "auto"
+    #: ``--auth``: the auth connector to use (ping ``/webapi/ping/<auth>``); None: the cluster's.
+    auth: str | None = None
 
 
 @dataclass
@@ -76,7 +89,11 @@ class LoginResult:
 
 
 def _ping(
-    host: str, port: int | None, insecure: bool, transport: httpx.BaseTransport | None
+    host: str,
+    port: int | None,
+    insecure: bool,
+    transport: httpx.BaseTransport | None,
+    connector: str | None = None,
 ) -> tuple[WebClient, PingResponse]:
     """Ping the proxy; without an explicit port try 443, then 3080 (as real tsh does)."""
     from .._core.addr import DEFAULT_WEB_PORT, FALLBACK_WEB_PORT
@@ -85,16 +102,16 @@ def _ping(
     if port:
         client = WebClient(join_host_port(host, port), insecure=insecure, transport=transport)
         try:
-            return client, client.ping()
+            return client, client.ping(connector)
         except BaseException:
             client.close()
             raise
     try:
-        return _ping(host, DEFAULT_WEB_PORT, insecure, transport)
+        return _ping(host, DEFAULT_WEB_PORT, insecure, transport, connector)
     except ProxyConnectionError:
         pass  # only "nothing answers": a TLS or protocol error on 443 is final
     try:
-        return _ping(host, FALLBACK_WEB_PORT, insecure, transport)
+        return _ping(host, FALLBACK_WEB_PORT, insecure, transport, connector)
     except ProxyConnectionError as e:
         raise ProxyConnectionError(
             f"{e} (and on port {DEFAULT_WEB_PORT}; give the port as HOST:PORT)"
@@ -162,6 +179,8 @@ def login(
     user = validate_user_name(request.user or getpass.getuser())
     if request.cluster:
         validate_cluster_name(request.cluster)
+    if request.auth is not None and not _CONNECTOR_ARG.fullmatch(request.auth):
+        raise UsageError(f"invalid --auth {request.auth[:64]!r}: expected an auth connector name")
     if request.ttl_minutes is not None:
         if request.ttl_minutes <= 0:
             raise UsageError("ttl must be a positive number of minutes")
@@ -173,7 +192,16 @@ def login(
 
     if not hasattr(authenticator, "authenticate"):
         authenticator = PasswordAuthenticator.from_prompter(authenticator)
-    client, ping = _ping(host, port, request.insecure, transport)
+    client, ping = _ping(host, port, request.insecure, transport, request.auth)
+    warnings: list[TshWarning] = []
+    sso = ping.auth_type in SSO_TYPES
+    if sso and request.user:
+        warnings.append(
+            TshWarning(
+                "sso-user-ignored",
+                f"Ignoring Teleport user ({user}) for Single Sign-On (SSO) login.",
+            )
+        )
     with client:
         keys = _new_keys(ping.server_version)
         if request.ttl_minutes is not None:
@@ -189,6 +217,11 @@ def login(
             request.cluster or "",
         )
 
+    if sso:  # the identity provider says who the user is
+        try:
+            user = validate_user_name(response.username)
+        except InvalidNameError as e:
+            raise ProxyResponseError(f"malformed response from the proxy: username: {e}") from None
     now = clock()
     facts = check_user_cert(response.cert, keys.ssh_public, now)
     issuer = check_tls_cert(response.tls_cert, keys.tls_public, now)
@@ -213,7 +246,6 @@ def login(
         server_version=ping.server_version,
         private_key_policy=ping.private_key_policy,
     )
-    warnings: list[TshWarning] = []
     _save(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     return LoginResult(profile, warnings)
 

@@ -1,6 +1,6 @@
 """CA rotation facts a client can check, and what to tell the user (pure).
 
-docs/protocol.md §14. During a rotation a cluster trusts two keys per CA;
+docs/protocol.md §15. During a rotation a cluster trusts two keys per CA;
 after it only the new one. The client can learn what the cluster trusts *now*
 from the public export (``GET /webapi/auth/export?type=host|user``, no
 credentials) and compare it with what it holds: the host CA lines of its

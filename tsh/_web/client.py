@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -25,7 +26,15 @@ from .._exceptions import (
     ProxyResponseError,
     ProxyTLSError,
 )
-from .wire import MAX_BODY, LoginResponse, PingResponse, error_message, parse_login_response, parse_ping
+from .wire import (
+    MAX_BODY,
+    LoginResponse,
+    PingResponse,
+    error_message,
+    parse_login_response,
+    parse_ping,
+    parse_sso_redirect,
+)
 
 __all__ = ["DEFAULT_DEADLINE", "WebClient"]
 
@@ -247,10 +256,17 @@ class WebClient:
                 f"malformed response from the proxy: bad {ca_type} CA export"
             ) from None
 
-    def ping(self) -> PingResponse:
-        """``GET /webapi/ping``: check the proxy is a Teleport proxy and learn its settings."""
+    def ping(self, connector: str | None = None) -> PingResponse:
+        """``GET /webapi/ping``: check the proxy is a Teleport proxy and learn its settings.
+
+        With ``connector`` (``--auth``), ``GET /webapi/ping/<connector>``: the
+        settings of that auth connector instead of the cluster's default.
+        """
+        path = "/webapi/ping"
+        if connector:
+            path += "/" + quote(connector, safe="")
         try:
-            data = self._request("GET", "/webapi/ping")
+            data = self._request("GET", path)
         except ProxyResponseError as e:
             if isinstance(e, AccessDeniedError) or e.status_code == 200:
                 raise
@@ -296,3 +312,41 @@ class WebClient:
             body["ssh_pub_key"] = b64(ssh_pub_key)
             body["tls_pub_key"] = b64(tls_pub_key)
         return parse_login_response(self._request("POST", "/v1/webapi/ssh/certs", body))
+
+    def sso_login_console(
+        self,
+        kind: str,
+        *,
+        connector_id: str,
+        redirect_url: str,
+        ttl_seconds: float,
+        ssh_pub_key: str | None = None,
+        tls_pub_key: str | None = None,
+        public_key: str | None = None,
+        route_to_cluster: str = "",
+    ) -> str:
+        """``POST /v1/webapi/<kind>/login/console``: start an SSO login; the IdP's URL.
+
+        ``redirect_url`` is the local callback the proxy sends the browser back
+        to. Give ``ssh_pub_key`` and ``tls_pub_key`` to v17+ servers,
+        ``public_key`` to older ones (docs/protocol.md §16.2).
+        """
+        body: dict[str, Any] = {
+            "redirect_url": redirect_url,
+            "cert_ttl": int(ttl_seconds * 1_000_000_000),
+            "connector_id": connector_id,
+            "RouteToCluster": route_to_cluster,  # no JSON tag on the Go side: exact casing
+            "KubernetesCluster": "",
+        }
+
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode()).decode()
+
+        if public_key is not None:
+            body["public_key"] = b64(public_key)
+        else:
+            if ssh_pub_key is None or tls_pub_key is None:
+                raise ValueError("ssh_pub_key and tls_pub_key are both needed")
+            body["ssh_pub_key"] = b64(ssh_pub_key)
+            body["tls_pub_key"] = b64(tls_pub_key)
+        return parse_sso_redirect(self._request("POST", f"/v1/webapi/{kind}/login/console", body))

@@ -26,10 +26,12 @@ __all__ = [
     "HostSigner",
     "LoginResponse",
     "PingResponse",
+    "SSO_TYPES",
     "error_message",
     "parse_go_duration",
     "parse_login_response",
     "parse_ping",
+    "parse_sso_redirect",
     "server_major",
 ]
 
@@ -99,6 +101,14 @@ class PingResponse:
     #: host:port of the SSH proxy (docs/protocol.md §1 resolution rules).
     ssh_proxy_addr: str
     private_key_policy: str
+    #: The auth connector's name for SSO types (``auth.<type>.name``), else "".
+    connector_name: str = ""
+    #: Its display name (``auth.<type>.display``), for messages only.
+    connector_display: str = ""
+
+
+#: Ping's ``auth.type`` values that log in through an identity provider (docs/protocol.md §16).
+SSO_TYPES = ("oidc", "saml", "github")
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,8 @@ class LoginResponse:
     #: The TLS client certificate, PEM.
     tls_cert: str
     host_signers: tuple[HostSigner, ...]
+    #: The Teleport user the proxy certified ("" if it did not say); SSO logins use it.
+    username: str = ""
 
 
 def _bad(what: str, status: int | None = None) -> ProxyResponseError:
@@ -149,6 +161,7 @@ def _str(data: dict[str, Any], key: str, what: str, required: bool = False) -> s
 #: Words that name a mode (auth type, second factor, key policy): they are
 #: stored in the profile and compared, never interpreted.
 _WORD = re.compile(r"[A-Za-z0-9_.:-]{0,64}", re.ASCII)
+_CONNECTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}", re.ASCII)
 _VERSION = re.compile(r"v?[0-9][0-9A-Za-z.+_-]{0,63}", re.ASCII)
 _PEM_CERT = re.compile(
     r"-----BEGIN CERTIFICATE-----\r?\n(?:[A-Za-z0-9+/=]{1,76}\r?\n)+-----END CERTIFICATE-----\r?\n?",
@@ -259,15 +272,27 @@ def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
         web_host, web_port = _addr(public, FALLBACK_WEB_PORT, "proxy.ssh.public_addr")
     # Checked, not used: tsh-py's version is not comparable to Teleport's.
     _str(data, "min_client_version", "ping")
+    auth_type = _word(auth, "type", "auth") or "local"
+    connector_name = connector_display = ""
+    if auth_type in SSO_TYPES:
+        settings = _obj(auth.get(auth_type), f"auth.{auth_type}")
+        # The name goes into a URL path segment and a request: a plain word only.
+        connector_name = _word(settings, "name", f"auth.{auth_type}", _CONNECTOR)
+        if not connector_name:
+            raise _bad(f"auth.{auth_type}.name is missing")
+        display = _str(settings, "display", f"auth.{auth_type}")
+        connector_display = "".join(c for c in display if c.isprintable())[:64]
     return PingResponse(
         cluster_name=cluster,
         server_version=version,
-        auth_type=_word(auth, "type", "auth") or "local",
+        auth_type=auth_type,
         second_factor=_word(auth, "second_factor", "auth") or "off",
         default_session_ttl=ttl,
         web_proxy_addr=join_host_port(web_host, web_port),
         ssh_proxy_addr=_resolve_ssh_proxy(ssh, web_host, web_port, tls_routing),
         private_key_policy=_word(auth, "private_key_policy", "auth") or "none",
+        connector_name=connector_name,
+        connector_display=connector_display,
     )
 
 
@@ -300,12 +325,32 @@ def parse_login_response(data: Any) -> LoginResponse:
                 ),
             )
         )
-    _str(data, "username", "login response")  # checked, not used: the profile keeps the name asked for
+    # Password logins keep the name asked for; SSO logins take this one (validated by login()).
+    username = _str(data, "username", "login response")
     return LoginResponse(
         cert=_b64_text(data.get("cert"), "cert"),
         tls_cert=_b64_text(data.get("tls_cert"), "tls_cert"),
         host_signers=tuple(signers),
+        username=username,
     )
+
+
+#: An IdP URL the browser may be sent to: http(s), no spaces or control characters.
+_SSO_URL = re.compile(r"https?://[!-~]{1,65536}", re.ASCII)
+
+
+def parse_sso_redirect(data: Any) -> str:
+    """The IdP URL of an ``SSOLoginConsoleResponse`` (``{"redirect_url": ...}``), checked.
+
+    It goes into a ``Location`` header of the local callback server and to a
+    browser, so it must be a plain http(s) URL (not ``javascript:`` or
+    ``file:``, no header-splitting characters).
+    """
+    data = _obj(data, "SSO login response")
+    url = _str(data, "redirect_url", "SSO login response", required=True)
+    if not _SSO_URL.fullmatch(url):
+        raise _bad("redirect_url is not an http(s) URL")
+    return url
 
 
 def error_message(body: bytes) -> str | None:

@@ -20,7 +20,8 @@ def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile
     or (tsh.cli._rotation) it was issued before a CA rotation.
 
     The callback logs in again to the same proxy as the same user, with the
-    same prompts as `tsh login`, keeping a `-k only` profile's key out of disk.
+    same prompts as `tsh login` (or its single sign-on in a browser, when the
+    proxy uses it), keeping a `-k only` profile's key out of disk.
     """
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
@@ -41,6 +42,7 @@ def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile
             user=profile.user,
             cluster=profile.cluster if profile.cluster != profile.root_cluster else None,
             agent_mode=mode,
+            auth=os.environ.get("TELEPORT_AUTH") or None,  # as `tsh login`'s --auth
         )
         result = login(request, terminal_authenticator())
         print_warnings(login_warnings(result.warnings, mode))

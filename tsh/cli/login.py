@@ -15,7 +15,7 @@ from .._exceptions import TshWarning, UsageError
 from ._output import print_warnings
 
 if TYPE_CHECKING:
-    from .._auth.authenticators import PasswordAuthenticator
+    from .._auth.authenticators import ByAuthType
 
 #: What to do about a login warning, in flags (the library's messages name none).
 _HINTS = {
@@ -63,11 +63,31 @@ class TerminalPrompter:
         return self._line("OTP token")
 
 
-def terminal_authenticator() -> PasswordAuthenticator:
-    """Password (and OTP) login asking at the terminal (see TerminalPrompter)."""
-    from .._auth.authenticators import PasswordAuthenticator
+def terminal_authenticator(browser: str | None = None, bind_addr: str | None = None) -> ByAuthType:
+    """The proxy's method: password (and OTP) asked at the terminal (see TerminalPrompter),
+    or single sign-on in a browser.
 
-    return PasswordAuthenticator.from_prompter(TerminalPrompter())
+    ``browser`` and ``bind_addr`` default to ``TELEPORT_LOGIN_BROWSER`` and
+    ``TELEPORT_LOGIN_BIND_ADDR``. ``TSH_SSO_CALLBACK_TIMEOUT`` (seconds) shortens
+    the 180 s wait for the browser, for tests.
+    """
+    from .._auth.authenticators import ByAuthType, PasswordAuthenticator
+    from .._auth.sso import SSO_CALLBACK_TIMEOUT, SSOAuthenticator
+
+    timeout = SSO_CALLBACK_TIMEOUT
+    if os.environ.get("TSH_SSO_CALLBACK_TIMEOUT"):
+        try:
+            timeout = float(os.environ["TSH_SSO_CALLBACK_TIMEOUT"])
+            if not 0 < timeout < 1e6:
+                raise ValueError
+        except ValueError:
+            raise UsageError("TSH_SSO_CALLBACK_TIMEOUT must be a positive number of seconds") from None
+    sso = SSOAuthenticator(
+        browser=browser or os.environ.get("TELEPORT_LOGIN_BROWSER") or None,
+        bind_addr=bind_addr or os.environ.get("TELEPORT_LOGIN_BIND_ADDR") or None,
+        timeout=timeout,
+    )
+    return ByAuthType(PasswordAuthenticator.from_prompter(TerminalPrompter()), sso)
 
 
 def _default_proxy() -> str:
@@ -119,6 +139,27 @@ def login(
         "--use-local-ssh-agent/--no-use-local-ssh-agent",
         help="Use the local ssh-agent at all (env TELEPORT_USE_LOCAL_SSH_AGENT; default yes).",
     ),
+    auth: Optional[str] = typer.Option(
+        None,
+        "--auth",
+        envvar="TELEPORT_AUTH",
+        metavar="NAME",
+        help="Auth connector to use (default: the cluster's).",
+    ),
+    browser: Optional[str] = typer.Option(
+        None,
+        "--browser",
+        metavar="none|COMMAND",
+        help="SSO: 'none' prints the URL instead of opening a browser; a command opens it. "
+        "Env: TELEPORT_LOGIN_BROWSER.",
+    ),
+    bind_addr: Optional[str] = typer.Option(
+        None,
+        "--bind-addr",
+        metavar="HOST:PORT",
+        help="SSO: where the browser's callback is received (default 127.0.0.1, a free port). "
+        "Env: TELEPORT_LOGIN_BIND_ADDR.",
+    ),
 ) -> None:
     """Log in to a Teleport proxy: certificates on disk and in the ssh-agent."""
     from .._agent.agent import resolve_agent_mode
@@ -140,7 +181,8 @@ def login(
         cluster=cluster,
         insecure=insecure,
         agent_mode=mode,
+        auth=auth or None,
     )
-    result = do_login(request, terminal_authenticator())
+    result = do_login(request, terminal_authenticator(browser, bind_addr))
     print_warnings(login_warnings(result.warnings, mode))
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))
