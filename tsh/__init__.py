@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._exceptions import (
     AccessDeniedError,
     AgentError,
+    AuthAPIError,
     CertificateError,
     InvalidNameError,
     NotLoggedInError,
@@ -70,6 +71,7 @@ __all__ = [
     "CertificateError",
     "AgentError",
     "SSHError",
+    "AuthAPIError",
 ]
 
 

@@ -385,6 +385,18 @@ class ProxyConnection:
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
             return await run_command(conn, host, command, input)
 
+    async def dial_auth(self, cluster: str) -> Any:
+        """A byte stream to ``cluster``'s auth server: the ``proxy:@<cluster>`` subsystem.
+
+        A tsh._authapi.stream.AuthStream; tsh._authapi's client runs TLS and gRPC on it.
+
+        Raises:
+            SSHError: the proxy refused the subsystem (its text).
+        """
+        from ._authapi.stream import subsystem_stream
+
+        return await subsystem_stream(self._conn, f"proxy:@{validate_cluster_name(cluster)}")
+
     async def close(self) -> None:
         """Close the proxy connection (and with it every node connection on it)."""
         self._conn.close()

@@ -2,13 +2,13 @@
 
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
-          [--proxy-checks-host-keys yes|no]
+          [--proxy-checks-host-keys yes|no] [--auth-port N]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
     auth export --type=user|host
     auth sign --host=a,b,c --format=openssh --out=PATH
-    nodes add NAME HOST:PORT
+    nodes add NAME HOST:PORT [--labels k=v,...]
     nodes ls
     demo [--recording proxy|node] [--wait]
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="cluster name (default example.test)")
     s.add_argument("--web-port", type=int, default=0, help="HTTPS port (0 = free port)")
     s.add_argument("--ssh-port", type=int, default=0, help="SSH proxy port (0 = free port)")
+    s.add_argument("--auth-port", type=int, default=0, help="auth gRPC port (0 = free port)")
     s.add_argument("--server-version", default="17.0.0")
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     na = nodes.add_parser("add", parents=[dd], help="register a node")
     na.add_argument("name")
     na.add_argument("addr", metavar="HOST:PORT")
+    na.add_argument("--labels", default="", help="static labels, k=v,... (tsh ls shows them)")
     nodes.add_parser("ls", parents=[dd], help="list registered nodes")
 
     rec = sub.add_parser("recordings", help="session recordings (recording proxy mode)")
@@ -97,7 +99,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         parse_version(args.server_version)
     except ValueError as e:
         raise StateError(str(e)) from None
-    for port in (args.web_port, args.ssh_port):
+    for port in (args.web_port, args.ssh_port, args.auth_port):
         if not 0 <= port < 65536:
             raise StateError(f"invalid port {port}")
     state = ClusterState.init(args.data_dir, args.name)
@@ -117,7 +119,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     from ._server import serve
 
-    asyncio.run(serve(state, config, args.web_port, args.ssh_port))
+    asyncio.run(serve(state, config, args.web_port, args.ssh_port, args.auth_port))
     return 0
 
 
@@ -169,8 +171,22 @@ def _cmd_auth_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """``"env=prod,team=a"`` -> ``{"env": "prod", "team": "a"}``; StateError on a bad pair."""
+    labels = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise StateError(f"invalid label {pair!r}: expected key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 def _cmd_nodes_add(args: argparse.Namespace) -> int:
-    node = ClusterState.open(args.data_dir).add_node(args.name, args.addr)
+    labels = parse_labels(args.labels)
+    node = ClusterState.open(args.data_dir).add_node(args.name, args.addr, labels)
     print(f"node {node.name} registered at {node.addr}", file=sys.stderr)
     return 0
 

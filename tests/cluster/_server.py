@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from ._authgrpc import start_auth_server
 from ._ca import Authority
 from ._config import ServerConfig
 from ._sshproxy import start_ssh_proxy
@@ -22,7 +23,9 @@ __all__ = ["serve"]
 log = logging.getLogger("tests.cluster")
 
 
-async def serve(state: ClusterState, config: ServerConfig, web_port: int, ssh_port: int) -> None:
+async def serve(
+    state: ClusterState, config: ServerConfig, web_port: int, ssh_port: int, auth_port: int = 0
+) -> None:
     """Serve until a stop signal; prints one JSON readiness line on stdout when listening."""
     authority = Authority.load(state)
     cert_path, key_path = authority.https_identity(state.proxy_dir)
@@ -35,6 +38,8 @@ async def serve(state: ClusterState, config: ServerConfig, web_port: int, ssh_po
         )
         await site.start()
         web_bound = runner.addresses[0][1]
+        auth_server, auth_bound = await start_auth_server(state, authority, config, auth_port)
+        config.auth_addr = f"127.0.0.1:{auth_bound}"
         acceptor = await start_ssh_proxy(state, authority, config, ssh_port)
     except OSError as e:
         await runner.cleanup()
@@ -51,6 +56,7 @@ async def serve(state: ClusterState, config: ServerConfig, web_port: int, ssh_po
         "cluster": state.name,
         "web_addr": config.web_addr,
         "ssh_proxy_addr": config.ssh_proxy_addr,
+        "auth_addr": config.auth_addr,
         "tls_ca": str(authority.tls_ca_path),
         "data_dir": str(state.data_dir),
         "server_version": config.server_version,
@@ -68,4 +74,6 @@ async def serve(state: ClusterState, config: ServerConfig, web_port: int, ssh_po
         log.info("stopping")
         acceptor.close()
         await acceptor.wait_closed()
+        auth_server.close()
+        await auth_server.wait_closed()
         await runner.cleanup()

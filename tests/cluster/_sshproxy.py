@@ -29,6 +29,7 @@ from ._subsystem import (
     SubsystemError,
     parse_proxy_subsystem,
     proxysites_json,
+    resolve_local,
     route,
 )
 
@@ -190,6 +191,11 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.exit(1)
             return
         try:
+            if not self._request.host:  # proxy:@<cluster>: a raw stream to its auth server
+                host, port = resolve_local(self._request, self._proxy.state, self._proxy.config)
+                self._forwarder = PipeForwarder(self._chan, Node("auth", host, port))
+                self._task = asyncio.ensure_future(self._forwarder.run())
+                return
             node = route(self._request, self._proxy.state.name, self._proxy.state.nodes())
         except SubsystemError as e:
             # Routing errors come after the request was accepted, so that every

@@ -7,7 +7,7 @@ import inspect
 import tsh
 
 PUBLIC = [
-    "AccessDeniedError", "AgentError", "AsyncClient", "CertificateError", "Client",
+    "AccessDeniedError", "AgentError", "AsyncClient", "AuthAPIError", "CertificateError", "Client",
     "InvalidNameError", "LoginRequest", "LoginResult", "LogoutResult", "NotLoggedInError",
     "Password", "Profile", "ProfileError", "ProfilePaths", "ProfileStore", "ProxyConnection",
     "ProxyConnectionError", "ProxyError", "ProxyResponseError", "ProxyTLSError", "RunResult",
