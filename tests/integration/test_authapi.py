@@ -205,3 +205,26 @@ def test_an_unknown_cluster_gets_the_proxys_text(home: Path, tmp_path: Path) -> 
             call(home, lambda c: c.ping(), cluster="ghost.test")
     finally:
         ca.unlink()
+
+
+def test_login_trusts_every_cluster_the_auth_api_lists(root: Cluster, tmp_path: Path) -> None:
+    leaf = seed_leaf(root, tmp_path, "leaf-login.test", online=False, labels={})
+    home = tmp_path / "home"
+    r = tsh_login(root, home)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" not in r.stderr
+    store = ProfileStore(home)
+    profile = store.current()
+    assert profile is not None
+    assert profile.clusters[0] == "root.test" and "leaf-login.test" in profile.clusters
+    assert list(profile.clusters[1:]) == sorted(profile.clusters[1:])
+    paths = store.paths_for(profile)
+    assert paths.tls_ca("leaf-login.test").read_text() == leaf.tls_ca_pem.decode()
+    known = paths.known_hosts.read_text().splitlines()
+    host = profile.proxy_host
+    assert (f"@cert-authority {host},leaf-login.test,*.leaf-login.test "
+            f"{public_line(leaf.host_ca)} type=host") in known  # fmt: skip
+    assert any(line.startswith(f"@cert-authority {host},root.test,*.root.test ") for line in known)
+    env = dict(os.environ, TELEPORT_HOME=str(home))
+    config = subprocess.run([*tsh_argv(), "config"], capture_output=True, text=True, env=env)
+    assert config.returncode == 0 and "leaf-login.test" in config.stdout

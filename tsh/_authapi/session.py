@@ -1,0 +1,69 @@
+"""Auth API calls for a stored profile: open the proxy connection, the client, call, close.
+
+Also the step every login ends with (as real tsh's UpdateTrustedCA): one
+``GetCertAuthorities`` (host, no keys) on the root, whose answer holds the
+root's host CA and every leaf's, written to known_hosts and ``cas/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from .._exceptions import AuthAPIError
+
+if TYPE_CHECKING:
+    from .._core.profile import Profile
+    from .._store.store import ProfileStore
+    from .client import AuthClient
+
+__all__ = ["with_auth", "call_auth", "trust_cluster_cas"]
+
+T = TypeVar("T")
+
+
+async def with_auth(
+    store: ProfileStore,
+    profile: Profile,
+    fn: Callable[[AuthClient], Awaitable[T]],
+    cluster: str | None = None,
+    *,
+    agent_path: str | None = None,
+) -> T:
+    """``await fn(client)`` with an auth client for ``cluster`` (default the profile's).
+
+    Raises:
+        NotLoggedInError, SSHError: the proxy connection (see tsh._connect);
+        AuthAPIError: the auth API refused or could not be reached.
+    """
+    from .._connect import ProxyConnection
+    from .client import AuthClient
+
+    async with await ProxyConnection.open(profile, store, agent_path=agent_path) as pc:
+        async with AuthClient.for_profile(pc, store.paths_for(profile), cluster) as client:
+            return await fn(client)
+
+
+def call_auth(
+    store: ProfileStore,
+    profile: Profile,
+    fn: Callable[[AuthClient], Awaitable[T]],
+    cluster: str | None = None,
+) -> T:
+    """:func:`with_auth` from synchronous code (a thread without a running event loop)."""
+    return asyncio.run(with_auth(store, profile, fn, cluster))
+
+
+async def trust_cluster_cas(client: AuthClient, store: ProfileStore, profile: Profile) -> Profile:
+    """Fetch every host CA from the root's auth API and trust them; the saved profile.
+
+    Raises:
+        AuthAPIError: the call failed, or the answer lacks the root's own CA.
+    """
+    cas = await client.cert_authorities("host")
+    if profile.root_cluster not in {ca.cluster for ca in cas}:
+        raise AuthAPIError(
+            f"the auth server listed no host CA for {profile.root_cluster}", "INTERNAL"
+        )
+    return store.save_trusted_cas(profile, [(ca.cluster, ca.ssh_keys, ca.tls_certs) for ca in cas])
