@@ -337,7 +337,9 @@ class ProxyConnection:
         if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
             raise UsageError(f"invalid node port {port!r}")
         alias = node if node.lower().endswith("." + cluster.lower()) else f"{node}.{cluster}"
-        tunnel = _Tunnel(self._conn, subsystem_name(node, "" if port is None else str(port), cluster))
+        # No port: "0", as real tsh sends (net.JoinHostPort(host, "0")); the
+        # proxy then dials the node's registered port, whatever it is.
+        tunnel = _Tunnel(self._conn, subsystem_name(node, "0" if port is None else str(port), cluster))
         try:
             return await asyncssh.connect(
                 node, port or DEFAULT_NODE_PORT,
@@ -396,6 +398,22 @@ class ProxyConnection:
         from ._authapi.stream import subsystem_stream
 
         return await subsystem_stream(self._conn, f"proxy:@{validate_cluster_name(cluster)}")
+
+    async def read_subsystem(self, subsystem: str, limit: int = 1 << 20) -> bytes:
+        """The output of a subsystem that answers and exits (``proxysites``), at most ``limit`` bytes.
+
+        Raises:
+            SSHError: the proxy refused it or failed (its text).
+        """
+        try:
+            proc = await self._conn.create_process(subsystem=subsystem, encoding=None)
+            out, err = await asyncio.wait_for(proc.communicate(), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise SSHError(f"the proxy refused {subsystem}: {_reason(e)}") from None
+        if proc.exit_status not in (0, None) or len(out) > limit:
+            said = _one_line(bytes(err).decode("utf-8", "replace"))
+            raise SSHError(f"the proxy's {subsystem} failed: {said or proc.exit_status}")
+        return bytes(out)
 
     async def close(self) -> None:
         """Close the proxy connection (and with it every node connection on it)."""

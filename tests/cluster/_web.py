@@ -307,7 +307,7 @@ class WebAPI:
             raise ApiError(403, BAD_CREDENTIALS)
 
         route = req.get("routetocluster", "")
-        if route and route != self.state.name:
+        if route and route != self.state.name and route not in self._leaf_names():
             raise ApiError(404, f"remote cluster {json.dumps(route)} is not found")
 
         ttl_s = max(min(ttl_ns, user.max_ttl_ns) // NS_PER_S, 1)
@@ -332,6 +332,11 @@ class WebAPI:
                 ],
             }
         )
+
+    def _leaf_names(self) -> set[str]:
+        from . import _trust
+
+        return {rc.name for rc in _trust.remote_clusters(self.state)}
 
     def _request_keys(self, req: dict[str, Any]) -> _Keys:
         pub = req.get("pub_key", b"")

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, TypeVar
 from .._exceptions import AuthAPIError
 
 if TYPE_CHECKING:
+    from .._connect import ProxyConnection
+    from .._core.listing import ClusterRow
     from .._core.profile import Profile
     from .._store.store import ProfileStore
     from .client import AuthClient
 
-__all__ = ["with_auth", "call_auth", "trust_cluster_cas"]
+__all__ = ["with_auth", "with_proxy", "call_auth", "trust_cluster_cas", "cluster_rows", "parse_proxysites"]
 
 T = TypeVar("T")
 
@@ -67,3 +69,63 @@ async def trust_cluster_cas(client: AuthClient, store: ProfileStore, profile: Pr
             f"the auth server listed no host CA for {profile.root_cluster}", "INTERNAL"
         )
     return store.save_trusted_cas(profile, [(ca.cluster, ca.ssh_keys, ca.tls_certs) for ca in cas])
+
+
+async def with_proxy(
+    store: ProfileStore,
+    profile: Profile,
+    fn: Callable[[ProxyConnection], Awaitable[T]],
+    *,
+    agent_path: str | None = None,
+) -> T:
+    """``await fn(pc)`` on a new proxy connection for ``profile``, closed after."""
+    from .._connect import ProxyConnection
+
+    async with await ProxyConnection.open(profile, store, agent_path=agent_path) as pc:
+        return await fn(pc)
+
+
+async def cluster_rows(pc: ProxyConnection, store: ProfileStore) -> list[ClusterRow]:
+    """`tsh clusters`' rows: the root (always online), then the leaves the root lists.
+
+    Leaves come from ListRemoteClusters on the root; a root that answers
+    UNIMPLEMENTED (older than the presence service) is asked through the
+    proxy's ``proxysites`` subsystem instead, which has names and status only.
+    """
+    from .._core.listing import ClusterRow
+    from .client import AuthClient
+
+    profile = pc.profile
+    root = profile.root_cluster
+    try:
+        async with AuthClient.for_profile(pc, store.paths_for(profile), root) as client:
+            leaves = [(rc.name, rc.status, rc.labels) for rc in await client.remote_clusters()]
+    except AuthAPIError as e:
+        if e.status != "UNIMPLEMENTED":
+            raise
+        leaves = [(n, st, {}) for n, st in parse_proxysites(await pc.read_subsystem("proxysites"))
+                  if n != root]  # fmt: skip
+    rows = [ClusterRow(root, "online", "root", None, profile.cluster == root)]
+    rows += [ClusterRow(n, st, "leaf", labels, profile.cluster == n)
+             for n, st, labels in sorted(leaves) if n != root]  # fmt: skip
+    return rows
+
+
+def parse_proxysites(data: bytes) -> list[tuple[str, str]]:
+    """``proxysites``' JSON (``[{"name", "status", "lastconnected"}]``) as checked (name, status) pairs.
+
+    Raises:
+        AuthAPIError: not that JSON, or an unsafe cluster name.
+    """
+    import json
+
+    from .._core.names import validate_cluster_name
+    from .._exceptions import InvalidNameError
+
+    try:
+        sites = json.loads(data)
+        pairs = [(str(s["name"]), str(s.get("status", ""))) for s in sites]
+        return [(validate_cluster_name(n), st if st in ("online", "offline") else "offline")
+                for n, st in pairs]  # fmt: skip
+    except (ValueError, TypeError, KeyError, InvalidNameError):
+        raise AuthAPIError("the proxy's proxysites answer is malformed", "INTERNAL") from None

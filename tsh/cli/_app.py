@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import completion, config, login, logout, proxy, scp, ssh, status, version
+from . import clusters, completion, config, login, logout, ls, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -56,4 +56,6 @@ app.command(
     context_settings={"allow_interspersed_args": False},
 )(ssh.ssh)
 app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)
+app.command("clusters", help="List the root cluster and its leaf clusters.")(clusters.clusters)
+app.command("ls", help="List the nodes of the selected cluster.")(ls.ls)
 app.add_typer(proxy.app, name="proxy")
