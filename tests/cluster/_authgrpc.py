@@ -17,10 +17,12 @@ content-type, which clients report as UNKNOWN).
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import ipaddress
 import json
 import logging
+import os
 import ssl
 import time
 import uuid
@@ -173,6 +175,8 @@ class AuthService:
         self.state = state
         self.authority = authority
         self.config = config
+        self._nodes_cache: tuple[tuple[int, int, int] | None, list[Node]] | None = None
+        self._servers: dict[str, typespb.ServerV2] = {}  # node name -> its message, for that cache
 
     def __mapping__(self) -> dict[str, Handler]:
         a, t, p = "/proto.AuthService/", "/teleport.trust.v1.TrustService/", \
@@ -254,11 +258,26 @@ class AuthService:
         log.info("issued certificates to %s for cluster %s", name, route)
         return out
 
-    def _nodes(self, labels: dict[str, str], search: Iterable[str]) -> list[typespb.ServerV2]:
-        nodes = filter_nodes(self.state.nodes().values(), labels, search)
-        return [self._server(n) for n in sorted(nodes, key=lambda n: (n.name, n.addr))]
+    def _sorted_nodes(self) -> list[Node]:
+        """Every node sorted by name, re-read only when nodes.json changes (10,000-node listings)."""
+        try:
+            st = os.stat(self.state.data_dir / "nodes.json")
+            sig: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            sig = None
+        if self._nodes_cache is None or self._nodes_cache[0] != sig:
+            nodes = sorted(self.state.nodes().values(), key=lambda n: (n.name, n.addr))
+            self._nodes_cache = (sig, nodes)
+            self._servers = {}
+        return self._nodes_cache[1]
 
     def _server(self, node: Node) -> typespb.ServerV2:
+        built = self._servers.get(node.name)
+        if built is None:
+            built = self._servers[node.name] = self._build_server(node)
+        return built
+
+    def _build_server(self, node: Node) -> typespb.ServerV2:
         return typespb.ServerV2(
             Kind="node", SubKind="openssh", Version="v2",
             Metadata=typespb.Metadata(Name=node_uuid(self.state.name, node.name),
@@ -266,27 +285,29 @@ class AuthService:
             Spec=typespb.ServerSpecV2(Addr=node.addr, Hostname=node.name),
         )  # fmt: skip
 
-    def _page(self, servers: list[typespb.ServerV2], start: str, limit: int
-              ) -> tuple[list[authpb.PaginatedResource], str]:
+    def _page(self, labels: dict[str, str], search: Iterable[str], start: str, limit: int
+              ) -> tuple[list[authpb.PaginatedResource], str, int]:
+        """One page of the matching nodes from ``start`` (a name), the next key, the total."""
         if limit < 0:
             raise GRPCError(Status.INVALID_ARGUMENT, "nonpositive parameter limit")
         limit = min(limit or MAX_PAGE, MAX_PAGE)
-        names = [s.Spec.Hostname for s in servers]
-        begin = 0
-        if start:
-            begin = next((i for i, n in enumerate(names) if n >= start), len(names))
-        page = servers[begin : begin + limit]
-        following = servers[begin + limit : begin + limit + 1]
-        nxt = following[0].Spec.Hostname if following else ""
-        return [authpb.PaginatedResource(Node=s) for s in page], nxt
+        nodes = self._sorted_nodes()
+        if labels or search:
+            nodes = filter_nodes(nodes, labels, search)
+        begin = bisect.bisect_left([n.name for n in nodes], start) if start else 0
+        page = nodes[begin : begin + limit]
+        following = nodes[begin + limit : begin + limit + 1]
+        nxt = following[0].name if following else ""
+        return [authpb.PaginatedResource(Node=self._server(n)) for n in page], nxt, len(nodes)
 
     async def list_unified(
         self, stream: Stream[Any, Any], req: authpb.ListUnifiedResourcesRequest
     ) -> authpb.ListUnifiedResourcesResponse:
         self._user(stream)
         kinds = list(req.Kinds)
-        servers = self._nodes(dict(req.Labels), req.SearchKeywords) if (not kinds or "node" in kinds) else []
-        page, nxt = self._page(servers, req.StartKey, req.Limit)
+        if kinds and "node" not in kinds:
+            return authpb.ListUnifiedResourcesResponse()
+        page, nxt, _ = self._page(dict(req.Labels), req.SearchKeywords, req.StartKey, req.Limit)
         return authpb.ListUnifiedResourcesResponse(Resources=page, NextKey=nxt)
 
     async def list_resources(
@@ -298,10 +319,9 @@ class AuthService:
                             f"resource type {json.dumps(req.ResourceType)} is not supported")
         if req.Limit <= 0:
             raise GRPCError(Status.INVALID_ARGUMENT, "nonpositive parameter limit")
-        servers = self._nodes(dict(req.Labels), req.SearchKeywords)
-        page, nxt = self._page(servers, req.StartKey, req.Limit)
+        page, nxt, total = self._page(dict(req.Labels), req.SearchKeywords, req.StartKey, req.Limit)
         return authpb.ListResourcesResponse(Resources=page, NextKey=nxt,
-                                            TotalCount=len(servers) if req.NeedTotalCount else 0)
+                                            TotalCount=total if req.NeedTotalCount else 0)
 
     # -- TrustService
     async def cert_authorities(

@@ -56,6 +56,8 @@ class NodeRow(NamedTuple):
 
 def _printable(text: str) -> str:
     """A server's string as the terminal gets it: control characters become ``?``."""
+    if text.isprintable():  # the common case, at C speed (10,000-node tables)
+        return text
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
