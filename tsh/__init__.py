@@ -43,6 +43,8 @@ _LAZY = {
     "ProxyConnection": "._connect",
     "RunResult": "._connect",
     "Profile": "._core.profile",
+    "ClusterInfo": "._core.listing",
+    "NodeInfo": "._core.listing",
     "ProfilePaths": "._store.layout",
     "ProfileStore": "._store.store",
     "LoginRequest": "._auth.login",

@@ -166,3 +166,17 @@ def test_not_logged_in_is_one_line(root: Cluster) -> None:
     for cmd in (["ls"], ["clusters"]):
         r = tsh(*cmd, env=env)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:"), r.stderr
+
+
+def test_python_api_lists_clusters_and_nodes(env: dict[str, str]) -> None:
+    import tsh
+
+    with tsh.Client(home=env["TELEPORT_HOME"]) as client:
+        clusters = client.clusters()
+        assert [c.name for c in clusters] == ["root.test", "leaf-a.test", "leaf-b.test"]
+        assert clusters[0] == tsh.ClusterInfo("root.test", "online", "root", None, True)
+        assert clusters[1].labels == {"env": "prod", "team": "x"}
+        nodes = client.nodes({"env": "prod"})
+        assert [(n.hostname, n.addr) for n in nodes] == [("web1", "127.0.0.1:2201")]
+        assert isinstance(nodes[0], tsh.NodeInfo)
+        assert [n.hostname for n in client.nodes(search=["web"])] == ["web1", "web2"]

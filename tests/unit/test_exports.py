@@ -8,6 +8,7 @@ import tsh
 
 PUBLIC = [
     "AccessDeniedError", "AgentError", "AsyncClient", "AuthAPIError", "CertificateError", "Client",
+    "ClusterInfo", "NodeInfo",
     "InvalidNameError", "LoginRequest", "LoginResult", "LogoutResult", "NotLoggedInError",
     "Password", "Profile", "ProfileError", "ProfilePaths", "ProfileStore", "ProxyConnection",
     "ProxyConnectionError", "ProxyError", "ProxyResponseError", "ProxyTLSError", "RunResult",

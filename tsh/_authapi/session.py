@@ -15,7 +15,7 @@ from .._exceptions import AuthAPIError
 
 if TYPE_CHECKING:
     from .._connect import ProxyConnection
-    from .._core.listing import ClusterRow
+    from .._core.listing import ClusterInfo
     from .._core.profile import Profile
     from .._store.store import ProfileStore
     from .client import AuthClient
@@ -85,14 +85,14 @@ async def with_proxy(
         return await fn(pc)
 
 
-async def cluster_rows(pc: ProxyConnection, store: ProfileStore) -> list[ClusterRow]:
+async def cluster_rows(pc: ProxyConnection, store: ProfileStore) -> list[ClusterInfo]:
     """`tsh clusters`' rows: the root (always online), then the leaves the root lists.
 
     Leaves come from ListRemoteClusters on the root; a root that answers
     UNIMPLEMENTED (older than the presence service) is asked through the
     proxy's ``proxysites`` subsystem instead, which has names and status only.
     """
-    from .._core.listing import ClusterRow
+    from .._core.listing import ClusterInfo
     from .client import AuthClient
 
     profile = pc.profile
@@ -105,8 +105,8 @@ async def cluster_rows(pc: ProxyConnection, store: ProfileStore) -> list[Cluster
             raise
         leaves = [(n, st, {}) for n, st in parse_proxysites(await pc.read_subsystem("proxysites"))
                   if n != root]  # fmt: skip
-    rows = [ClusterRow(root, "online", "root", None, profile.cluster == root)]
-    rows += [ClusterRow(n, st, "leaf", labels, profile.cluster == n)
+    rows = [ClusterInfo(root, "online", "root", None, profile.cluster == root)]
+    rows += [ClusterInfo(n, st, "leaf", labels, profile.cluster == n)
              for n, st, labels in sorted(leaves) if n != root]  # fmt: skip
     return rows
 

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 from .status import render_json, render_yaml
 
 __all__ = [
-    "ClusterRow",
-    "NodeRow",
+    "ClusterInfo",
+    "NodeInfo",
     "render_table",
     "format_labels",
     "sorted_labels",
@@ -33,8 +33,13 @@ EMPTY_NODES_FOOTER = (
 TUNNEL_ADDR = "⟵ Tunnel"
 
 
-class ClusterRow(NamedTuple):
-    """One line of `tsh clusters`."""
+class ClusterInfo(NamedTuple):
+    """A cluster as `tsh clusters` shows it: the root, or a leaf the root lists.
+
+    ``status`` is ``"online"`` or ``"offline"`` (the root is always online);
+    ``cluster_type`` ``"root"`` or ``"leaf"``; ``labels`` None for the root;
+    ``selected`` whether it is the profile's cluster.
+    """
 
     name: str
     status: str
@@ -43,8 +48,13 @@ class ClusterRow(NamedTuple):
     selected: bool
 
 
-class NodeRow(NamedTuple):
-    """One line of `tsh ls` (a node as the auth API lists it)."""
+class NodeInfo(NamedTuple):
+    """A node as `tsh ls` shows it: ``id`` (its UUID), ``hostname``, ``addr``, ``labels``.
+
+    ``labels`` holds static and command labels; ``tunnel`` is true for a node
+    reached over a reverse tunnel; ``sub_kind`` is ``"openssh"`` for agentless
+    OpenSSH nodes.
+    """
 
     id: str
     hostname: str
@@ -92,7 +102,7 @@ def sorted_labels(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={labels[k]}" for k in sorted(labels, key=lambda k: (group(k), k)))
 
 
-def render_clusters(rows: Sequence[ClusterRow], fmt: str = "text", quiet: bool = False) -> str:
+def render_clusters(rows: Sequence[ClusterInfo], fmt: str = "text", quiet: bool = False) -> str:
     """`tsh clusters` in ``fmt`` (text, json, yaml); ``quiet``: headless, no Selected column."""
     if fmt in ("json", "yaml"):
         data: list[dict[str, Any]] = [
@@ -116,7 +126,7 @@ def render_clusters(rows: Sequence[ClusterRow], fmt: str = "text", quiet: bool =
     return render_table(headers, table)
 
 
-def _node_data(node: NodeRow) -> dict[str, Any]:
+def _node_data(node: NodeInfo) -> dict[str, Any]:
     """A node as real tsh's JSON/YAML shows a types.Server (the fields we know)."""
     return {
         "kind": "node",
@@ -131,7 +141,7 @@ def _node_data(node: NodeRow) -> dict[str, Any]:
     }
 
 
-def render_nodes(nodes: Sequence[NodeRow], fmt: str = "text", verbose: bool = False) -> str:
+def render_nodes(nodes: Sequence[NodeInfo], fmt: str = "text", verbose: bool = False) -> str:
     """`tsh ls` in ``fmt`` (text, json, yaml, names), sorted by hostname."""
     ordered = sorted(nodes, key=lambda n: (n.hostname, n.id))
     if fmt == "names":

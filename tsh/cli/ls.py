@@ -58,7 +58,7 @@ def ls(
     import os
 
     from .._authapi.session import with_auth
-    from .._core.listing import EMPTY_NODES_FOOTER, NodeRow, render_nodes
+    from .._core.listing import EMPTY_NODES_FOOTER, NodeInfo, render_nodes
     from .._store.store import ProfileStore
 
     fmt = check_format(format, _FORMATS)
@@ -68,7 +68,7 @@ def ls(
     profile = store.select(None)
     target = cluster or os.environ.get("TELEPORT_CLUSTER") or profile.cluster
     nodes = asyncio.run(with_auth(store, profile, lambda c: c.list_nodes(wanted, words), target))
-    rows = [NodeRow(n.id, n.hostname, n.addr, n.labels, n.tunnel, n.sub_kind) for n in nodes]
+    rows = [NodeInfo(n.id, n.hostname, n.addr, n.labels, n.tunnel, n.sub_kind) for n in nodes]
     sys.stdout.write(render_nodes(rows, fmt, verbose=verbose))
     if not rows and fmt == "text":
         print(EMPTY_NODES_FOOTER, file=sys.stderr)
