@@ -2,7 +2,7 @@
 
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
-          [--proxy-checks-host-keys yes|no] [--auth-port N]
+          [--proxy-checks-host-keys yes|no] [--auth-port N] [--auth-unimplemented M,...]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--web-port", type=int, default=0, help="HTTPS port (0 = free port)")
     s.add_argument("--ssh-port", type=int, default=0, help="SSH proxy port (0 = free port)")
     s.add_argument("--auth-port", type=int, default=0, help="auth gRPC port (0 = free port)")
+    s.add_argument(
+        "--auth-unimplemented", default="", metavar="METHOD,...",
+        help="auth gRPC methods to answer UNIMPLEMENTED, as an older Teleport (e.g. ListRemoteClusters)",
+    )
     s.add_argument("--server-version", default="17.0.0")
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
@@ -111,6 +115,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
         public_addr=args.public_addr,
         ssh_public_addr=args.ssh_public_addr,
+        auth_unimplemented=tuple(m.strip() for m in args.auth_unimplemented.split(",") if m.strip()),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -181,7 +181,7 @@ class AuthService:
     def __mapping__(self) -> dict[str, Handler]:
         a, t, p = "/proto.AuthService/", "/teleport.trust.v1.TrustService/", \
             "/teleport.presence.v1.PresenceService/"
-        return {
+        table = {
             a + "Ping": _unary(self.ping, authpb.PingRequest, authpb.PingResponse),
             a + "GenerateUserCerts": _unary(self.generate_user_certs, authpb.UserCertsRequest,
                                             authpb.Certs),
@@ -196,6 +196,8 @@ class AuthService:
                                              presencepb.ListRemoteClustersRequest,
                                              presencepb.ListRemoteClustersResponse),
         }
+        return {path: h for path, h in table.items()
+                if path.rsplit("/", 1)[1] not in self.config.auth_unimplemented}
 
     # -- identity
     def _user(self, stream: Stream[Any, Any]) -> tuple[User | None, str, float]:

@@ -180,3 +180,34 @@ def test_python_api_lists_clusters_and_nodes(env: dict[str, str]) -> None:
         assert [(n.hostname, n.addr) for n in nodes] == [("web1", "127.0.0.1:2201")]
         assert isinstance(nodes[0], tsh.NodeInfo)
         assert [n.hostname for n in client.nodes(search=["web"])] == ["web1", "web2"]
+
+
+@pytest.fixture(scope="module")
+def old_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A v16 root without the presence service and ListUnifiedResources (older servers)."""
+    work = tmp_path_factory.mktemp("old-root")
+    c = launch_cluster(work / "data", name="old.test", server_version="16.4.0",
+                       extra_args=("--auth-unimplemented", "ListRemoteClusters,ListUnifiedResources"))
+    c.add_user("alice", ["root"])
+    seed_leaf(c, work, "leaf-old.test", online=True, labels={"env": "prod"})
+    c.admin("nodes", "add", "web1", "127.0.0.1:2201", "--labels", "env=prod")
+    yield c
+    c.stop()
+
+
+def test_older_servers_fall_back_and_v16_keys_reissue(old_root: Cluster) -> None:
+    env = env_for(old_root)
+    assert login(old_root, "alice", env).returncode == 0
+    clusters = tsh("clusters", "-f", "json", env=env)
+    assert clusters.returncode == 0, clusters.stderr
+    # proxysites: the names, no labels (this test cluster's proxysites lists only itself)
+    assert [c["cluster_name"] for c in json.loads(clusters.stdout)] == ["old.test"]
+    listed = tsh("ls", "-f", "names", env=env)  # ListResources instead
+    assert listed.returncode == 0 and listed.stdout == "web1\n", listed.stderr
+    r = tsh("login", "leaf-old.test", env=env)  # v16: PublicKey (field 1), the one RSA key
+    assert r.returncode == 0, r.stderr
+    store = ProfileStore(env["TELEPORT_HOME"])
+    profile = store.current()
+    assert profile is not None and profile.cluster == "leaf-old.test"
+    cert = load_ssh_public_identity(store.paths_for(profile).ssh_cert("leaf-old.test").read_bytes())
+    assert cert.extensions[b"teleport-route-to-cluster"] == b"leaf-old.test"
