@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Generator
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._asyncssh import asyncssh
 from ._core.addr import DEFAULT_NODE_PORT, SSH_PROXY_PORT, split_host_port
@@ -42,6 +42,9 @@ from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, Usa
 from ._openssh.hop import clean_target_host, subsystem_name
 from ._store.layout import ProfilePaths
 from ._store.store import ProfileStore
+
+if TYPE_CHECKING:
+    from ._authapi.stream import AuthStream
 
 __all__ = ["NodeConnect", "ProxyConnection", "RunResult", "run_command"]
 
@@ -387,10 +390,10 @@ class ProxyConnection:
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
             return await run_command(conn, host, command, input)
 
-    async def dial_auth(self, cluster: str) -> Any:
+    async def dial_auth(self, cluster: str) -> AuthStream:
         """A byte stream to ``cluster``'s auth server: the ``proxy:@<cluster>`` subsystem.
 
-        A tsh._authapi.stream.AuthStream; tsh._authapi's client runs TLS and gRPC on it.
+        tsh._authapi's client runs TLS and gRPC on it (the AuthDialer seam).
 
         Raises:
             SSHError: the proxy refused the subsystem (its text).

@@ -8,7 +8,6 @@ as the trusted-cluster join writes it (issue #14's contract).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_identit
 from tests.cluster._ca import Authority, public_line
 from tests.cluster._state import ClusterState
 from tests.cluster.launch import Cluster, launch_cluster
+from tests.integration._leaves import seed_leaf
 from tests.integration._tsh import PASSWORD, tsh_argv
 from tsh._authapi._pb import authservice_pb2 as authpb
 from tsh._authapi.client import AuthClient
@@ -30,23 +30,6 @@ from tsh._exceptions import AuthAPIError
 from tsh._store.store import ProfileStore
 
 pytestmark = pytest.mark.integration
-
-
-def seed_leaf(root: Cluster, workdir: Path, name: str, *, online: bool, labels: dict[str, str]
-              ) -> Authority:
-    """A leaf's CAs (made in its own data dir) recorded at the root as a joined leaf."""
-    leaf = Authority.load(ClusterState.init(workdir / name, name))
-    path = root.data_dir / "remote_clusters.json"
-    data = json.loads(path.read_text()) if path.exists() else {"clusters": {}}
-    beat = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z") if online else None
-    data["clusters"][name] = {
-        "labels": labels,
-        "host_ca": {"ssh": [public_line(leaf.host_ca)], "tls": [leaf.tls_ca_pem.decode()]},
-        "role_map": [{"remote": "access", "local": ["access"]}],
-        "last_heartbeat": beat,
-    }
-    path.write_text(json.dumps(data))
-    return leaf
 
 
 def tsh_login(cluster: Cluster, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:

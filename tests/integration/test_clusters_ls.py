@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 
 from tests.cluster.launch import Cluster, launch_cluster
+from tests.integration._leaves import seed_leaf
 from tests.integration._tsh import env_for, login
 from tests.integration._tsh import run_tsh as tsh
-from tests.integration.test_authapi import seed_leaf
 from tsh._store.store import ProfileStore
 
 pytestmark = pytest.mark.integration

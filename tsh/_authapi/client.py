@@ -23,7 +23,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from .._core.knownhosts import parse_ca_key
 from .._core.names import validate_cluster_name
-from .._exceptions import AuthAPIError, NotLoggedInError, TshError
+from .._exceptions import AuthAPIError, InvalidNameError, NotLoggedInError, TshError
 from ._pb import authservice_pb2 as authpb
 from ._pb import presence_service_pb2 as presencepb
 from ._pb import trust_service_pb2 as trustpb
@@ -348,8 +348,6 @@ def _malformed(what: str) -> AuthAPIError:
 
 
 def _parse_ca(ca: typespb.CertAuthorityV2) -> CertAuthority:
-    from .._exceptions import InvalidNameError
-
     try:
         cluster = validate_cluster_name(ca.Spec.ClusterName)
     except InvalidNameError:
@@ -379,8 +377,6 @@ def _check_pem(data: bytes, cluster: str) -> str:
 
 
 def _parse_remote(rc: typespb.RemoteClusterV3) -> RemoteCluster:
-    from .._exceptions import InvalidNameError
-
     try:
         name = validate_cluster_name(rc.Metadata.Name)
     except InvalidNameError:

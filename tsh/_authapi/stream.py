@@ -52,6 +52,8 @@ class _Bridge(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.pending: list[bytes] = []
         self.stderr = bytearray()
         self.closed = asyncio.Event()
+        self.can_write = asyncio.Event()  # the channel's window is open (asyncssh's flow control)
+        self.can_write.set()
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
@@ -63,6 +65,23 @@ class _Bridge(asyncssh.SSHClientSession):  # type: ignore[type-arg]
             self.pending.append(data)
         else:
             self.writer.write(data)
+            if self.chan is not None and self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                self.chan.pause_reading()  # the TLS side reads slower than the proxy sends
+                asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        assert self.writer is not None and self.chan is not None
+        try:
+            await self.writer.drain()
+        except OSError:
+            return
+        self.chan.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
 
     def eof_received(self) -> bool:
         if self.writer is not None and self.writer.can_write_eof():
@@ -71,6 +90,7 @@ class _Bridge(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
+        self.can_write.set()
         if self.writer is not None:
             self.writer.close()
 
@@ -132,8 +152,7 @@ async def _pump(
     try:
         while data := await reader.read(65536):
             chan.write(data)
-            if chan.get_write_buffer_size() > _HIGH_WATER:
-                await asyncio.sleep(0)  # asyncssh's window flow control bounds the rest
+            await bridge.can_write.wait()
         chan.write_eof()
     except (OSError, asyncssh.Error):
         pass
