@@ -152,7 +152,9 @@ def login(
     ``trust_leaves``: after saving, ask the root's auth API for every
     cluster's host CA (leaves included) and trust them, as real tsh does; a
     failure there is a warning, the login stands. Default: on, unless a web
-    ``transport`` is given (a test double: the auth API goes over SSH).
+    ``transport`` is given (a test double: the auth API goes over SSH). Never
+    for ``-k only``: its TLS key is kept nowhere, and the auth API's mutual
+    TLS needs it (such a profile covers the root cluster only).
 
     Raises:
         UsageError, ProxyError (and subclasses), CertificateError, ProfileError:
@@ -222,7 +224,8 @@ def login(
     warnings: list[TshWarning] = []
     _save(store, profile, keys, response, request.agent_mode, environ, warnings, now)
     if trust_leaves if trust_leaves is not None else transport is None:
-        profile = _trust_leaves(store, profile, warnings)
+        if profile.key_storage != "agent":  # -k only keeps no TLS key to call the auth API with
+            profile = _trust_leaves(store, profile, warnings)
     return LoginResult(profile, warnings)
 
 
