@@ -155,3 +155,61 @@ def test_resolve_local_pipes_an_empty_host_to_the_auth_server(tmp_path) -> None:
     )
     with pytest.raises(SubsystemError, match='unknown cluster "leaf"'):
         resolve_local(parse_proxy_subsystem("proxy:@leaf"), state, config)
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+def test_an_auth_stream_that_ends_reports_what_the_proxy_said(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import socket
+
+    from tsh._authapi.stream import AuthStream
+
+    cert, key = _self_signed(tmp_path)
+
+    async def main() -> None:
+        peers: list[socket.socket] = []
+
+        async def dialer(cluster: str) -> AuthStream:
+            ours, theirs = socket.socketpair()
+            theirs.close()  # the proxy hung up: its auth dial failed
+            peers.append(ours)
+
+            async def aclose() -> None:
+                return None
+
+            return AuthStream(ours, lambda: "failed connecting to the auth server: connection refused",
+                              aclose)  # fmt: skip
+
+        client = authclient.AuthClient.open(dialer, "leaf", "root", cert, key, cert)
+        try:
+            with pytest.raises(AuthAPIError) as err:
+                await client.ping()
+        finally:
+            await client.close()
+        assert err.value.status == "UNAVAILABLE"
+        assert str(err.value) == ("cannot reach the auth server of cluster leaf: "
+                                  "failed connecting to the auth server: connection refused")  # fmt: skip
+
+    asyncio.run(main())
