@@ -38,7 +38,14 @@ import sys
 from importlib.util import find_spec
 
 REQUIREMENTS = {requirements!r}
-missing = [spec for name, spec in REQUIREMENTS.items() if find_spec(name) is None]
+def _found(name):
+    try:
+        return find_spec(name) is not None
+    except ModuleNotFoundError:  # "google.protobuf" without "google"
+        return False
+
+
+missing = [spec for name, spec in REQUIREMENTS.items() if not _found(name)]
 if missing:
     sys.exit("error: tsh.pyz needs tsh's runtime dependencies in this Python: "
              "pip install " + " ".join(missing))
@@ -52,11 +59,13 @@ sys.exit(main())
 def runtime_requirements() -> dict[str, str]:
     """pyproject.toml's dependencies (shell-quoted), by the module each one installs."""
     specs = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    # Each one's import name is its distribution name (else the zipapp test fails).
-    return {
-        re.match(r"[A-Za-z0-9_.-]+", spec)[0].lower().replace("-", "_"): shlex.quote(spec)
-        for spec in specs
-    }
+    # Each one's import name is its distribution name, or listed here (else the zipapp test fails).
+    names = {"protobuf": "google.protobuf"}
+    out = {}
+    for spec in specs:
+        dist = re.match(r"[A-Za-z0-9_.-]+", spec)[0].lower().replace("-", "_")
+        out[names.get(dist, dist)] = shlex.quote(spec)
+    return out
 
 
 def build(output: Path, interpreter: str = "/usr/bin/env python3") -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._exceptions import (
     AccessDeniedError,
     AgentError,
+    AuthAPIError,
     CertificateError,
     InvalidNameError,
     NotLoggedInError,
@@ -44,6 +45,8 @@ _LAZY = {
     "ProxyConnection": "._connect",
     "RunResult": "._connect",
     "Profile": "._core.profile",
+    "ClusterInfo": "._core.listing",
+    "NodeInfo": "._core.listing",
     "ProfilePaths": "._store.layout",
     "ProfileStore": "._store.store",
     "LoginRequest": "._auth.login",
@@ -73,6 +76,7 @@ __all__ = [
     "CertificateError",
     "AgentError",
     "SSHError",
+    "AuthAPIError",
 ]
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._auth.login import LoginResult
     from ._auth.logout import LogoutResult
     from ._connect import NodeConnect, ProxyConnection, RunResult
+    from ._core.listing import ClusterInfo, NodeInfo
     from ._core.profile import Profile
     from ._store.store import ProfileStore
     from ._types import AgentMode, ProxyCommandForm
@@ -322,6 +323,41 @@ class AsyncClient:
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
             return await run_command(conn, host, command, input)
 
+    # -- the auth API -----------------------------------------------------------
+
+    async def clusters(self) -> list[ClusterInfo]:
+        """The root cluster and the leaves its auth API lists (what `tsh clusters` shows).
+
+        Raises:
+            NotLoggedInError, SSHError: the proxy connection;
+            AuthAPIError: the auth API refused or could not be reached.
+        """
+        from ._authapi.session import cluster_rows
+
+        return await cluster_rows(await self._proxy_connection(), self.store)
+
+    async def nodes(
+        self,
+        labels: Mapping[str, str] | None = None,
+        search: Sequence[str] = (),
+        *,
+        cluster: str | None = None,
+    ) -> list[NodeInfo]:
+        """The nodes of ``cluster`` (default the profile's) you may see, as `tsh ls` lists them.
+
+        Only nodes with every label in ``labels`` and every word of ``search``.
+
+        Raises:
+            as :meth:`clusters`.
+        """
+        from ._authapi.client import AuthClient
+        from ._core.listing import NodeInfo
+
+        pc = await self._proxy_connection()
+        async with AuthClient.for_profile(pc, self.store.paths_for(pc.profile), cluster) as client:
+            found = await client.list_nodes(dict(labels or {}), list(search))
+        return sorted((NodeInfo(*n) for n in found), key=lambda n: (n.hostname, n.id))
+
     async def aclose(self) -> None:
         """Close the proxy connection (and every node connection on it)."""
         await self._drop_proxy_connection()
@@ -413,6 +449,20 @@ class Client:
     def run(self, host: str, command: str, *, login: str, **kwargs: Any) -> RunResult:
         """Run ``command`` on ``host`` through the proxy: ``(exit_status, stdout, stderr)``."""
         return self._run(lambda: self._async.run(host, command, login=login, **kwargs))
+
+    def clusters(self) -> list[ClusterInfo]:
+        """The root cluster and its leaves; see :meth:`AsyncClient.clusters`."""
+        return self._run(lambda: self._async.clusters())
+
+    def nodes(
+        self,
+        labels: Mapping[str, str] | None = None,
+        search: Sequence[str] = (),
+        *,
+        cluster: str | None = None,
+    ) -> list[NodeInfo]:
+        """The nodes you may see; see :meth:`AsyncClient.nodes`."""
+        return self._run(lambda: self._async.nodes(labels, search, cluster=cluster))
 
     def close(self) -> None:
         """Close the proxy connection and the client's event loop."""

@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Generator
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._asyncssh import asyncssh
 from ._core.addr import DEFAULT_NODE_PORT, SSH_PROXY_PORT, split_host_port
@@ -42,6 +42,9 @@ from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, Usa
 from ._openssh.hop import clean_target_host, subsystem_name
 from ._store.layout import ProfilePaths
 from ._store.store import ProfileStore
+
+if TYPE_CHECKING:
+    from ._authapi.stream import AuthStream
 
 __all__ = ["NodeConnect", "ProxyConnection", "RunResult", "run_command"]
 
@@ -337,7 +340,9 @@ class ProxyConnection:
         if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
             raise UsageError(f"invalid node port {port!r}")
         alias = node if node.lower().endswith("." + cluster.lower()) else f"{node}.{cluster}"
-        tunnel = _Tunnel(self._conn, subsystem_name(node, "" if port is None else str(port), cluster))
+        # No port: "0", as real tsh sends (net.JoinHostPort(host, "0")); the
+        # proxy then dials the node's registered port, whatever it is.
+        tunnel = _Tunnel(self._conn, subsystem_name(node, "0" if port is None else str(port), cluster))
         try:
             return await asyncssh.connect(
                 node, port or DEFAULT_NODE_PORT,
@@ -384,6 +389,34 @@ class ProxyConnection:
         """
         async with self.connect(host, login=login, port=port, cluster=cluster) as conn:
             return await run_command(conn, host, command, input)
+
+    async def dial_auth(self, cluster: str) -> AuthStream:
+        """A byte stream to ``cluster``'s auth server: the ``proxy:@<cluster>`` subsystem.
+
+        tsh._authapi's client runs TLS and gRPC on it (the AuthDialer seam).
+
+        Raises:
+            SSHError: the proxy refused the subsystem (its text).
+        """
+        from ._authapi.stream import subsystem_stream
+
+        return await subsystem_stream(self._conn, f"proxy:@{validate_cluster_name(cluster)}")
+
+    async def read_subsystem(self, subsystem: str, limit: int = 1 << 20) -> bytes:
+        """The output of a subsystem that answers and exits (``proxysites``), at most ``limit`` bytes.
+
+        Raises:
+            SSHError: the proxy refused it or failed (its text).
+        """
+        try:
+            proc = await self._conn.create_process(subsystem=subsystem, encoding=None)
+            out, err = await asyncio.wait_for(proc.communicate(), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise SSHError(f"the proxy refused {subsystem}: {_reason(e)}") from None
+        if proc.exit_status not in (0, None) or len(out) > limit:
+            said = _one_line(bytes(err).decode("utf-8", "replace"))
+            raise SSHError(f"the proxy's {subsystem} failed: {said or proc.exit_status}")
+        return bytes(out)
 
     async def close(self) -> None:
         """Close the proxy connection (and with it every node connection on it)."""

@@ -19,7 +19,9 @@ layer prints ``error: <message>`` on stderr and exits with ``exit_code``.
     │                           refused, its answer was not valid, or no answer came)
     ├── CertificateError        a certificate failed the client's own checks
     ├── AgentError              the ssh-agent could not be used
-    └── SSHError                the SSH proxy refused or dropped a connection
+    ├── SSHError                the SSH proxy refused or dropped a connection
+    └── AuthAPIError            a cluster's auth API (gRPC, through the proxy)
+                                refused a call or could not be reached
 
 Warnings are not errors: an operation that succeeded returns them as
 :class:`TshWarning` values, each with a stable ``code`` a program can test
@@ -48,6 +50,7 @@ __all__ = [
     "CertificateError",
     "AgentError",
     "SSHError",
+    "AuthAPIError",
 ]
 
 
@@ -145,3 +148,16 @@ class TshWarning(namedtuple("_TshWarningFields", ["code", "message"])):
 
     def __str__(self) -> str:
         return self.message
+
+
+class AuthAPIError(TshError):
+    """A cluster's auth API refused a call, or could not be reached or trusted.
+
+    ``status`` is the gRPC status name the auth server answered with
+    (``"UNIMPLEMENTED"``, ``"NOT_FOUND"``, ``"PERMISSION_DENIED"``, ...), or
+    ``"UNAVAILABLE"`` when no answer came.
+    """
+
+    def __init__(self, message: str, status: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.status = status

@@ -4,6 +4,7 @@
           [--second-factor off|otp] [--recording node|proxy|off]
           [--proxy-checks-host-keys yes|no] [--tunnel-port N] [--offline-threshold D]
           [--auth local|oidc|saml|github] [--connector-name NAME] [--oidc-issuer URL]
+          [--auth-port N] [--auth-unimplemented M,...]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -11,7 +12,7 @@
     auth sign --host=a,b,c --format=openssh --out=PATH
     auth rotate --type=user|host|all [--grace-period=D] [--manual] [--phase=P]
     status                                    (each CA's rotation, as tctl status)
-    nodes add NAME HOST:PORT
+    nodes add NAME HOST:PORT [--labels k=v,...]
     tokens add --type=trusted_cluster [--labels k=v,...]      (root; prints the token)
     trusted-clusters add --root-proxy=HOST:PORT --root-ca=PEM --token=T --role-map=R:L[,...]
                          [--tunnel-addr HOST:PORT]            (leaf)
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="cluster name (default example.test)")
     s.add_argument("--web-port", type=int, default=0, help="HTTPS port (0 = free port)")
     s.add_argument("--ssh-port", type=int, default=0, help="SSH proxy port (0 = free port)")
+    s.add_argument("--auth-port", type=int, default=0, help="auth gRPC port (0 = free port)")
+    s.add_argument(
+        "--auth-unimplemented", default="", metavar="METHOD,...",
+        help="auth gRPC methods to answer UNIMPLEMENTED, as an older Teleport (e.g. ListRemoteClusters)",
+    )
     s.add_argument("--server-version", default="17.0.0")
     s.add_argument("--second-factor", choices=SECOND_FACTORS, default="off")
     s.add_argument("--recording", choices=RECORDING_MODES, default="node")
@@ -116,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     na = nodes.add_parser("add", parents=[dd], help="register a node")
     na.add_argument("name")
     na.add_argument("addr", metavar="HOST:PORT")
+    na.add_argument("--labels", default="", help="static labels, k=v,... (tsh ls shows them)")
     nodes.add_parser("ls", parents=[dd], help="list registered nodes")
 
     tokens = sub.add_parser("tokens", help="join tokens").add_subparsers(dest="action", required=True)
@@ -168,7 +175,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         offline_s = parse_duration(args.offline_threshold) / NS_PER_S
     except ValueError as e:
         raise StateError(str(e)) from None
-    for port in (args.web_port, args.ssh_port, args.tunnel_port):
+    for port in (args.web_port, args.ssh_port, args.tunnel_port, args.auth_port):
         if not 0 <= port < 65536:
             raise StateError(f"invalid port {port}")
     state = ClusterState.init(args.data_dir, args.name)
@@ -184,6 +191,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         auth=args.auth,
         connector_name=args.connector_name,
         oidc_issuer=args.oidc_issuer.rstrip("/"),
+        auth_unimplemented=tuple(m.strip() for m in args.auth_unimplemented.split(",") if m.strip()),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -192,7 +200,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     from ._server import serve
 
-    asyncio.run(serve(state, config, args.web_port, args.ssh_port, args.tunnel_port))
+    asyncio.run(serve(state, config, args.web_port, args.ssh_port, args.tunnel_port, args.auth_port))
     return 0
 
 
@@ -277,8 +285,22 @@ def _cmd_auth_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """``"env=prod,team=a"`` -> ``{"env": "prod", "team": "a"}``; StateError on a bad pair."""
+    labels = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise StateError(f"invalid label {pair!r}: expected key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 def _cmd_nodes_add(args: argparse.Namespace) -> int:
-    node = ClusterState.open(args.data_dir).add_node(args.name, args.addr)
+    labels = parse_labels(args.labels)
+    node = ClusterState.open(args.data_dir).add_node(args.name, args.addr, labels)
     print(f"node {node.name} registered at {node.addr}", file=sys.stderr)
     return 0
 

@@ -32,6 +32,10 @@ class ServerConfig:
     proxy_checks_host_keys: bool = True
     web_addr: str = ""
     ssh_proxy_addr: str = ""
+    #: The auth gRPC listener ("127.0.0.1:PORT"), where ``proxy:@<cluster>`` is piped.
+    auth_addr: str = ""
+    #: Auth gRPC method names answered UNIMPLEMENTED (an older Teleport), e.g. "ListRemoteClusters".
+    auth_unimplemented: tuple[str, ...] = ()
     #: Teleport's proxy_service ``public_addr`` / ``ssh_public_addr``, sent in
     #: ping as they are (a test can play a misconfigured or hostile proxy).
     public_addr: str = ""

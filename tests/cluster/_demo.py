@@ -326,18 +326,25 @@ def _start_leaf_node(demo: Demo) -> None:
     demo.note(f"node2 of leaf.test is listening on {demo.leaf_node.addr}")
 
 
-def _trust_leaf_ca(demo: Demo) -> None:
-    assert demo.cluster is not None and demo.leaf is not None
-    demo.note("tsh learns leaf host CAs from the root's auth API; until then, by hand:")
-    known_hosts = Path(demo.env["TELEPORT_HOME"]) / "known_hosts"
-    lines = []
-    for cluster in (demo.leaf, demo.cluster):  # the root's too: a recording root answers
-        key = " ".join(cluster.admin("auth", "export", "--type=host").split()[2:4])
-        lines.append(f"@cert-authority 127.0.0.1,leaf.test,*.leaf.test {key} type=host")
-    with open(known_hosts, "a") as f:
-        f.write("".join(line + "\n" for line in lines))
-    demo.show(f"cat >> {known_hosts}")
-    print("\n".join(lines))
+def _relogin_for_leaf(demo: Demo) -> None:
+    demo.note("a login asks the root's auth API for every leaf's host CA and the cluster list:")
+    _tsh_login(demo)
+    demo.tsh("clusters")
+
+
+def _tsh_config_leaf(demo: Demo) -> None:
+    assert demo.leaf_node is not None
+    r = demo.tsh("config", f"--port={demo.leaf_node.port}")
+    if "Host *.leaf.test " not in r.stdout:
+        raise DemoError("tsh config has no block for the leaf")
+    demo.files["ssh_config_leaf"] = config = demo.workdir / "ssh_config_leaf"
+    config.write_text(r.stdout)
+
+
+def _plain_ssh_leaf(demo: Demo) -> None:
+    ssh = shutil.which("ssh") or "ssh"
+    demo.run([ssh, "-F", str(demo.files["ssh_config_leaf"]), f"{demo.login}@node2.leaf.test",
+              "echo hello from the leaf node as $(id -un)"])
 
 
 def _tsh_ssh_leaf(demo: Demo) -> None:
@@ -362,7 +369,9 @@ STEPS: list[Step] = [
     Step("Start a leaf cluster and make it trust the root", _start_leaf),
     Step("Start a real sshd node in the leaf", _start_leaf_node),
     Step("proxysites again: the leaf is connected", _proxysites),
-    Step("Trust the leaf's host CA in tsh's known_hosts", _trust_leaf_ca),
+    Step("tsh login again, then tsh clusters: root and leaf", _relogin_for_leaf),
+    Step("tsh config: a block pair for the root and one for the leaf", _tsh_config_leaf),
+    Step("Plain ssh to node2.leaf.test, using the leaf's block", _plain_ssh_leaf),
     Step("tsh ssh --cluster=leaf.test: through the root to the leaf's node", _tsh_ssh_leaf),
 ]
 

@@ -13,6 +13,7 @@ import asyncssh
 from aiohttp import web
 
 from . import _trust
+from ._authgrpc import start_auth_server
 from ._ca import Authority
 from ._config import ServerConfig
 from ._sshproxy import follow_rotation, start_ssh_proxy
@@ -25,7 +26,8 @@ log = logging.getLogger("tests.cluster")
 
 
 async def serve(
-    state: ClusterState, config: ServerConfig, web_port: int, ssh_port: int, tunnel_port: int = 0
+    state: ClusterState, config: ServerConfig, web_port: int, ssh_port: int, tunnel_port: int = 0,
+    auth_port: int = 0,
 ) -> None:
     """Serve until a stop signal; prints one JSON readiness line on stdout when listening."""
     authority = Authority.load(state)
@@ -44,6 +46,8 @@ async def serve(
         )
         await site.start()
         web_bound = runner.addresses[0][1]
+        auth_server, auth_bound = await start_auth_server(state, authority, config, auth_port)
+        config.auth_addr = f"127.0.0.1:{auth_bound}"
         acceptor = await start_ssh_proxy(state, authority, config, ssh_port)
         # Trusted clusters: every cluster can be a root (this listener) and a leaf (the agents).
         proxy_key = asyncssh.read_private_key(state.proxy_dir / "ssh_host_key")
@@ -70,6 +74,7 @@ async def serve(
         "web_addr": config.web_addr,
         "ssh_proxy_addr": config.ssh_proxy_addr,
         "tunnel_addr": config.tunnel_addr,
+        "auth_addr": config.auth_addr,
         "tls_ca": str(authority.tls_ca_path),
         "data_dir": str(state.data_dir),
         "server_version": config.server_version,
@@ -95,6 +100,8 @@ async def serve(
         acceptor.close()
         await acceptor.wait_closed()
         await tunnel.wait_closed()
+        auth_server.close()
+        await auth_server.wait_closed()
         await runner.cleanup()
         if stop_idp is not None:
             stop_idp()

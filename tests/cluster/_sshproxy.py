@@ -34,6 +34,7 @@ from ._subsystem import (
     SubsystemError,
     parse_proxy_subsystem,
     proxysites_json,
+    resolve_local,
     route,
 )
 
@@ -211,6 +212,11 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._task = asyncio.ensure_future(self._run_leaf(leaf, req))
             return
         try:
+            if not self._request.host:  # proxy:@<cluster>: a raw stream to its auth server
+                host, port = resolve_local(self._request, self._proxy.state, self._proxy.config)
+                self._forwarder = PipeForwarder(self._chan, Node("auth", host, port))
+                self._task = asyncio.ensure_future(self._forwarder.run())
+                return
             node = route(self._request, self._proxy.state.name, self._proxy.state.nodes())
         except SubsystemError as e:
             # Routing errors come after the request was accepted, so that every

@@ -137,6 +137,8 @@ class Node:
     name: str
     host: str
     port: int
+    #: ``nodes add --labels``: sorted (key, value) pairs, as the auth API lists them.
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def addr(self) -> str:
@@ -260,21 +262,21 @@ class ClusterState:
         out = {}
         for n, rec in data["nodes"].items():
             host, port = parse_host_port(rec["addr"])
-            out[n] = Node(n, host, port)
+            out[n] = Node(n, host, port, tuple(sorted(rec.get("labels", {}).items())))
         return out
 
-    def add_node(self, name: str, addr: str) -> Node:
-        """Register (or re-register) node ``name`` at ``addr`` (HOST:PORT)."""
+    def add_node(self, name: str, addr: str, labels: dict[str, str] | None = None) -> Node:
+        """Register (or re-register) node ``name`` at ``addr`` (HOST:PORT) with ``labels``."""
         if not _NODE_RE.match(name):
             raise StateError(f"invalid node name {name!r}")
         try:
             host, port = parse_host_port(addr)
         except ValueError as e:
             raise StateError(str(e)) from None
-        node = Node(name, host, port)
+        node = Node(name, host, port, tuple(sorted((labels or {}).items())))
         with locked(self.lock_path):
             data = self._read_json("nodes.json") or {"nodes": {}}
-            data["nodes"][name] = {"addr": node.addr}
+            data["nodes"][name] = {"addr": node.addr, **({"labels": dict(node.labels)} if labels else {})}
             self._write_json("nodes.json", data)
         return node
 

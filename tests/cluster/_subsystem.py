@@ -11,7 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._state import Node
+from ._state import ClusterState, Node
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import ServerConfig
 
 __all__ = [
     "DEFAULT_NODE_PORT",
@@ -21,6 +25,7 @@ __all__ = [
     "split_host_port",
     "parse_proxy_subsystem",
     "route",
+    "resolve_local",
     "proxysites_json",
 ]
 
@@ -160,6 +165,23 @@ def route(req: ProxyRequest, local_cluster: str, nodes: Mapping[str, Node]) -> N
         f"failed connecting to node {target}: ambiguous host, "
         f"{len(candidates)} registered nodes match"
     )
+
+
+def resolve_local(req: ProxyRequest, state: ClusterState, config: ServerConfig) -> tuple[str, int]:
+    """The TCP address a request for the local cluster is piped to (Teleport's Router.DialSite).
+
+    An empty host means the cluster's auth server (``proxy:@<cluster>``);
+    otherwise the node :func:`route` picks. SubsystemError with Teleport's texts.
+    """
+    if req.cluster and req.cluster != state.name:
+        raise SubsystemError(f"unknown cluster {go_quote(req.cluster)}")
+    if not req.host:
+        if not config.auth_addr:
+            raise SubsystemError(f"cluster {go_quote(state.name)} has no auth server listening")
+        host, _, port = config.auth_addr.rpartition(":")
+        return host, int(port)
+    node = route(req, state.name, state.nodes())
+    return node.host, node.port
 
 
 def proxysites_json(

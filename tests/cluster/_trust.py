@@ -56,7 +56,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from tests.cluster._files import locked
 
 from ._state import ClusterState, StateError
-from ._subsystem import ProxyRequest, SubsystemError, go_quote, route
+from ._subsystem import ProxyRequest, SubsystemError, go_quote, resolve_local
 
 if TYPE_CHECKING:
     from ._ca import Authority
@@ -754,20 +754,6 @@ def _encode_request(req: ProxyRequest) -> str:
 
 
 # --------------------------------------------------------------------------- leaf: tunnel agent
-def _resolve_local(req: ProxyRequest, state: ClusterState, config: ServerConfig) -> tuple[str, int]:
-    """A request addressed to this cluster -> the TCP address to pipe it to.
-
-    Stand-in for ``_subsystem.resolve_local`` (contract §1, helper authapi),
-    which also resolves ``proxy:@<cluster>`` to the auth server; after the
-    merge ``_RESOLVE`` below names that function instead.
-    """
-    node = route(req, state.name, state.nodes())
-    return node.host, node.port
-
-
-_RESOLVE: Callable[[ProxyRequest, ClusterState, ServerConfig], tuple[str, int]] = _resolve_local
-
-
 class _TCPRelay(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
     """The leaf end of one dial: the channel piped to a TCP connection."""
 
@@ -869,7 +855,7 @@ async def _handle_dial(state: ClusterState, config: ServerConfig, orig: str) -> 
             asyncssh.OPEN_CONNECT_FAILED, "malformed dial request"
         ) from None
     try:
-        host, port = _RESOLVE(req, state, config)
+        host, port = resolve_local(req, state, config)
     except SubsystemError as e:
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(e)) from None
     try:

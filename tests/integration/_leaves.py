@@ -1,21 +1,38 @@
-"""Trust a profile's leaf clusters by hand, until the login learns them from the auth API.
+"""Leaf clusters for the tests: joined by hand-written records, or trusted by hand.
 
-Real tsh learns every leaf's host CA after login from the root's auth API
-(``GetCertAuthorities``; trusted-clusters.md §3). Until tsh-py's login does
-the same, tests put the leaves into the profile here: the known_hosts lines
-from :func:`tsh._core.knownhosts.cluster_trust_lines` with each leaf's
-``auth export --type=host``, and ``clusters`` in the profile file. One place,
-so the post-login step can replace it.
+``seed_leaf`` records a leaf at the root as a trusted-cluster join does (no tunnel),
+for the auth API tests. ``trust_leaves`` puts real, joined leaves into a profile.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
 
+from tests.cluster._ca import Authority, public_line
+from tests.cluster._state import ClusterState
 from tests.cluster.launch import Cluster
 from tsh._core.knownhosts import cluster_trust_lines, merge_known_hosts
+
+
+def seed_leaf(root: Cluster, workdir: Path, name: str, *, online: bool, labels: dict[str, str]
+              ) -> Authority:
+    """A leaf's CAs (made in its own data dir) recorded at the root as a joined leaf."""
+    leaf = Authority.load(ClusterState.init(workdir / name, name))
+    path = root.data_dir / "remote_clusters.json"
+    data = json.loads(path.read_text()) if path.exists() else {"clusters": {}}
+    beat = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z") if online else None
+    data["clusters"][name] = {
+        "labels": labels,
+        "host_ca": {"ssh": [public_line(leaf.host_ca)], "tls": [leaf.tls_ca_pem.decode()]},
+        "role_map": [{"remote": "access", "local": ["access"]}],
+        "last_heartbeat": beat,
+    }
+    path.write_text(json.dumps(data))
+    return leaf
+
 
 
 def _host_ca_keys(cluster: Cluster) -> list[str]:

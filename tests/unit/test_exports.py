@@ -7,7 +7,8 @@ import inspect
 import tsh
 
 PUBLIC = [
-    "AccessDeniedError", "AgentError", "AsyncClient", "CertificateError", "Client",
+    "AccessDeniedError", "AgentError", "AsyncClient", "AuthAPIError", "CertificateError", "Client",
+    "ClusterInfo", "NodeInfo",
     "InvalidNameError", "LoginRequest", "LoginResult", "LogoutResult", "NotLoggedInError",
     "Password", "Profile", "ProfileError", "ProfilePaths", "ProfileStore", "ProxyConnection",
     "ProxyConnectionError", "ProxyError", "ProxyResponseError", "ProxyTLSError", "RunResult",

@@ -159,11 +159,19 @@ def login(
     transport: httpx.BaseTransport | None = None,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    trust_leaves: bool | None = None,
 ) -> LoginResult:
     """Log in to ``request.proxy`` and store the profile; see the module docstring.
 
     ``authenticator`` proves the user (e.g. a PasswordAuthenticator); a
     Prompter (``password(user)`` and ``otp()``) means the password method.
+
+    ``trust_leaves``: after saving, ask the root's auth API for every
+    cluster's host CA (leaves included) and trust them, as real tsh does; a
+    failure there is a warning, the login stands. Default: on, unless a web
+    ``transport`` is given (a test double: the auth API goes over SSH). Never
+    for ``-k only``: its TLS key is kept nowhere, and the auth API's mutual
+    TLS needs it (such a profile covers the root cluster only).
 
     Raises:
         UsageError, ProxyError (and subclasses), CertificateError, ProfileError:
@@ -247,7 +255,27 @@ def login(
         private_key_policy=ping.private_key_policy,
     )
     _save(store, profile, keys, response, request.agent_mode, environ, warnings, now)
+    if trust_leaves if trust_leaves is not None else transport is None:
+        if profile.key_storage != "agent":  # -k only keeps no TLS key to call the auth API with
+            profile = _trust_leaves(store, profile, warnings)
     return LoginResult(profile, warnings)
+
+
+def _trust_leaves(store: ProfileStore, profile: Profile, warnings: list[TshWarning]) -> Profile:
+    """The login's last step: every cluster's host CA from the root's auth API (a warning if not)."""
+    from .._authapi.session import call_auth, trust_cluster_cas
+    from .._exceptions import TshError
+
+    try:
+        return call_auth(store, profile, lambda c: trust_cluster_cas(c, store, profile),
+                         cluster=profile.root_cluster)
+    except TshError as e:
+        warnings.append(TshWarning(
+            "leaf-cas-unavailable",
+            f"the host CAs of leaf clusters were not fetched ({e}); `tsh config` and "
+            "known_hosts cover the root cluster only until the next login",
+        ))  # fmt: skip
+        return profile
 
 
 def _save(

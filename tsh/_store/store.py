@@ -266,6 +266,73 @@ class ProfileStore:
                     undo()
                 raise
 
+    def save_trusted_cas(
+        self, profile: Profile, cas: Sequence[tuple[str, Sequence[str], Sequence[str]]]
+    ) -> Profile:
+        """Trust every cluster's host CA as the auth API listed them, root and leaves.
+
+        ``cas`` holds (cluster, SSH CA keys, TLS CA PEMs), checked by the
+        caller. Writes ``cas/<cluster>.pem`` for each, ``certs.pem``, replaces
+        this proxy's known_hosts lines with theirs (the root's CA trusted for the
+        leaves' names too), and records the cluster
+        list (root first) in the profile. Returns the saved profile.
+
+        Raises:
+            ProfileError: the profile changed meanwhile (another login), or a
+                planted symlink; OSError: the disk refused. The old files stay.
+        """
+        from .._core.knownhosts import cluster_trust_lines, merge_known_hosts
+
+        paths = self.paths_for(profile)
+        by_name = {name: (keys, pems) for name, keys, pems in cas}
+        clusters = (profile.root_cluster, *sorted(n for n in by_name if n != profile.root_cluster))
+        # The root's host CA also for the leaves' names (docs/protocol.md §14.4).
+        known_lines = cluster_trust_lines(
+            profile.proxy_host, profile.root_cluster, {name: by_name[name][0] for name in clusters}
+        )
+        with self.transaction():
+            if self._load(profile.proxy_host) != profile:
+                raise ProfileError(f"the profile {profile.name} changed meanwhile; log in again")
+            try:
+                known_hosts = _fs.read_text(paths.known_hosts)
+            except FileNotFoundError:
+                known_hosts = ""
+            saved = profile._replace(clusters=clusters)
+            with _fs.StagedFiles() as staged:
+                for name in clusters:
+                    if by_name[name][1]:
+                        staged.stage(paths.tls_ca(name), "".join(by_name[name][1]))
+                staged.stage(paths.certs_pem, "".join(p for n in clusters for p in by_name[n][1]))
+                staged.stage(
+                    paths.known_hosts,
+                    merge_known_hosts(known_hosts, profile.proxy_host, known_lines),
+                )
+                staged.stage(paths.profile_file, saved.to_json())
+                staged.commit()
+        return saved
+
+    def save_reissue(self, profile: Profile, cluster: str, ssh_cert: str, tls_cert: str) -> None:
+        """Save certificates reissued for ``cluster`` (`tsh login <leaf>`) and select it.
+
+        ``profile`` is the new profile (its ``cluster`` is ``cluster``, its
+        certificate facts the new certificate's); the SSH certificate goes to
+        ``<user>-ssh/<cluster>-cert.pub``, the TLS one replaces the user's
+        (real tsh's key ring holds one TLS certificate: the selected cluster's).
+
+        Raises:
+            ProfileError, OSError: as :meth:`save_trusted_cas`; the old files stay.
+        """
+        paths = self.paths_for(profile)
+        with self.transaction():
+            with _fs.StagedFiles() as staged:
+                staged.stage(paths.ssh_cert(cluster), ssh_cert)
+                if tls_cert:
+                    legacy = paths.tls_cert_legacy.exists() or not paths.tls_cert.exists()
+                    staged.stage(paths.tls_cert_legacy if legacy else paths.tls_cert, tls_cert)
+                staged.stage(paths.profile_file, profile.to_json())
+                staged.stage(paths.current_profile, f"{profile.name}\n")
+                staged.commit()
+
     def cert_clusters(self, proxy_host: str, user: str) -> set[str]:
         """The clusters ``user`` has an SSH certificate of ``proxy_host``'s for on disk."""
         cert_dir = self.paths(proxy_host, user).ssh_cert_dir

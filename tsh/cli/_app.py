@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import completion, config, doctor, login, logout, proxy, scp, ssh, status, version
+from . import clusters, completion, config, doctor, login, logout, ls, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -59,4 +59,6 @@ app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.
 app.command("doctor", help="Check the OpenSSH path step by step and say what to fix.")(
     doctor.doctor
 )
+app.command("clusters", help="List the root cluster and its leaf clusters.")(clusters.clusters)
+app.command("ls", help="List the nodes of the selected cluster.")(ls.ls)
 app.add_typer(proxy.app, name="proxy")

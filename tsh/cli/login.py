@@ -102,7 +102,42 @@ def _default_proxy() -> str:
     return profile.web_proxy_addr
 
 
+def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
+    """`tsh login <cluster>` on a valid login of the same proxy and user: reissue, no password.
+
+    Returns False when a full login is needed (no such login, it expired, or
+    it keeps its key in the agent only).
+    """
+    from .._auth.reissue import switch_cluster
+    from .._core.status import render_status
+    from .._exceptions import NotLoggedInError
+    from .._store.store import ProfileStore
+
+    store = ProfileStore()
+    try:
+        profile = store.select(proxy)
+    except NotLoggedInError:
+        return False
+    now = time.time()
+    if (
+        profile is None
+        or profile.valid_before <= now
+        or (user and user != profile.user)
+        or profile.key_storage == "agent"
+    ):
+        return False
+    if cluster != profile.cluster:
+        profile = switch_cluster(store, profile, cluster)
+    sys.stdout.write(render_status([profile], profile.name, time.time()))
+    return True
+
+
 def login(
+    cluster_arg: Optional[str] = typer.Argument(
+        None, metavar="[CLUSTER]",
+        help="Cluster to select: the root or a leaf (env TELEPORT_CLUSTER). With a valid "
+        "login no password is asked.",
+    ),
     proxy: Optional[str] = typer.Option(
         None,
         "--proxy",
@@ -174,6 +209,9 @@ def login(
             "network path can impersonate the proxy and capture your password.",
             file=sys.stderr,
         )
+    cluster = cluster_arg or cluster or os.environ.get("TELEPORT_CLUSTER") or None
+    if cluster and _switch_cluster(cluster, proxy, user):
+        return
     request = LoginRequest(
         proxy=proxy or _default_proxy(),
         user=user,
