@@ -2,7 +2,8 @@
 
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
-          [--proxy-checks-host-keys yes|no]
+          [--proxy-checks-host-keys yes|no] [--listener-mode separate|multiplex]
+          [--behind-l7-lb [--lb-upgrades all|websocket|none]]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -24,7 +25,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
+from ._config import (
+    LB_UPGRADES,
+    LISTENER_MODES,
+    RECORDING_MODES,
+    SECOND_FACTORS,
+    ServerConfig,
+    parse_version,
+)
 from ._duration import NS_PER_S, parse_duration
 from ._state import ClusterState, StateError
 
@@ -51,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
         "--proxy-checks-host-keys", choices=("yes", "no"), default="yes",
         help="recording proxy: require node host certificates from the host CA (default yes)",
     )
+
+    s.add_argument(
+        "--listener-mode", choices=LISTENER_MODES, default="separate",
+        help="multiplex: TLS routing, the web port serves SSH too (no SSH port)",
+    )
+    s.add_argument(
+        "--behind-l7-lb", action="store_true",
+        help="multiplex behind a TLS-terminating load balancer: no ALPN on the web port, "
+        "SSH only through /webapi/connectionupgrade",
+    )
+    s.add_argument("--lb-upgrades", choices=LB_UPGRADES, default="all",
+                   help="connection upgrades the load balancer lets through (default all)")
+    s.add_argument("--upgrade-ping-interval", type=float, default=30.0,
+                   help="seconds between alpn-ping pings (default 30)")
 
     users = sub.add_parser("users", help="manage users")
     users = users.add_subparsers(dest="action", required=True)
@@ -109,6 +131,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
         proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
         public_addr=args.public_addr,
         ssh_public_addr=args.ssh_public_addr,
+        listener_mode="multiplex" if args.behind_l7_lb else args.listener_mode,
+        behind_l7_lb=args.behind_l7_lb,
+        lb_upgrades=args.lb_upgrades,
+        upgrade_ping_interval=args.upgrade_ping_interval,
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from asyncssh.public_key import (
@@ -196,8 +197,15 @@ class Authority:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    def https_identity(self, out_dir: Path) -> tuple[Path, Path]:
-        """Write a fresh HTTPS key + certificate for 127.0.0.1/localhost; return their paths."""
+    def https_identity(
+        self, out_dir: Path, name: str = "https", issuer: tuple[Any, x509.Certificate] | None = None
+    ) -> tuple[Path, Path]:
+        """Write a fresh HTTPS key + certificate for 127.0.0.1/localhost; return their paths.
+
+        Signed by the cluster's TLS CA, or by ``issuer`` (key, certificate);
+        written as ``<name>.key`` and ``<name>.pem``.
+        """
+        issuer_key, issuer_cert = issuer or (self.tls_ca_key, self.tls_ca_cert)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         names: list[x509.GeneralName] = [
@@ -208,7 +216,7 @@ class Authority:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(self.tls_ca_cert.subject)
+            .issuer_name(issuer_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=_BACKDATE_S))
@@ -218,9 +226,9 @@ class Authority:
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
-            .sign(self.tls_ca_key, hashes.SHA256())
+            .sign(issuer_key, hashes.SHA256())
         )
-        key_path, cert_path = out_dir / "https.key", out_dir / "https.pem"
+        key_path, cert_path = out_dir / f"{name}.key", out_dir / f"{name}.pem"
         atomic_write(
             key_path,
             key.private_bytes(

@@ -234,13 +234,17 @@ class WebAPI:
             "ssh_public_addr": self.config.ssh_public_addr or self.config.ssh_proxy_addr,
             "dial_timeout": 30 * NS_PER_S,
         }
+        if self.config.tls_routing:  # multiplex: SSH is on the web address (A.1)
+            ssh["listen_addr"] = self.config.web_addr
+            ssh["ssh_public_addr"] = self.config.ssh_public_addr or self.config.web_addr
+            ssh["public_addr"] = self.config.public_addr or self.config.web_addr
         if self.config.public_addr:
             ssh["public_addr"] = self.config.public_addr
         return {
             "kube": {},
             "ssh": ssh,
             "db": {},
-            "tls_routing_enabled": False,
+            "tls_routing_enabled": self.config.tls_routing,
         }
 
     def _auth_settings(self) -> dict[str, Any]:
