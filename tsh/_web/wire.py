@@ -99,6 +99,8 @@ class PingResponse:
     #: host:port of the SSH proxy (docs/protocol.md §1 resolution rules).
     ssh_proxy_addr: str
     private_key_policy: str
+    #: ``proxy.tls_routing_enabled``: SSH is on the web port, inside TLS (docs/protocol.md §9).
+    tls_routing_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
         web_proxy_addr=join_host_port(web_host, web_port),
         ssh_proxy_addr=_resolve_ssh_proxy(ssh, web_host, web_port, tls_routing),
         private_key_policy=_word(auth, "private_key_policy", "auth") or "none",
+        tls_routing_enabled=tls_routing,
     )
 
 
