@@ -394,10 +394,14 @@ async def _websocket(request: web.Request, outer: socket.socket, ping_interval: 
             await ws.send_bytes(data)
         await ws.close()
 
+    sent = 0
+
     async def pings() -> None:
+        nonlocal sent
         while True:
             await asyncio.sleep(ping_interval)
             await ws.ping(b"teleport")
+            sent += 1
 
     tasks = [asyncio.ensure_future(to_client())]
     if ws.ws_protocol == "alpn-ping":
@@ -410,39 +414,49 @@ async def _websocket(request: web.Request, outer: socket.socket, ping_interval: 
     except (ConnectionError, OSError):
         pass
     finally:
+        # Logged first: aiohttp may cancel this handler while it waits below.
+        log.info("websocket upgrade (%s) ended after %d pings", ws.ws_protocol, sent)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return ws
 
 
-class _RawParser:
-    """aiohttp's payload parser slot, fed the raw bytes after a legacy 101."""
+class _RawProtocol(asyncio.Protocol):
+    """Takes the connection over from aiohttp after a legacy 101 (aiohttp upgrades
+    only to WebSocket itself): the raw bytes go to a queue, b"" at the end."""
 
     def __init__(self, queue: asyncio.Queue[bytes]) -> None:
         self._queue = queue
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def data_received(self, data: bytes) -> None:
         self._queue.put_nowait(data)
-        return False, b""
 
-    def feed_eof(self) -> None:
+    def eof_received(self) -> bool:
+        self._queue.put_nowait(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
         self._queue.put_nowait(b"")
 
 
 async def _legacy(
     request: web.Request, outer: socket.socket, kind: str, ping_interval: float
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(
-        status=101, headers={"Upgrade": kind, "X-Teleport-Upgrade": kind, "Connection": "Upgrade"}
-    )
-    await resp.prepare(request)
     transport = request.transport
-    assert transport is not None and request.protocol is not None
+    assert transport is not None
+    # The client waits for the 101 before it sends a byte, so aiohttp holds none of them.
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    request.protocol.set_parser(_RawParser(queue))  # type: ignore[arg-type]
+    transport.set_protocol(_RawProtocol(queue))
+    if not transport.is_reading():  # aiohttp may have paused it while the handler runs
+        transport.resume_reading()
+    transport.write(
+        f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\n"
+        "Connection: Upgrade\r\n\r\n".encode()
+    )
+    resp = web.Response(status=101)  # never sent: the transport is closed by then
     reader, writer = await asyncio.open_connection(sock=outer)
     framed = kind == "alpn-ping"
 
@@ -451,10 +465,14 @@ async def _legacy(
             transport.write(struct.pack(">I", len(data)) + data if framed else data)
         transport.close()
 
+    sent = 0
+
     async def pings() -> None:
+        nonlocal sent
         while True:
             await asyncio.sleep(ping_interval)
             transport.write(b"\0\0\0\0")  # pingconn: a zero length is a ping
+            sent += 1
 
     tasks = [asyncio.ensure_future(to_client())]
     if framed:
@@ -474,10 +492,11 @@ async def _legacy(
     except (ConnectionError, OSError):
         pass
     finally:
+        log.info("legacy upgrade (%s) ended after %d pings", kind, sent)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             writer.close()
         transport.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return resp

@@ -7,7 +7,7 @@ routing by ALPN on the web port, no SSH port) and ``behind-l7-lb`` (no ALPN
 on the web port; SSH only through ``/webapi/connectionupgrade``). Under TLS
 routing the web certificate is from its own CA, so the SSH route verifies
 against the cluster's host CA or not at all. The error cases run once, in
-the mode they concern.
+the mode they concern (``indirect`` parametrization reuses the module's cluster).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,6 +71,14 @@ def _env(me, cluster: Cluster) -> dict[str, str]:  # type: ignore[no-untyped-def
     """The profile's environment; the web CA trusted as system roots would be (the L7
     load balancer's certificate is checked against them)."""
     return me.env(SSL_CERT_FILE=str(cluster.tls_ca))  # type: ignore[no-any-return]
+
+
+def _log_with(cluster: Cluster, text: str, timeout: float = 10.0) -> str:
+    """The cluster's log once it holds ``text`` (it logs an upgrade's end as that ends)."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := cluster.log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
 
 
 def _profile_json(home: Path) -> dict[str, object]:
@@ -152,6 +161,8 @@ def test_python_api(mode_cluster, mode_node, monkeypatch) -> None:  # type: igno
     assert (result.exit_status, result.stdout) == (0, "api-ok\n")
 
 
+# Separate ports: test_proxy_ssh's fifty parallel runs.
+@pytest.mark.parametrize("mode_cluster", ["multiplex", "l7"], indirect=True)
 def test_drops_at_a_busy_node_are_retried(openssh, mode_cluster, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     real = sshd_launcher._config_text
     monkeypatch.setattr(sshd_launcher, "_config_text", lambda *a, **kw: "".join(
@@ -172,3 +183,103 @@ def test_drops_at_a_busy_node_are_retried(openssh, mode_cluster, tmp_path, monke
     assert not failed, (failed, mode_cluster.log()[-3000:])
     assert [r.stdout for r in results] == [f"run-{i}\n" for i in range(16)]
     assert "past MaxStartups" in log or "drop connection" in log
+
+
+# --------------------------------------------------------------------------- one mode each
+def _ssh_via_config(openssh, cluster: Cluster, node, tmp_path: Path, me, *cmd: str, **env: str):  # type: ignore[no-untyped-def]
+    cfg = tsh_config_file(tmp_path / "cfg", f"--port={node.port}", env=_env(me, cluster),
+                          installed=True)  # fmt: skip
+    return ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@node1.{cluster.name}", *cmd,
+                           env={**_env(me, cluster), **env})  # fmt: skip
+
+
+@pytest.mark.parametrize("mode_cluster", ["multiplex"], indirect=True)
+def test_ssh_route_signed_by_another_ca_is_refused(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    me = log_in(mode_cluster, [LOGIN])
+    ca_file = me.paths.tls_ca(mode_cluster.name)
+    ca_file.write_bytes(mode_cluster.tls_ca.read_bytes())  # the web CA, not the host CA
+    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "no")
+    assert r.returncode == 255 and "no\n" not in r.stdout
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"error: the proxy {mode_cluster.web_addr} is not trusted: its TLS")
+    assert str(ca_file) in first
+
+    import tsh
+
+    async def connect() -> None:
+        async with tsh.AsyncClient(home=me.home) as client:
+            await client.run("node1", "true", login=LOGIN, port=mode_node.port)
+
+    with pytest.raises(tsh.SSHError, match="not signed by the cluster's host CA"):
+        asyncio.run(connect())
+
+
+@pytest.mark.parametrize("mode_cluster", ["multiplex"], indirect=True)
+def test_upgrade_forced_by_the_environment(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A single-port proxy serves /webapi/connectionupgrade too: the override reaches it.
+    me = log_in(mode_cluster, [LOGIN])
+    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "forced",
+                        TELEPORT_TLS_ROUTING_CONN_UPGRADE=f"{mode_cluster.web_addr}=yes")
+    assert (r.returncode, r.stdout) == (0, "forced\n"), r.stderr
+    assert "websocket upgrade (alpn-ping) ended" in _log_with(mode_cluster, "websocket upgrade")
+
+
+def test_proxy_that_ignores_the_alpn(openssh, cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A separate-port proxy's web port, named by a profile that claims TLS routing.
+    me = log_in(cluster, [LOGIN])
+    path = me.paths.profile_file
+    data = json.loads(path.read_text())
+    data.update(tls_routing_enabled=True, ssh_proxy_addr=cluster.web_addr)
+    path.write_text(json.dumps(data))
+    r = _ssh_via_config(openssh, cluster, node, tmp_path, me, "true")
+    assert r.returncode == 255
+    assert r.stderr.splitlines()[0] == (
+        f"error: the proxy {cluster.web_addr} claims TLS routing but did not accept ALPN "
+        "teleport-proxy-ssh (a TLS-terminating load balancer in front of it? then set "
+        "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true)"
+    )
+
+
+@pytest.mark.parametrize("mode_cluster", ["l7"], indirect=True)
+def test_keepalive_pings_and_the_legacy_upgrade(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    me = log_in(mode_cluster, [LOGIN])
+    # Pings every 0.2 s arrive while the session sleeps; they must not disturb it.
+    for kind, env in (("websocket", {}), ("legacy", {"TELEPORT_TLS_ROUTING_CONN_UPGRADE_MODE": "legacy"})):
+        r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me,
+                            "sleep 1; echo", kind, **env)  # fmt: skip
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"{kind}\n", ""), kind
+    for kind in ("websocket upgrade (alpn-ping)", "legacy upgrade (alpn-ping)"):
+        log = _log_with(mode_cluster, kind)
+        counts = [int(line.rsplit(" after ", 1)[1].split()[0]) for line in log.splitlines()
+                  if kind in line]  # fmt: skip
+        assert counts and max(counts) >= 2, (kind, counts, log[-1500:])
+
+
+@pytest.mark.parametrize("blocked", ["none", "websocket"])
+def test_load_balancer_refusing_the_upgrade(openssh, tmp_path_factory, tmp_path, blocked) -> None:  # type: ignore[no-untyped-def]
+    c = _start(tmp_path_factory, "l7", f"--lb-upgrades={blocked}")
+    try:
+        with launch_node(c, "node1", tmp_path / "node") as node:
+            me = log_in(c, [LOGIN])
+            env = {"TELEPORT_TLS_ROUTING_CONN_UPGRADE_MODE": "legacy"} if blocked == "websocket" else {}
+            r = _ssh_via_config(openssh, c, node, tmp_path, me, "true", **env)
+    finally:
+        c.stop()
+    assert r.returncode == 255
+    assert r.stderr.splitlines()[0].startswith(
+        f"error: the connection upgrade at {c.web_addr} was refused (HTTP 400): a load balancer"
+    )
+
+
+@pytest.mark.parametrize("mode", ["multiplex", "l7"])
+def test_recording_proxy(openssh, tmp_path_factory, tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
+    c = _start(tmp_path_factory, mode, recording="proxy")
+    try:
+        with launch_node(c, "node1", tmp_path / "node") as node:
+            me = log_in(c, [LOGIN])  # key on disk, no agent: tsh proxy ssh's private agent
+            r = _ssh_via_config(openssh, c, node, tmp_path, me, "echo", "recorded-" + mode)
+            listing = c.admin("recordings", "ls")
+    finally:
+        c.stop()
+    assert (r.returncode, r.stdout) == (0, f"recorded-{mode}\n"), r.stderr
+    assert LOGIN in listing and "node1" in listing

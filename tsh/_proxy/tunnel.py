@@ -90,10 +90,13 @@ class _PingConn(_Raw):
         self._buf = bytearray(early)
 
     def buffered(self) -> bool:
-        return self._frame() is not None or super().buffered()
+        return self._has_frame() or super().buffered()
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(struct.pack(">I", len(data)) + data)
+
+    def _has_frame(self) -> bool:
+        return len(self._buf) >= 4 and len(self._buf) >= 4 + struct.unpack_from(">I", self._buf)[0]
 
     def _frame(self) -> bytes | None:
         if len(self._buf) < 4:
@@ -106,19 +109,16 @@ class _PingConn(_Raw):
         return frame
 
     def recv(self) -> bytes | None:
+        # Never a socket read while whole frames wait: it could block on a quiet proxy.
+        if not self._has_frame():
+            data = super().recv()
+            if not data:
+                return data
+            self._buf += data
         out = bytearray()
-        while True:
-            frame = self._frame()
-            if frame is None:
-                break
+        while (frame := self._frame()) is not None:
             out += frame  # a ping is an empty frame: nothing to add
-        if out:
-            return bytes(out)
-        data = super().recv()
-        if not data:
-            return data
-        self._buf += data
-        return self.recv() if self._frame() is not None else None
+        return bytes(out) if out else None
 
 
 class _WebSocket(_Raw):
@@ -353,9 +353,8 @@ class Tunnel:
                         return
                 if fd_in in ready:
                     data = os.read(fd_in, _CHUNK)
-                    if not data:
-                        readers.remove(fd_in)  # the proxy side ends the session
-                        continue
+                    if not data:  # ssh closes its ProxyCommand's input only when it is done
+                        return
                     self._tls.write(data)
                     self._flush()
         except (EOFError, OSError, ssl.SSLError):
