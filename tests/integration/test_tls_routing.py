@@ -87,11 +87,12 @@ def _profile_json(home: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------- every mode
-def test_login_then_tsh_ssh_and_scp(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_login_then_tsh_ssh_and_scp(openssh, mode_cluster, mode_node, ssh_agent, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The agent holds the certificate: tsh ssh's hop is all OpenSSH (and OpenSSL).
     mode = _mode(mode_cluster)
     mode_cluster.add_user("joe", [LOGIN])
-    env = env_for(mode_cluster)
-    r = login(mode_cluster, "joe", env, "-k", "no")
+    env = env_for(mode_cluster, agent_sock=ssh_agent.sock)
+    r = login(mode_cluster, "joe", env)
     assert r.returncode == 0, r.stderr
     profile = _profile_json(Path(env["TELEPORT_HOME"]))
     assert profile.get("tls_routing_enabled", False) is (mode != "separate")
