@@ -49,7 +49,8 @@ __all__ = [
 UPGRADE_PATH = "/webapi/connectionupgrade"
 #: The ALPN value real tsh's L7 load balancer probe offers.
 ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"
-_CHUNK = 1 << 16
+#: Bytes per read: big reads mean few WebSocket frames and few passes of the loop.
+_CHUNK = 1 << 18
 _HEADER_LIMIT = 16384
 
 
@@ -321,16 +322,21 @@ class Tunnel:
             )
 
     def _plain_out(self, write: Callable[[bytes], None]) -> None:
-        while True:
-            try:
-                data = self._tls.read(_CHUNK)
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLZeroReturnError:
-                raise EOFError from None
-            if not data:
-                raise EOFError
-            write(data)
+        out = bytearray()  # one write for all the records that arrived
+        try:
+            while True:
+                try:
+                    data = self._tls.read(_CHUNK)
+                except ssl.SSLWantReadError:
+                    return
+                except ssl.SSLZeroReturnError:
+                    raise EOFError from None
+                if not data:
+                    raise EOFError
+                out += data
+        finally:
+            if out:
+                write(bytes(out))
 
     def relay(self, fd_in: int, fd_out: int) -> None:
         """Copy ``fd_in`` into the tunnel and the tunnel to ``fd_out`` until the proxy side ends."""
