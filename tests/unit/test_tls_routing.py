@@ -216,3 +216,31 @@ def test_cluster_routes_in_the_clients_order(tmp_path: Path) -> None:
     assert router.route(Hello("", ()), upgraded=False)[1] == ("web", None)  # type: ignore[index,comparison-overlap]
     assert router.route(Hello("", ()), upgraded=True)[1] == ("host", None)  # type: ignore[index,comparison-overlap]
     assert router.route(Hello("", ("teleport-unknown",)), upgraded=False) is None
+
+
+def test_openssh_form_refuses_a_ca_path_double_quotes_cannot_hold() -> None:
+    with pytest.raises(UsageError):
+        render(dataclasses.replace(BASE, proxy_command="openssh", tls_ca_file="/home/a!ice/ca.pem"))
+
+
+# --------------------------------------------------------------------------- tunnel framing
+def test_pingconn_framing_drops_pings_and_waits_for_whole_frames() -> None:
+    import socket
+    import struct
+
+    from tsh._proxy.tunnel import _PingConn
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        conn = _PingConn(ours, early=b"\0\0\0\0" + struct.pack(">I", 3) + b"abc")
+        assert conn.buffered()
+        assert conn.recv() == b"abc"  # the early ping dropped, the frame whole
+        assert not conn.buffered()
+        theirs.sendall(b"\0\0\0\0" + struct.pack(">I", 5) + b"he")
+        assert conn.recv() is None  # a ping and half a frame: nothing yet, and no blocking read
+        theirs.sendall(b"llo")
+        assert conn.recv() == b"hello"
+        conn.send(b"xyz")
+        assert theirs.recv(16) == struct.pack(">I", 3) + b"xyz"
+        theirs.close()
+        assert conn.recv() == b""  # EOF

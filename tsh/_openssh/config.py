@@ -27,7 +27,7 @@ from .._core.names import (
     validate_port,
 )
 from .._exceptions import UsageError
-from .._proxy.dial import openssl_words
+from .._proxy.dial import command_line, openssl_words
 from .hop import HOP_OPTIONS
 
 __all__ = [
@@ -207,7 +207,7 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     ]
     if p.tls_ca_file:
         words = openssl_words(p.ssh_proxy_host, p.ssh_proxy_port, p.tls_ca_file)
-        args.append("ProxyCommand=" + " ".join(f'"{w}"' for w in words))
+        args.append("ProxyCommand=" + command_line(words))
     return f"sh -c {shell_word(script)} tsh-proxy {' '.join(map(shell_word, args))}"
 
 

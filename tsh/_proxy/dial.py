@@ -42,6 +42,7 @@ __all__ = [
     "UPGRADE_ENV",
     "UPGRADE_MODE_ENV",
     "Dial",
+    "command_line",
     "conn_upgrade_override",
     "dial_for",
     "tls_route",
@@ -93,11 +94,19 @@ def conn_upgrade_override(value: str, addr: str) -> bool | None:
     return verdict
 
 
-def _quoted(word: str) -> str:
-    """``word`` in double quotes for a ProxyCommand that may itself sit inside single quotes."""
-    if set(word) & _NOT_IN_DOUBLE_QUOTES or not word.isprintable():
-        raise InvalidNameError(f"{word!r} cannot be quoted safely for a ProxyCommand")
-    return f'"{word}"'
+def command_line(words: list[str]) -> str:
+    """``words`` as a ProxyCommand line that may itself sit inside single quotes.
+
+    Each word is double-quoted (for every shell OpenSSH may run it with);
+    one that double quotes cannot hold safely is refused.
+
+    Raises:
+        InvalidNameError: such a word.
+    """
+    for word in words:
+        if set(word) & _NOT_IN_DOUBLE_QUOTES or not word.isprintable():
+            raise InvalidNameError(f"{word!r} cannot be quoted safely for a ProxyCommand")
+    return " ".join(f'"{word}"' for word in words)
 
 
 def openssl_words(host: str, port: int, ca_file: str, openssl: str = "openssl") -> list[str]:
@@ -162,8 +171,7 @@ def dial_for(
         mode, words = "tls", openssl_words(host, port, ca_file)
     else:
         mode, words = "tls", tunnel_words(host, port, ca_file, None)
-    command = " ".join(_quoted(w) for w in words)
-    return Dial(mode, host, port, ("-o", f"ProxyCommand={command}"))
+    return Dial(mode, host, port, ("-o", f"ProxyCommand={command_line(words)}"))
 
 
 def tls_route(profile: Profile, environ: Mapping[str, str]) -> str | None:
