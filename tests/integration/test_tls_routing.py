@@ -284,3 +284,16 @@ def test_recording_proxy(openssh, tmp_path_factory, tmp_path, mode) -> None:  # 
         c.stop()
     assert (r.returncode, r.stdout) == (0, f"recorded-{mode}\n"), r.stderr
     assert LOGIN in listing and "node1" in listing
+
+
+@pytest.mark.parametrize("mode_cluster", ["multiplex"], indirect=True)
+def test_all_openssh_hop_explains_a_tls_failure_in_one_line(mode_cluster, mode_node, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    me = log_in(mode_cluster, [LOGIN], agent_only_sock=ssh_agent.sock)  # tsh ssh: OpenSSH's hop
+    me.paths.tls_ca(mode_cluster.name).write_bytes(mode_cluster.tls_ca.read_bytes())
+    r = run_tsh("ssh", f"--port={mode_node.port}", f"{LOGIN}@node1", "true",
+                env=me.env(SSH_AUTH_SOCK=ssh_agent.sock))  # fmt: skip
+    assert r.returncode == 255
+    assert r.stderr.splitlines()[-1].startswith(
+        "error: the proxy is not trusted: its TLS certificate for SSH is not signed by the "
+        "cluster's host CA"
+    )

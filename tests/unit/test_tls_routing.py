@@ -120,7 +120,7 @@ def test_hop_keeps_host_key_alias_and_subsystem_under_tls_routing() -> None:
         ("depth=0 CN = localhost\nverify error:num=20:unable to get local issuer certificate\n"
          "...:certificate verify failed:...\nConnection closed by UNKNOWN port 65535\n",
          f"not signed by the cluster's host CA in {CA}"),
-        ("verify error:num=62:hostname mismatch\n", "does not name that host"),
+        ("verify error:num=62:hostname mismatch\n", "does not name it"),
         ("BIO_connect:Connection refused\nconnect:errno=111\nConnection closed by UNKNOWN port 65535\n",
          "cannot connect to the proxy p:443: Connection refused"),
         ("tsh-tunnel: the connection upgrade at p:443 was refused (HTTP 400): ...\n"

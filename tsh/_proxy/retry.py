@@ -88,29 +88,30 @@ def tls_failure(stderr_text: str, proxy_addr: str, ca_file: str) -> str | None:
         if line.startswith(TUNNEL_PREFIX):
             return line[len(TUNNEL_PREFIX) :].strip()
     text = stderr_text.lower()
+    proxy = f"the proxy {proxy_addr}" if proxy_addr else "the proxy"
     if "hostname mismatch" in text or "ip address mismatch" in text:
         return (
-            f"the proxy {proxy_addr} is not trusted: its TLS certificate for SSH does not name "
-            "that host; run tsh login again"
+            f"{proxy} is not trusted: its TLS certificate for SSH does not name it; "
+            "run tsh login again"
         )
     if "verify error" in text or "certificate verify failed" in text:
+        where = f" in {ca_file}" if ca_file else ""
         return (
-            f"the proxy {proxy_addr} is not trusted: its TLS certificate for SSH is not signed by "
-            f"the cluster's host CA in {ca_file} (a TLS-terminating load balancer in front of it? "
-            "then set TELEPORT_TLS_ROUTING_CONN_UPGRADE=true; else run tsh login again)"
+            f"{proxy} is not trusted: its TLS certificate for SSH is not signed by the cluster's "
+            f"host CA{where} (a TLS-terminating load balancer in front of it? then set "
+            "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true; else run tsh login again)"
         )
     if "no application protocol" in text:
-        return (
-            f"the proxy {proxy_addr} claims TLS routing but refused ALPN teleport-proxy-ssh"
-        )
+        return f"{proxy} claims TLS routing but refused ALPN teleport-proxy-ssh"
     if "connect:errno=" in text:
         import os
 
         errno_text = text.split("connect:errno=", 1)[1].split()[0]
         why = os.strerror(int(errno_text)) if errno_text.isdigit() else "no connection"
-        return f"cannot connect to the proxy {proxy_addr}: {why}"
+        return f"cannot connect to {proxy}: {why}"
     if "could not open file or uri for loading ca" in text or "error loading ca" in text:
-        return f"cannot read the cluster's host CA {ca_file}; run tsh login again"
+        named = f" {ca_file}" if ca_file else ""
+        return f"cannot read the cluster's host CA{named}; run tsh login again"
     return None
 
 
