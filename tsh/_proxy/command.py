@@ -6,9 +6,10 @@ SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
 proxy's SSH port with the profile's certificate, accepts only a proxy host
 certificate from the profile's known_hosts CAs, forwards the agent (a recording
 proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (docs/protocol.md
-§8.1). Why a child and not an SSH library: start-up. This runs for
-every OpenSSH connection through the generated config, and importing an SSH
-library costs more than the whole hop.
+§8.1); under TLS routing it reaches that service on the web port through a
+ProxyCommand (tsh._proxy.dial, docs/protocol.md §14). Why a child and not an
+SSH library: start-up. This runs for every OpenSSH connection through the
+generated config, and importing an SSH library costs more than the whole hop.
 
 What tsh adds around the child:
 
