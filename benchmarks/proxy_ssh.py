@@ -18,6 +18,17 @@ least any ProxyCommand written in Python costs.
 Two cases: no ssh-agent (`tsh login -k no`, or no agent running), and the
 seed page's case, an ssh-agent holding the key and certificate.
 
+TLS routing (no-agent case): two more clusters, a single-port one
+(``--listener-mode=multiplex``: the hop is ``openssl s_client`` to the web
+port) and one behind an L7 load balancer (``--behind-l7-lb``: the hop is
+tsh's WebSocket tunnel), each with its own node and profile, measured with
+the tsh form in the same turns. Targets against the separate-port tsh form:
+TLS routing set-up at most 1.15x and throughput at least 0.85x; the L7
+upgrade at most 1.30x and at least 0.75x. On a 2-core box the throughput of
+these rows is bounded by the test cluster, whose one event loop does the
+proxy's TLS (and WebSocket) and its SSH alike; ``openssl s_client`` alone
+moves several hundred MiB/s into an asyncio TLS sink here.
+
 The `tsh` measured is a regular (not editable) installation of this checkout
 in a scratch virtualenv that borrows this environment's dependencies: what a
 user runs. An editable install adds an import hook to every Python start-up
@@ -49,6 +60,11 @@ from tsh import ProfileStore
 from tsh._agent.private import PrivateAgent
 
 FORMS = ("tsh", "openssh")
+#: TLS-routing rows: the test cluster's flags, and the targets (setup at most, throughput at least).
+TLS_FORMS = {
+    "tsh tls": (("--listener-mode=multiplex",), 1.15, 0.85),
+    "tsh l7": (("--behind-l7-lb",), 1.30, 0.75),
+}
 FLOOR = "python floor"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,13 +87,18 @@ def ssh_argv(cfg: Path, dest: str, *cmd: str) -> list[str]:
     return ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, *cmd]
 
 
-def setup_ms(cfgs: dict[str, Path], dest: str, env: dict[str, str], runs: int) -> dict[str, list[float]]:
-    """Set-up times per form; the forms take turns, so drift hits both alike."""
-    times: dict[str, list[float]] = {form: [] for form in cfgs}
+def setup_ms(cfgs: dict[str, Path], dest: str, env: dict[str, str], runs: int,
+             extra: dict[str, tuple[Path, str, dict[str, str]]] | None = None) -> dict[str, list[float]]:
+    """Set-up times per form; the forms take turns, so drift hits both alike.
+
+    ``extra``: more forms with their own (config, destination, environment).
+    """
+    plan = {form: (cfg, dest, env) for form, cfg in cfgs.items()} | (extra or {})
+    times: dict[str, list[float]] = {form: [] for form in plan}
     for _ in range(runs):
-        for form, cfg in cfgs.items():
+        for form, (cfg, form_dest, form_env) in plan.items():
             t = time.perf_counter()
-            subprocess.run(ssh_argv(cfg, dest, "true"), env=env, check=True,
+            subprocess.run(ssh_argv(cfg, form_dest, "true"), env=form_env, check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             times[form].append((time.perf_counter() - t) * 1000)
     return times
@@ -102,14 +123,16 @@ def python_floor_config(openssh_cfg: str, python: Path) -> str:
 
 
 def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib: int,
-                     runs: int) -> dict[str, float]:
+                     runs: int, extra: dict[str, tuple[Path, str, dict[str, str]]] | None = None,
+                     ) -> dict[str, float]:
     """Median MiB/s of ``mib`` MiB through ``cat > /dev/null`` per form, taking turns."""
     chunk = b"\0" * (1 << 20)
-    rates: dict[str, list[float]] = {form: [] for form in cfgs}
+    plan = {form: (cfg, dest, env) for form, cfg in cfgs.items()} | (extra or {})
+    rates: dict[str, list[float]] = {form: [] for form in plan}
     for _ in range(runs):
-        for form, cfg in cfgs.items():
+        for form, (cfg, form_dest, form_env) in plan.items():
             t = time.perf_counter()
-            proc = subprocess.Popen(ssh_argv(cfg, dest, "cat > /dev/null"), env=env,
+            proc = subprocess.Popen(ssh_argv(cfg, form_dest, "cat > /dev/null"), env=form_env,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             assert proc.stdin is not None
             for _ in range(mib):
@@ -130,6 +153,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tsh-bench-"))
     os.environ["TELEPORT_HOME"] = str(work / "tsh")
     cluster = node = agent = None
+    started: list = []  # TLS-routing clusters and nodes, stopped at the end
+    tls_plan: dict[str, tuple[Path, str, dict[str, str]]] = {}
     results: dict[tuple[str, str], tuple[float, float]] = {}
     intervals: dict[str, tuple[float, float]] = {}
     floors: dict[str, float] = {}
@@ -149,6 +174,24 @@ def main() -> None:
             cfgs[form].write_bytes(r.stdout)
         floor_cfg = work / "config-python-floor"
         floor_cfg.write_text(python_floor_config(cfgs["openssh"].read_text(), tsh_exe.parent / "python"))
+        for form, (flags, _, _) in TLS_FORMS.items():
+            slug = form.replace(" ", "-")
+            os.environ["TELEPORT_HOME"] = str(work / f"tsh-{slug}")  # a profile of its own
+            c = launch_cluster(work / f"cluster-{slug}", extra_args=flags)
+            started.append(c)
+            n = sshd_launcher.start_node(c.admin, c.name, "node1", work / f"node-{slug}")
+            started.append(n)
+            tls_me = log_in(c, [LOGIN])
+            # The web CA stands for the system roots the load balancer's certificate is checked on.
+            tls_env = tls_me.env(SSL_CERT_FILE=str(c.tls_ca))
+            r = subprocess.run([str(tsh_exe), "config", f"--port={n.port}"], env=tls_env,
+                               capture_output=True)
+            if r.returncode:
+                raise SystemExit(r.stderr.decode())
+            tls_cfg = work / f"config-{slug}"
+            tls_cfg.write_bytes(r.stdout)
+            tls_plan[form] = (tls_cfg, f"{LOGIN}@node1.{c.name}", tls_env)
+        os.environ["TELEPORT_HOME"] = str(work / "tsh")
         # The seed page's case: the user's ssh-agent holds key and certificate.
         store = ProfileStore(me.home)
         paths = store.paths_for(store.select(None))
@@ -156,11 +199,14 @@ def main() -> None:
         cases = {"no agent": me.env(), "agent": me.env(SSH_AUTH_SOCK=agent.sock)}
         for case, env in cases.items():
             setup_cfgs = {**cfgs, FLOOR: floor_cfg}
-            setup_ms(setup_cfgs, dest, env, 2)  # warm up caches (page cache, bytecode) first
-            setup = setup_ms(setup_cfgs, dest, env, args.runs)
-            rate = throughput_mib_s(cfgs, dest, env, args.mib, args.bulk_runs)
-            for form in FORMS:
+            extra = tls_plan if case == "no agent" else {}
+            setup_ms(setup_cfgs, dest, env, 2, extra)  # warm up caches (page cache, bytecode) first
+            setup = setup_ms(setup_cfgs, dest, env, args.runs, extra)
+            rate = throughput_mib_s(cfgs, dest, env, args.mib, args.bulk_runs, extra)
+            for form in (*FORMS, *extra):
                 results[case, form] = (statistics.median(setup[form]), rate[form])
+            for form in extra:
+                intervals[form] = ratio_interval(setup[form], setup["tsh"])
             floors[case] = statistics.median(setup[FLOOR])
             intervals[case] = ratio_interval(setup["tsh"], setup["openssh"])
     finally:
@@ -170,6 +216,8 @@ def main() -> None:
             cluster.stop()
         if agent is not None:
             agent.close()
+        for thing in reversed(started):
+            thing.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"tsh measured: a regular install of {REPO}")
     print(f"{'case':<10}{'ProxyCommand':<14}{'setup ms (median)':>19}{'MiB/s (median)':>16}")
@@ -177,6 +225,14 @@ def main() -> None:
         print(f"{case:<10}{form:<14}{ms:>19.1f}{rate:>16.1f}")
         if form == FORMS[-1]:
             print(f"{case:<10}{FLOOR:<14}{floors[case]:>19.1f}{'-':>16}")
+    for form, (_, max_setup, min_rate) in TLS_FORMS.items():
+        setup_ratio = results["no agent", form][0] / results["no agent", "tsh"][0]
+        rate_ratio = results["no agent", form][1] / results["no agent", "tsh"][1]
+        low, high = intervals[form]
+        print(f"no agent: {form}/tsh setup time {setup_ratio:.2f}x [{low:.2f}-{high:.2f}] "
+              f"(target <= {max_setup:.2f}x) {'ok' if setup_ratio <= max_setup else 'MISSED'}; "
+              f"throughput {rate_ratio:.2f}x (target >= {min_rate:.2f}x) "
+              f"{'ok' if rate_ratio >= min_rate else 'MISSED'}")
     for case in cases:
         setup_ratio = results[case, "tsh"][0] / results[case, "openssh"][0]
         rate_ratio = results[case, "tsh"][1] / results[case, "openssh"][1]

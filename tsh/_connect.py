@@ -29,13 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import threading
 import time
 from collections.abc import Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._asyncssh import asyncssh
-from ._core.addr import DEFAULT_NODE_PORT, SSH_PROXY_PORT, split_host_port
+from ._core.addr import (
+    DEFAULT_NODE_PORT,
+    FALLBACK_WEB_PORT,
+    SSH_PROXY_PORT,
+    join_host_port,
+    split_host_port,
+)
 from ._core.names import validate_cluster_name, validate_host, validate_login
 from ._core.profile import Profile
 from ._exceptions import NotLoggedInError, ProfileError, SSHError, TshError, UsageError
@@ -46,7 +54,7 @@ from ._store.store import ProfileStore
 if TYPE_CHECKING:
     from ._authapi.stream import AuthStream
 
-__all__ = ["NodeConnect", "ProxyConnection", "RunResult", "run_command"]
+__all__ = ["NodeConnect", "ProxyConnection", "RunResult", "proxy_route", "run_command"]
 
 #: The principal of every Teleport user certificate meant for API-only
 #: connections (teleport-wire.md section 10.2, "Principal check").
@@ -255,8 +263,7 @@ class ProxyConnection:
         paths = store.paths_for(profile)
         if profile.valid_before <= time.time():
             raise NotLoggedInError(f"the certificate for {profile.name} has expired; log in again")
-        ssh_host, ssh_port = split_host_port(profile.ssh_proxy_addr, SSH_PROXY_PORT)
-        validate_host(ssh_host, "SSH proxy host")
+        ssh_host, ssh_port, route = proxy_route(profile, paths)
         proxy_host = validate_host(profile.proxy_host, "proxy host")
         if agent_path is None:
             agent_path = os.environ.get("SSH_AUTH_SOCK") or None
@@ -280,6 +287,7 @@ class ProxyConnection:
             try:
                 conn = await asyncssh.connect(
                     ssh_host, ssh_port,
+                    **({"tunnel": route} if route is not None else {}),
                     username=login,
                     client_keys=client_keys,
                     agent_path=None,  # log in with exactly the profile's identity
@@ -450,6 +458,86 @@ async def run_command(
 
 
 # ---------------------------------------------------------------------------
+
+
+def proxy_route(profile: Profile, paths: ProfilePaths) -> tuple[str, int, Any]:
+    """Where asyncssh connects for ``profile``'s proxy: ``(host, port, tunnel)``.
+
+    ``tunnel`` is None for TCP to the SSH port; under TLS routing it is
+    asyncssh's ``tunnel=`` that opens the TLS (and, behind an L7 load
+    balancer, the connection upgrade) to the web port (tsh._proxy.dial;
+    docs/protocol.md §18). Every SSH connection to the proxy goes through here.
+
+    Raises:
+        InvalidNameError: an unsafe proxy host or path.
+    """
+    from ._proxy.dial import tls_route
+
+    route = tls_route(profile, os.environ)
+    if route is None:
+        host, port = split_host_port(profile.ssh_proxy_addr, SSH_PROXY_PORT)
+        return validate_host(host, "SSH proxy host"), port, None
+    host, port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
+    validate_host(host, "proxy host")
+    ca_file = str(paths.tls_ca(profile.root_cluster or profile.cluster))
+    return host, port, _TLSRoute(join_host_port(host, port), ca_file, None if route == "tls" else route)
+
+
+class _TLSRoute:
+    """asyncssh's ``tunnel=`` under TLS routing: TLS with ALPN ``teleport-proxy-ssh``
+    to the web port, or the same inside a connection upgrade (tsh._proxy.tunnel)."""
+
+    def __init__(self, addr: str, ca_file: str, upgrade: str | None) -> None:
+        self._addr = addr
+        self._ca_file = ca_file
+        self._upgrade = upgrade
+
+    async def create_connection(self, protocol_factory: Any, host: str, port: int) -> tuple[Any, Any]:
+        import ssl
+
+        from ._proxy.dial import ALPN_PROXY_SSH
+        from ._proxy.tunnel import TunnelError, open_tunnel
+
+        loop = asyncio.get_running_loop()
+        if self._upgrade is not None:
+            try:
+                tunnel = await asyncio.to_thread(open_tunnel, self._addr, self._ca_file, self._upgrade)
+            except TunnelError as e:
+                raise SSHError(str(e)) from None
+            ours, theirs = socket.socketpair()
+
+            def relay() -> None:
+                try:
+                    tunnel.relay(theirs.fileno(), theirs.fileno())
+                finally:
+                    tunnel.close()
+                    theirs.close()
+
+            threading.Thread(target=relay, daemon=True).start()
+            return await loop.create_connection(protocol_factory, sock=ours)
+        try:
+            ctx = ssl.create_default_context(cafile=self._ca_file)  # the host CA only
+        except FileNotFoundError:
+            raise NotLoggedInError(f"{self._ca_file} is missing; log in again") from None
+        ctx.set_alpn_protocols([ALPN_PROXY_SSH])
+        try:
+            transport, protocol = await loop.create_connection(
+                protocol_factory, host, port, ssl=ctx, server_hostname=host
+            )
+        except ssl.SSLCertVerificationError as e:
+            raise SSHError(
+                f"the proxy {self._addr} is not trusted: its TLS certificate is not signed by "
+                f"the cluster's host CA in {self._ca_file} ({e.verify_message}); log in again"
+            ) from None
+        tls = transport.get_extra_info("ssl_object")
+        if tls is None or tls.selected_alpn_protocol() != ALPN_PROXY_SSH:
+            transport.abort()
+            raise SSHError(
+                f"the proxy {self._addr} claims TLS routing but did not accept ALPN "
+                f"{ALPN_PROXY_SSH} (a TLS-terminating load balancer in front of it? then set "
+                "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true)"
+            )
+        return transport, protocol
 
 
 def _reason(e: BaseException) -> str:

@@ -17,7 +17,9 @@ AgentMode = Literal["auto", "yes", "no", "only"]
 KeyStorage = Literal["disk", "agent"]
 #: The ProxyCommand `tsh config` writes: `tsh proxy ssh`, or OpenSSH's own ``ssh -s``.
 ProxyCommandForm = Literal["tsh", "openssh"]
-#: How the hop reaches the proxy (tsh._proxy.dial): TCP to its SSH port.
-DialMode = Literal["tcp"]
+#: How the hop reaches the proxy (tsh._proxy.dial): TCP to its SSH port; TLS
+#: with ALPN to the web port (TLS routing); TLS inside a WebSocket (or legacy)
+#: connection upgrade to the web port (TLS routing behind an L7 load balancer).
+DialMode = Literal["tcp", "tls", "upgrade"]
 #: `tsh status --format`.
 OutputFormat = Literal["text", "json", "yaml"]

@@ -5,6 +5,7 @@
           [--proxy-checks-host-keys yes|no] [--tunnel-port N] [--offline-threshold D]
           [--auth local|oidc|saml|github] [--connector-name NAME] [--oidc-issuer URL]
           [--auth-port N] [--auth-unimplemented M,...]
+          [--listener-mode separate|multiplex] [--behind-l7-lb [--lb-upgrades all|websocket|none]]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
@@ -34,7 +35,15 @@ import logging
 import sys
 from pathlib import Path
 
-from ._config import AUTH_TYPES, RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
+from ._config import (
+    AUTH_TYPES,
+    LB_UPGRADES,
+    LISTENER_MODES,
+    RECORDING_MODES,
+    SECOND_FACTORS,
+    ServerConfig,
+    parse_version,
+)
 from ._duration import NS_PER_S, parse_duration
 from ._rotation import PHASES
 from ._state import ClusterState, StateError
@@ -80,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
         "--oidc-issuer", default="",
         help="--auth=oidc: the OpenID provider (default: oidc-provider-mock in this process)",
     )
+
+    s.add_argument(
+        "--listener-mode", choices=LISTENER_MODES, default="separate",
+        help="multiplex: TLS routing, the web port serves SSH too (no SSH port)",
+    )
+    s.add_argument(
+        "--behind-l7-lb", action="store_true",
+        help="multiplex behind a TLS-terminating load balancer: no ALPN on the web port, "
+        "SSH only through /webapi/connectionupgrade",
+    )
+    s.add_argument("--lb-upgrades", choices=LB_UPGRADES, default="all",
+                   help="connection upgrades the load balancer lets through (default all)")
+    s.add_argument("--upgrade-ping-interval", type=float, default=30.0,
+                   help="seconds between alpn-ping pings (default 30)")
 
     users = sub.add_parser("users", help="manage users")
     users = users.add_subparsers(dest="action", required=True)
@@ -192,6 +215,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
         connector_name=args.connector_name,
         oidc_issuer=args.oidc_issuer.rstrip("/"),
         auth_unimplemented=tuple(m.strip() for m in args.auth_unimplemented.split(",") if m.strip()),
+        listener_mode="multiplex" if args.behind_l7_lb else args.listener_mode,
+        behind_l7_lb=args.behind_l7_lb,
+        lb_upgrades=args.lb_upgrades,
+        upgrade_ping_interval=args.upgrade_ping_interval,
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,

@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from asyncssh.public_key import (
@@ -350,9 +351,16 @@ class Authority:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    def https_identity(self, out_dir: Path) -> tuple[Path, Path]:
-        """Write a fresh HTTPS key + certificate for 127.0.0.1/localhost; return their paths."""
-        web_ca = self._tls_pair("tls_ca")  # not rotated: see the class docstring
+    def https_identity(
+        self, out_dir: Path, name: str = "https", issuer: tuple[Any, x509.Certificate] | None = None
+    ) -> tuple[Path, Path]:
+        """Write a fresh HTTPS key + certificate for 127.0.0.1/localhost; return their paths.
+
+        Signed by the cluster's web TLS CA (not rotated: see the class
+        docstring), or by ``issuer`` (key, certificate); written as
+        ``<name>.key`` and ``<name>.pem``.
+        """
+        issuer_key, issuer_cert = issuer or self._tls_pair("tls_ca")
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         names: list[x509.GeneralName] = [
@@ -363,7 +371,7 @@ class Authority:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(web_ca[1].subject)
+            .issuer_name(issuer_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=_BACKDATE_S))
@@ -373,9 +381,9 @@ class Authority:
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
-            .sign(web_ca[0], hashes.SHA256())
+            .sign(issuer_key, hashes.SHA256())
         )
-        key_path, cert_path = out_dir / "https.key", out_dir / "https.pem"
+        key_path, cert_path = out_dir / f"{name}.key", out_dir / f"{name}.pem"
         atomic_write(
             key_path,
             key.private_bytes(

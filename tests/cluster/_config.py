@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServerConfig", "SECOND_FACTORS", "RECORDING_MODES", "AUTH_TYPES", "parse_version"]
+__all__ = [
+    "AUTH_TYPES",
+    "LB_UPGRADES",
+    "LISTENER_MODES",
+    "RECORDING_MODES",
+    "SECOND_FACTORS",
+    "ServerConfig",
+    "parse_version",
+]
 
 SECOND_FACTORS = ("off", "otp")
 AUTH_TYPES = ("local", "oidc", "saml", "github")
 RECORDING_MODES = ("node", "proxy", "off")
+LISTENER_MODES = ("separate", "multiplex")
+#: What a load balancer in front of the web port lets through: every
+#: connection upgrade, only WebSocket ones, or none.
+LB_UPGRADES = ("all", "websocket", "none")
 
 
 def parse_version(text: str) -> tuple[int, int, int, str]:
@@ -52,6 +64,17 @@ class ServerConfig:
     oidc_issuer: str = ""
     oidc_client_id: str = "teleport-test-cluster"
     oidc_client_secret: str = "test-cluster-secret"
+    #: Teleport's ``proxy_listener_mode``: multiplex is TLS routing on the web port.
+    listener_mode: str = "separate"
+    #: The web port behind a TLS-terminating (L7) load balancer: no ALPN.
+    behind_l7_lb: bool = False
+    lb_upgrades: str = "all"
+    #: Seconds between the pings of an ``alpn-ping`` connection upgrade.
+    upgrade_ping_interval: float = 30.0
+
+    @property
+    def tls_routing(self) -> bool:
+        return self.listener_mode == "multiplex"
 
     @property
     def major(self) -> int:

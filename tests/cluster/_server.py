@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import asyncssh
 from aiohttp import web
@@ -31,25 +32,42 @@ async def serve(
 ) -> None:
     """Serve until a stop signal; prints one JSON readiness line on stdout when listening."""
     authority = Authority.load(state)
-    cert_path, key_path = authority.https_identity(state.proxy_dir)
     stop_idp = None
     if config.auth == "oidc" and not config.oidc_issuer:
         from ._idp import start_oidc_provider
 
         config.oidc_issuer, stop_idp = start_oidc_provider()
+    web_ca = authority.tls_ca_path
+    if config.tls_routing:
+        # TLS routing: the web certificate comes from a "public" CA of its
+        # own, the SSH route's from the cluster's TLS CA (tests/cluster/_alpn.py).
+        from ._alpn import create_web_ca
 
-    runner = web.AppRunner(make_app(WebAPI(state, authority, config)), access_log=None)
+        key, cert, web_ca = create_web_ca(state.proxy_dir, state.name)
+        cert_path, key_path = authority.https_identity(state.proxy_dir, issuer=(key, cert))
+    else:
+        cert_path, key_path = authority.https_identity(state.proxy_dir)
+
+    api = WebAPI(state, authority, config)
+    runner = web.AppRunner(make_app(api), access_log=None)
     await runner.setup()
+    listener = None
     try:
-        site = web.TCPSite(
-            runner, "127.0.0.1", web_port, ssl_context=server_ssl_context(cert_path, key_path)
-        )
-        await site.start()
-        web_bound = runner.addresses[0][1]
+        if config.tls_routing:
+            listener, acceptor, web_bound = await _single_port(
+                state, authority, config, api, runner, web_port, (cert_path, key_path)
+            )
+        else:
+            site = web.TCPSite(
+                runner, "127.0.0.1", web_port, ssl_context=server_ssl_context(cert_path, key_path)
+            )
+            await site.start()
+            web_bound = runner.addresses[0][1]
+            acceptor = await start_ssh_proxy(state, authority, config, ssh_port)
         auth_server, auth_bound = await start_auth_server(state, authority, config, auth_port)
         config.auth_addr = f"127.0.0.1:{auth_bound}"
-        acceptor = await start_ssh_proxy(state, authority, config, ssh_port)
-        # Trusted clusters: every cluster can be a root (this listener) and a leaf (the agents).
+        # Trusted clusters: every cluster can be a root (this listener) and a leaf
+        # (the agents). The tunnel keeps its own port in multiplex mode too.
         proxy_key = asyncssh.read_private_key(state.proxy_dir / "ssh_host_key")
         tunnel = await _trust.start_tunnel_server(
             state, authority, proxy_key, tunnel_port, config.offline_threshold_s
@@ -60,7 +78,8 @@ async def serve(
             stop_idp()
         raise StateError(f"cannot listen: {e.strerror or e}") from None
     config.web_addr = f"127.0.0.1:{web_bound}"
-    config.ssh_proxy_addr = f"127.0.0.1:{acceptor.get_port()}"
+    # Multiplex: no SSH port; SSH is reached on the web address.
+    config.ssh_proxy_addr = config.web_addr if config.tls_routing else f"127.0.0.1:{acceptor.get_port()}"
     config.tunnel_addr = f"127.0.0.1:{tunnel.get_port()}"
     agents = asyncio.ensure_future(_trust.run_tunnel_agents(state, authority, config, proxy_key))
 
@@ -75,7 +94,10 @@ async def serve(
         "ssh_proxy_addr": config.ssh_proxy_addr,
         "tunnel_addr": config.tunnel_addr,
         "auth_addr": config.auth_addr,
-        "tls_ca": str(authority.tls_ca_path),
+        "tls_ca": str(web_ca),  # what verifies the web API
+        "host_tls_ca": str(authority.tls_ca_path),
+        "listener_mode": config.listener_mode,
+        "behind_l7_lb": config.behind_l7_lb,
         "data_dir": str(state.data_dir),
         "server_version": config.server_version,
         "second_factor": config.second_factor,
@@ -97,6 +119,8 @@ async def serve(
         agents.cancel()
         tunnel.close()
         rotation.cancel()
+        if listener is not None:
+            listener.close()
         acceptor.close()
         await acceptor.wait_closed()
         await tunnel.wait_closed()
@@ -105,3 +129,42 @@ async def serve(
         await runner.cleanup()
         if stop_idp is not None:
             stop_idp()
+
+
+async def _single_port(
+    state: ClusterState,
+    authority: Authority,
+    config: ServerConfig,
+    api: WebAPI,
+    runner: web.AppRunner,
+    web_port: int,
+    web_identity: tuple[Any, Any],
+) -> tuple[Any, Any, int]:
+    """Multiplex: the ALPN router on the web port (or, behind an L7 load balancer,
+    plain HTTPS there and the router behind ``/webapi/connectionupgrade``)."""
+    from ._alpn import CapturedSSHServer, Router, connection_upgrade, serve_router
+
+    captured = CapturedSSHServer()
+    acceptor = await start_ssh_proxy(state, authority, config, 0, tunnel=captured)
+    # The SSH route's certificate is verified against cas/<cluster>.pem: the
+    # host CA's current TLS key signs it (it follows a rotation at restart).
+    host_identity = authority.https_identity(
+        state.proxy_dir, name="proxy_host", issuer=(authority.tls_ca_key, authority.tls_ca_cert)
+    )
+    assert runner.server is not None
+    router = Router(captured.protocol, runner.server, host_identity, web_identity)
+
+    async def upgrade(request: web.Request) -> web.StreamResponse:
+        return await connection_upgrade(
+            request, router, config.upgrade_ping_interval, config.lb_upgrades
+        )
+
+    api.routes["/webapi/connectionupgrade"] = {"GET": upgrade}
+    if config.behind_l7_lb:  # the load balancer: the web certificate, no ALPN, HTTP only
+        site = web.TCPSite(
+            runner, "127.0.0.1", web_port, ssl_context=server_ssl_context(*web_identity)
+        )
+        await site.start()
+        return None, acceptor, runner.addresses[0][1]
+    listener = await serve_router(router, web_port)
+    return listener, acceptor, listener.get_port()

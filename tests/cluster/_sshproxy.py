@@ -360,9 +360,14 @@ async def follow_rotation(
 
 
 async def start_ssh_proxy(
-    state: ClusterState, authority: Authority, config: ServerConfig, port: int
+    state: ClusterState, authority: Authority, config: ServerConfig, port: int,
+    tunnel: object | None = None,
 ) -> asyncssh.SSHAcceptor:
-    """Listen on 127.0.0.1:``port`` (0 = any free port) with the proxy's certified host key."""
+    """Listen on 127.0.0.1:``port`` (0 = any free port) with the proxy's certified host key.
+
+    ``tunnel``: asyncssh's listener tunnel instead of a TCP port (TLS routing
+    hands connections to it; tests/cluster/_alpn.py).
+    """
     key_path = state.proxy_dir / "ssh_host_key"
     if key_path.exists():
         host_key = asyncssh.read_private_key(key_path)
@@ -382,4 +387,5 @@ async def start_ssh_proxy(
         allow_scp=False,
         x11_forwarding=False,
         login_timeout=30,
+        **({"tunnel": tunnel} if tunnel is not None else {}),
     )

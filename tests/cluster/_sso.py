@@ -322,6 +322,7 @@ class SSOService:
 
         try:
             answer = self.api.certify(user, auth.keys, auth.ttl_ns or 12 * 3600 * 10**9, auth.route)
+            self.api.state.upsert_sso_user(user)
         except ApiError as e:
             return self._fail(auth, e.message)
         key_hex = parse_qs(urlsplit(auth.redirect_url).query)["secret_key"][0]

@@ -250,6 +250,19 @@ class ClusterState:
             self._write_json("users.json", data)
         return user
 
+    def upsert_sso_user(self, user: User) -> None:
+        """Record a user an SSO login made, as Teleport does (so the auth API knows them).
+
+        An SSO user has no password; a local user of the same name is left as is.
+        """
+        with locked(self.lock_path):
+            data = self._read_json("users.json") or {"users": {}}
+            old = data["users"].get(user.name)
+            if old is not None and old.get("password"):
+                return
+            data["users"][user.name] = {**user.to_json(), "password": ""}
+            self._write_json("users.json", data)
+
     def check_password(self, name: str, password: str) -> User | None:
         """The user if ``password`` is right, else None (same cost either way)."""
         user = self.users().get(name)

@@ -245,6 +245,10 @@ class WebAPI:
             "ssh_public_addr": self.config.ssh_public_addr or self.config.ssh_proxy_addr,
             "dial_timeout": 30 * NS_PER_S,
         }
+        if self.config.tls_routing:  # multiplex: SSH is on the web address (A.1)
+            ssh["listen_addr"] = self.config.web_addr
+            ssh["ssh_public_addr"] = self.config.ssh_public_addr or self.config.web_addr
+            ssh["public_addr"] = self.config.public_addr or self.config.web_addr
         if self.config.public_addr:
             ssh["public_addr"] = self.config.public_addr
         if self.config.tunnel_addr:  # where leaves' proxies dial (trusted clusters)
@@ -253,7 +257,7 @@ class WebAPI:
             "kube": {},
             "ssh": ssh,
             "db": {},
-            "tls_routing_enabled": False,
+            "tls_routing_enabled": self.config.tls_routing,
         }
 
     def _auth_settings(self, local: bool = False) -> dict[str, Any]:

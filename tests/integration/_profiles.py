@@ -108,6 +108,9 @@ def log_in(cluster, logins: list[str], *, agent_only_sock: str | None = None) ->
         principals=tuple(cert.principals),
         key_storage="agent" if agent_only_sock else "disk",
         server_version="17.0.0",
+        # As tsh login records them from ping and its L7 load balancer probe.
+        tls_routing_enabled=cluster.info.get("listener_mode") == "multiplex",
+        tls_routing_conn_upgrade_required=bool(cluster.info.get("behind_l7_lb")),
     )
     files = LoginFiles(
         private_key=None if agent_only_sock else key.export_private_key("openssh").decode(),

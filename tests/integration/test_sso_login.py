@@ -267,8 +267,17 @@ def test_route_to_cluster_is_sent(oidc_cluster: Cluster, login_name: str) -> Non
     value = cert.extensions[b"teleport-route-to-cluster"]  # type: ignore[union-attr]
     assert value == oidc_cluster.name.encode()
 
-    # A cluster the proxy does not know: refused before the browser is needed.
+    # A cluster the proxy does not know. With the SSO session still valid, the
+    # auth API reissues (the SSO user is known to it) and refuses the name:
     r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--browser=none",
                 "--cluster=leaf.example", env=env_for(oidc_cluster))
+    assert r.returncode == 1
+    assert r.stderr == (
+        'error: unknown cluster "leaf.example": example.test has no leaf cluster of that name\n'
+    )
+    # Without a session, the SSO login is refused before the browser is needed.
+    fresh = env_for(oidc_cluster, TELEPORT_HOME=str(store.home) + "-fresh")
+    r = run_tsh("login", f"--proxy={oidc_cluster.web_addr}", "--browser=none",
+                "--cluster=leaf.example", env=fresh)
     assert r.returncode == 1
     assert "Failed to login. Please check Teleport's log" in r.stderr

@@ -59,6 +59,11 @@ CASES = {
         proxy_command="openssh",
     ),
     "ipv6_proxy": dataclasses.replace(BASE, proxy_host="::1", ssh_proxy_host="::1"),
+    # TLS routing: the hop reaches the web port (443) through openssl s_client.
+    "openssh_tls_routing": dataclasses.replace(
+        BASE, proxy_command="openssh", ssh_proxy_port=443,
+        tls_ca_file="/home/alice/.tsh/keys/proxy.example.com/cas/example.com.pem",
+    ),  # fmt: skip
 }
 
 

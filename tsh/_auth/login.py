@@ -240,6 +240,9 @@ def login(
 
     profile = Profile(
         web_proxy_addr=ping.web_proxy_addr,
+        tls_routing_enabled=ping.tls_routing_enabled,
+        tls_routing_conn_upgrade_required=ping.tls_routing_enabled
+        and _conn_upgrade_required(ping.web_proxy_addr, request.insecure, environ),
         ssh_proxy_addr=ping.ssh_proxy_addr,
         user=user,
         cluster=cluster,
@@ -276,6 +279,20 @@ def _trust_leaves(store: ProfileStore, profile: Profile, warnings: list[TshWarni
             "known_hosts cover the root cluster only until the next login",
         ))  # fmt: skip
         return profile
+
+
+def _conn_upgrade_required(web_proxy_addr: str, insecure: bool, environ: Mapping[str, str]) -> bool:
+    """Is an L7 load balancer in front of the proxy? The override, else real tsh's probe.
+
+    Asked only under TLS routing, the one case where the answer is used.
+    """
+    from .._proxy.dial import UPGRADE_ENV, conn_upgrade_override
+    from .._proxy.tunnel import conn_upgrade_required
+
+    override = conn_upgrade_override(environ.get(UPGRADE_ENV, ""), web_proxy_addr)
+    if override is not None:
+        return override
+    return conn_upgrade_required(web_proxy_addr, insecure)
 
 
 def _save(

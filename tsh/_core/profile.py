@@ -46,9 +46,13 @@ _ProfileFields = namedtuple(
         "server_version",
         "private_key_policy",
         "piv_slot",
+        # TLS routing (docs/protocol.md §18): SSH goes to the web port inside TLS,
+        # through a connection upgrade when an L7 load balancer is in front.
+        "tls_routing_enabled",
+        "tls_routing_conn_upgrade_required",
         "extra",  # fields of the file that tsh-py does not know, written back unchanged
     ],
-    defaults=["", (), 0, 0, (), (), (), "disk", "", "none", "", None],
+    defaults=["", (), 0, 0, (), (), (), "disk", "", "none", "", False, False, None],
 )
 
 
@@ -78,6 +82,8 @@ class Profile(_ProfileFields):
         server_version: str
         private_key_policy: str
         piv_slot: str
+        tls_routing_enabled: bool
+        tls_routing_conn_upgrade_required: bool
         extra: dict[str, object] | None
 
     # As when this was a dataclass with ``extra`` out of comparison: fields
@@ -199,6 +205,10 @@ def _checked_field(name: str, value: object) -> object:
         # Within what datetime can show (year 9999): `tsh status` prints it.
         if type(value) is not int or not 0 <= value < 253402300800:
             raise ValueError("not a time")
+        return value
+    if name in ("tls_routing_enabled", "tls_routing_conn_upgrade_required"):
+        if type(value) is not bool:
+            raise ValueError("not a boolean")
         return value
     if name == "key_storage":
         if value not in ("disk", "agent"):

@@ -27,6 +27,7 @@ from .._core.names import (
     validate_port,
 )
 from .._exceptions import UsageError
+from .._proxy.dial import command_line, openssl_words
 from .hop import HOP_OPTIONS
 
 __all__ = [
@@ -68,6 +69,9 @@ class SSHConfigParams:
         identities_only: the private key lives only in the agent (``-k only``):
             point IdentityFile at the public key and add ``IdentitiesOnly yes``.
         ssh_version: local OpenSSH (major, minor), or None if unknown.
+        tls_ca_file: under TLS routing, the root cluster's host CA (``cas/<cluster>.pem``):
+            the openssh form's hop then reaches the web port through ``openssl s_client``.
+        conn_upgrade: TLS routing behind an L7 load balancer: no openssh form exists.
     """
 
     proxy_host: str
@@ -84,6 +88,8 @@ class SSHConfigParams:
     proxy_command: str = "tsh"
     identities_only: bool = False
     ssh_version: tuple[int, int] | None = None
+    tls_ca_file: str = ""
+    conn_upgrade: bool = False
 
 
 def parse_openssh_version(text: str) -> tuple[int, int] | None:
@@ -109,6 +115,13 @@ def _check(p: SSHConfigParams) -> None:
         raise UsageError(
             f"invalid proxy command form {p.proxy_command!r}: use one of {', '.join(PROXY_COMMANDS)}"
         )
+    if p.proxy_command == "openssh" and p.conn_upgrade:
+        raise UsageError(
+            "the openssh form cannot reach this proxy: it is behind an L7 load balancer, which "
+            "only tsh's connection upgrade gets through; use --proxy-command=tsh"
+        )
+    if p.tls_ca_file:
+        validate_path(p.tls_ca_file)
     if p.proxy_command == "tsh":
         if not p.executable:
             raise UsageError("cannot find the tsh executable for ProxyCommand")
@@ -177,6 +190,8 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     script = _OPENSSH_HOP_SCRIPT.replace(
         "HOP_OPTIONS", " ".join(f"-o {option}" for option in HOP_OPTIONS)
     ).replace("IDENTITIES_ONLY", " -o IdentitiesOnly=yes" if p.identities_only else "")
+    if p.tls_ca_file:  # TLS routing: the hop reaches the web port through openssl s_client
+        script = script.replace(' -p "$9"', ' -o "${12}" -p "$9"')
     args = [
         "%r",
         "%h",
@@ -190,6 +205,9 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
         p.ssh_proxy_host,
         cluster,
     ]
+    if p.tls_ca_file:
+        words = openssl_words(p.ssh_proxy_host, p.ssh_proxy_port, p.tls_ca_file)
+        args.append("ProxyCommand=" + command_line(words))
     return f"sh -c {shell_word(script)} tsh-proxy {' '.join(map(shell_word, args))}"
 
 

@@ -19,6 +19,7 @@ from .._core.addr import DEFAULT_NODE_PORT, FALLBACK_WEB_PORT, SSH_PROXY_PORT, s
 from .._core.profile import Profile
 from .._exceptions import ProfileError, UsageError
 from .._store import fs as _fs
+from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
 from .config import SSHConfigParams, merge, parse_openssh_version, render
 
@@ -111,7 +112,22 @@ def ssh_config(
         identities_only=agent_only,
         ssh_version=ssh_version,
     )
-    return render(params)
+    return render(_tls_routing(params, profile, paths))
+
+
+def _tls_routing(params: SSHConfigParams, profile: Profile, paths: ProfilePaths) -> SSHConfigParams:
+    """``params`` with the TLS-routing fields the openssh form needs (docs/protocol.md §18)."""
+    import dataclasses
+
+    from .._proxy.dial import tls_route
+
+    route = tls_route(profile, os.environ) if params.proxy_command == "openssh" else None
+    if route is None:
+        return params
+    root = profile.root_cluster or profile.cluster
+    return dataclasses.replace(
+        params, tls_ca_file=str(paths.tls_ca(root).absolute()), conn_upgrade=route != "tls"
+    )
 
 
 def update_ssh_config(path: Path, block: str, proxy_host: str) -> tuple[bool, Path | None]:

@@ -89,7 +89,7 @@ def proxy_hop_argv(
     reach the proxy (tsh._proxy.dial; by default, the profile's).
     """
     validate_cluster_name(cluster)
-    dial_options, ssh_host = ssh_dial_words(dial or dial_for(profile))
+    dial_options, ssh_host = ssh_dial_words(dial or dial_for(profile, paths))
     proxy_host = validate_host(profile.proxy_host, "proxy host")
     node = validate_host(clean_target_host(host, proxy_host, cluster), "host")
     if login != "%r":

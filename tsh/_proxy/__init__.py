@@ -1,7 +1,9 @@
 """`tsh proxy ssh`, the hot path: OpenSSH starts it for every connection through `tsh config`.
 
 Modules: ``command`` (the command: profile, agent, hop, supervisor), ``target``
-(``%r@%h:%p``), ``dial`` (how the hop reaches the proxy), ``retry`` (what is
+(``%r@%h:%p``), ``dial`` (how the hop reaches the proxy: TCP, or TLS routing),
+``tunnel`` (TLS routing in Python, and the L7 connection upgrade: the
+hop's ProxyCommand where OpenSSL cannot do it), ``retry`` (what is
 retried: pure), ``child`` (the hop process), ``supervisor`` (attempts and
 replay), ``relay`` (copying bytes). Start-up time is part of every
 connection's set-up, so this package imports only the stdlib it needs, and

@@ -6,9 +6,10 @@ SSH to the node over our stdin/stdout. The hop to the proxy is OpenSSH's own
 proxy's SSH port with the profile's certificate, accepts only a proxy host
 certificate from the profile's known_hosts CAs, forwards the agent (a recording
 proxy needs it) and opens ``proxy:<host>:<port>@<cluster>`` (docs/protocol.md
-§8.1). Why a child and not an SSH library: start-up. This runs for
-every OpenSSH connection through the generated config, and importing an SSH
-library costs more than the whole hop.
+§8.1); under TLS routing it reaches that service on the web port through a
+ProxyCommand (tsh._proxy.dial, docs/protocol.md §18). Why a child and not an
+SSH library: start-up. This runs for every OpenSSH connection through the
+generated config, and importing an SSH library costs more than the whole hop.
 
 What tsh adds around the child:
 
@@ -47,6 +48,7 @@ from .._core.profile import Profile
 from .._exceptions import NotLoggedInError, SSHError
 from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
+from .dial import dial_for
 from .supervisor import HopSupervisor
 from .target import parse_target
 
@@ -99,9 +101,18 @@ def proxy_ssh(
     def hop(agent_sock: str | None = None) -> list[str]:
         # "ssh" is looked up on PATH when started (no shutil import: start-up time).
         return proxy_hop_argv(profile, paths, tgt.host, cluster, login=login, port=tgt.port,
-                              ssh="ssh", agent_sock=agent_sock)
+                              ssh="ssh", agent_sock=agent_sock, dial=dial)
 
     env = dict(os.environ)
+    dial = dial_for(profile, paths, env)
+    ca_file = os.fspath(paths.tls_ca(profile.root_cluster or profile.cluster))
+    web_addr = profile.web_proxy_addr
+
+    def diagnose() -> str | None:  # openssl cannot tell a proxy that ignores the ALPN
+        from .tunnel import diagnose
+
+        return diagnose(web_addr, ca_file)
+
     with _hangup_raises():
         agent = _agent_to_forward(profile, store, paths)
         try:
@@ -118,8 +129,10 @@ def proxy_ssh(
                     started=agent.serve,  # the sockets listen already; answer from now on
                 )  # fmt: skip
             return attempts.run(
-                proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=os.fspath(paths.known_hosts)
-            )
+                proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
+                login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
+                diagnose=diagnose if dial.mode == "tls" else None,
+            )  # fmt: skip
         except SSHError as e:
             raise _explained(e, store, profile) from None
         except _HangUp:

@@ -51,7 +51,20 @@ class HopSupervisor:
         self.stdin_eof = False
         self.child: Child | None = None
 
-    def run(self, *, proxy_addr: str, login: str, known_hosts: str) -> int:
+    def run(
+        self,
+        *,
+        proxy_addr: str,
+        login: str,
+        known_hosts: str,
+        ca_file: str = "",
+        diagnose: Callable[[], str | None] | None = None,
+    ) -> int:
+        """Run attempts until the node speaks, then relay; the exit status.
+
+        ``diagnose`` is asked once, at the first drop, whether something other
+        than a drop is wrong (under TLS routing: a proxy ignoring the ALPN).
+        """
         drops = 0
         delays: list[float] = []
         try:
@@ -69,7 +82,11 @@ class HopSupervisor:
                     (self.argv, self.env), self.fallback = self.fallback, None
                     continue
                 if not is_drop(text) or len(self.sent) > REPLAY_LIMIT:
-                    raise SSHError(failure_message(text, proxy_addr, login, known_hosts))
+                    raise SSHError(failure_message(text, proxy_addr, login, known_hosts, ca_file))
+                if diagnose is not None:
+                    why, diagnose = diagnose(), None
+                    if why:
+                        raise SSHError(why)
                 drops += 1
                 if drops == MAX_ATTEMPTS:
                     said = held.decode(errors="replace").strip() or text.strip()

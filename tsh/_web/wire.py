@@ -105,6 +105,8 @@ class PingResponse:
     connector_name: str = ""
     #: Its display name (``auth.<type>.display``), for messages only.
     connector_display: str = ""
+    #: ``proxy.tls_routing_enabled``: SSH is on the web port, inside TLS (docs/protocol.md §18).
+    tls_routing_enabled: bool = False
 
 
 #: Ping's ``auth.type`` values that log in through an identity provider (docs/protocol.md §16).
@@ -293,6 +295,7 @@ def parse_ping(data: Any, web_proxy_addr: str) -> PingResponse:
         private_key_policy=_word(auth, "private_key_policy", "auth") or "none",
         connector_name=connector_name,
         connector_display=connector_display,
+        tls_routing_enabled=tls_routing,
     )
 
 

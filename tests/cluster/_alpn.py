@@ -1,0 +1,502 @@
+"""TLS routing on the web port: Teleport's ALPN router and ``/webapi/connectionupgrade``.
+
+``--listener-mode=multiplex``: one port for the web API and SSH. Each
+connection's ClientHello is read without consuming it (``MSG_PEEK``), its
+ALPN list picks the route (the client's order, as Teleport's router does),
+and the TLS handshake is then run with that route's certificate and exactly
+one ALPN value (docs/protocol.md §18):
+
+* ``teleport-proxy-ssh``: the proxy's SSH server, behind a *host* identity
+  certificate from the cluster's TLS CA (what ``host_signers[].tls_certs``
+  carries), not the web certificate;
+* ``teleport-reversetunnel``: negotiated and closed (tsh's L7 probe dials it);
+* ``http/1.1``, ``h2`` or no ALPN: the web API with the web certificate;
+* anything else: closed, as Teleport's "failed to find ALPN handler".
+
+``--behind-l7-lb``: the web port plays a TLS-terminating load balancer in
+front of that router: web certificate, no ALPN at all, HTTP only. What gets
+through is ``GET /webapi/connectionupgrade``: WebSocket (subprotocol ``alpn``
+or ``alpn-ping``, binary frames, pings every ``ping_interval`` seconds) or
+the legacy ``Upgrade: alpn``/``alpn-ping`` (raw bytes, or Teleport's pingconn
+framing). The tunnelled bytes go back into the router, with the host
+certificate for every route, as in Teleport's upgrade handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+__all__ = [
+    "ALPN_PROXY_SSH",
+    "ALPN_REVERSE_TUNNEL",
+    "Hello",
+    "Router",
+    "connection_upgrade",
+    "create_web_ca",
+    "parse_client_hello",
+]
+
+log = logging.getLogger("tests.cluster.alpn")
+
+ALPN_PROXY_SSH = "teleport-proxy-ssh"
+ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"
+_WEB_PROTOCOLS = ("http/1.1", "h2")
+_HELLO_LIMIT = 1 << 16
+_HELLO_TIMEOUT_S = 10.0
+_UPGRADE_TYPES = ("websocket", "alpn-ping", "alpn")  # Teleport's order of preference
+
+
+# ----------------------------------------------------------------------------- ClientHello
+@dataclass(frozen=True)
+class Hello:
+    """What routing needs from a TLS ClientHello."""
+
+    sni: str
+    alpn: tuple[str, ...]
+
+
+def parse_client_hello(data: bytes) -> Hello | None:
+    """The SNI and ALPN list of the ClientHello at the start of ``data``.
+
+    None: more bytes are needed. ValueError: not a TLS ClientHello.
+    """
+    handshake = bytearray()
+    pos = 0
+    while True:  # the handshake message may span several records
+        if len(data) < pos + 5:
+            return None
+        kind, length = data[pos], struct.unpack_from(">H", data, pos + 3)[0]
+        if kind != 0x16:
+            raise ValueError("not a TLS handshake record")
+        if len(data) < pos + 5 + length:
+            return None
+        handshake += data[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        if len(handshake) >= 4:
+            if handshake[0] != 1:
+                raise ValueError("not a ClientHello")
+            need = 4 + int.from_bytes(handshake[1:4], "big")
+            if len(handshake) >= need:
+                return _hello_body(bytes(handshake[4:need]))
+
+
+def _hello_body(body: bytes) -> Hello:
+    def take(n: int) -> bytes:
+        nonlocal at
+        if at + n > len(body):
+            raise ValueError("truncated ClientHello")
+        chunk = body[at : at + n]
+        at += n
+        return chunk
+
+    at = 0
+    take(2 + 32)  # version, random
+    take(take(1)[0])  # session id
+    take(int.from_bytes(take(2), "big"))  # cipher suites
+    take(take(1)[0])  # compression methods
+    sni, alpn = "", ()
+    if at == len(body):
+        return Hello(sni, alpn)
+    end = at + 2 + int.from_bytes(take(2), "big")
+    while at < end:
+        ext_type = int.from_bytes(take(2), "big")
+        ext = take(int.from_bytes(take(2), "big"))
+        if ext_type == 0 and len(ext) >= 5 and ext[2] == 0:  # server_name: host_name
+            sni = ext[5 : 5 + int.from_bytes(ext[3:5], "big")].decode("ascii", "replace")
+        elif ext_type == 16:  # application_layer_protocol_negotiation
+            names, i = [], 2
+            while i < len(ext):
+                n = ext[i]
+                names.append(ext[i + 1 : i + 1 + n].decode("ascii", "replace"))
+                i += 1 + n
+            alpn = tuple(names)
+    return Hello(sni, alpn)
+
+
+# ----------------------------------------------------------------------------- certificates
+def create_web_ca(out_dir: Path, cluster: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
+    """A stand-in for a public CA (Let's Encrypt on Teleport Cloud) for the web certificate.
+
+    Under TLS routing the web certificate and the SSH route's host certificate
+    come from different CAs, so a client that verifies the SSH route against
+    the web roots (or the web API against the host CA) fails.
+    """
+    from tests.cluster._files import atomic_write
+
+    key_path, cert_path = out_dir / "web_ca.key", out_dir / "web_ca.pem"
+    if cert_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key, x509.load_pem_x509_certificate(cert_path.read_bytes()), cert_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"public web CA for {cluster}")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    atomic_write(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return key, cert, cert_path
+
+
+def _context(cert_path: Path, key_path: Path, alpn: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_path, key_path)
+    if alpn:
+        ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
+# ----------------------------------------------------------------------------- the router
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class _Refused(asyncio.Protocol):
+    """A route that is negotiated and closed (the reverse tunnel: agents only)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class Router:
+    """Routes TLS connections by their ClientHello's ALPN list (Teleport's ALPN router)."""
+
+    def __init__(
+        self,
+        ssh_factory: ProtocolFactory,
+        web_factory: ProtocolFactory,
+        host_identity: tuple[Path, Path],
+        web_identity: tuple[Path, Path],
+    ) -> None:
+        self._ssh_factory = ssh_factory
+        self._web_factory = web_factory
+        self._host_identity = host_identity
+        self._web_identity = web_identity
+        self._contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+
+    def _ctx(self, identity: str, alpn: str | None) -> ssl.SSLContext:
+        key = (identity, alpn or "")
+        if key not in self._contexts:
+            cert, priv = self._host_identity if identity == "host" else self._web_identity
+            self._contexts[key] = _context(cert, priv, alpn)
+        return self._contexts[key]
+
+    def route(self, hello: Hello, upgraded: bool) -> tuple[ProtocolFactory, ssl.SSLContext] | None:
+        """The protocol and TLS context for ``hello``; None: no handler (close)."""
+        # Behind the connection upgrade every route gets the host certificate.
+        web_identity = "host" if upgraded else "web"
+        for proto in hello.alpn or ("http/1.1",):  # the client's order, first match wins
+            if proto == ALPN_PROXY_SSH:
+                return self._ssh_factory, self._ctx("host", proto)
+            if proto == ALPN_REVERSE_TUNNEL:
+                return _Refused, self._ctx("host", proto)
+            if proto in _WEB_PROTOCOLS:
+                web_alpn = "http/1.1" if "http/1.1" in hello.alpn else None
+                return self._web_factory, self._ctx(web_identity, web_alpn)
+        return None
+
+    async def handle(self, sock: socket.socket, upgraded: bool = False) -> None:
+        """Serve one accepted (or tunnelled) connection: peek, route, hand over."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        try:
+            hello = await asyncio.wait_for(_peek_hello(loop, sock), _HELLO_TIMEOUT_S)
+            chosen = self.route(hello, upgraded)
+            if chosen is None:
+                log.info("no ALPN handler for %s", list(hello.alpn))
+                sock.close()
+                return
+            factory, ctx = chosen
+            await loop.connect_accepted_socket(factory, sock, ssl=ctx, ssl_handshake_timeout=_HELLO_TIMEOUT_S)
+        except (OSError, ValueError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            log.info("TLS routing: dropped a connection: %s", e)
+            sock.close()
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _peek_hello(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Hello:
+    seen = 0
+    while True:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _set_once, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+        try:
+            data = sock.recv(_HELLO_LIMIT, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not data:
+            raise ConnectionError("closed before the ClientHello")
+        hello = parse_client_hello(data)
+        if hello is not None:
+            return hello
+        if len(data) >= _HELLO_LIMIT:
+            raise ValueError("ClientHello too long")
+        if len(data) == seen:  # nothing new yet: the peeked bytes stay readable
+            await asyncio.sleep(0.002)
+        seen = len(data)
+
+
+async def serve_router(router: Router, port: int) -> asyncio.AbstractServer:
+    """Accept TCP connections on 127.0.0.1:``port`` and route each."""
+    listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_accept() -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        task = loop.create_task(router.handle(conn))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_reader(listener.fileno(), on_accept)
+    return _Listener(listener, loop)
+
+
+class _Listener:
+    """Enough of asyncio.AbstractServer for the server's shutdown and readiness line."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sockets = [sock]
+        self._loop = loop
+
+    def get_port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self.sockets:
+            self._loop.remove_reader(self.sockets[0].fileno())
+            self.sockets[0].close()
+            self.sockets = []
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class CapturedSSHServer:
+    """asyncssh's ``tunnel=`` for ``listen``: keeps the connection factory, listens nowhere.
+
+    The router then hands TLS-terminated connections to that factory, so the
+    SSH proxy serves them with no TCP port of its own.
+    """
+
+    def __init__(self) -> None:
+        self.factory: Callable[[str, int], Any] | None = None
+
+    async def create_server(self, factory: Callable[[str, int], Any], host: str, port: int) -> _Listener:
+        self.factory = factory
+        return _NoListener()  # type: ignore[return-value]
+
+    def protocol(self) -> Any:
+        assert self.factory is not None
+        return self.factory("", 0)
+
+
+class _NoListener:
+    sockets: list[socket.socket] = []
+
+    def get_port(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------- the upgrade
+def _requested(request: web.Request) -> list[str]:
+    values = [*request.headers.getall("X-Teleport-Upgrade", []), *request.headers.getall("Upgrade", [])]
+    return [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
+
+
+async def connection_upgrade(
+    request: web.Request, router: Router, ping_interval: float, allowed: str
+) -> web.StreamResponse:
+    """``GET /webapi/connectionupgrade`` (lib/web/conn_upgrade.go)."""
+    requested = _requested(request)
+    kind = next((t for t in _UPGRADE_TYPES if t in requested), None)
+    if allowed == "none" or (allowed == "websocket" and kind != "websocket"):
+        # What a load balancer that allows no (or only WebSocket) upgrades answers.
+        return web.Response(status=400, text="upgrade not allowed by the load balancer\n")
+    if kind is None:
+        from ._web import ApiError, error_response
+
+        return error_response(ApiError(404, f"unsupported upgrade types: {requested}"))
+    inner, outer = socket.socketpair()
+    task = asyncio.get_running_loop().create_task(router.handle(inner, upgraded=True))
+    try:
+        if kind == "websocket":
+            return await _websocket(request, outer, ping_interval)
+        return await _legacy(request, outer, kind, ping_interval)
+    finally:
+        outer.close()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _websocket(request: web.Request, outer: socket.socket, ping_interval: float) -> web.StreamResponse:
+    ws = web.WebSocketResponse(protocols=("alpn", "alpn-ping"), autoping=True, max_msg_size=0)
+    await ws.prepare(request)
+    if ws.ws_protocol not in ("alpn", "alpn-ping"):  # as gorilla's upgrader: close
+        await ws.close()
+        return ws
+    reader, writer = await asyncio.open_connection(sock=outer)
+
+    async def to_client() -> None:
+        while data := await reader.read(1 << 16):
+            await ws.send_bytes(data)
+        await ws.close()
+
+    sent = 0
+
+    async def pings() -> None:
+        nonlocal sent
+        while True:
+            await asyncio.sleep(ping_interval)
+            await ws.ping(b"teleport")
+            sent += 1
+
+    tasks = [asyncio.ensure_future(to_client())]
+    if ws.ws_protocol == "alpn-ping":
+        tasks.append(asyncio.ensure_future(pings()))
+    try:
+        async for msg in ws:
+            if msg.type == web.WSMsgType.BINARY:  # Teleport drops text frames
+                writer.write(msg.data)
+                await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        # Logged first: aiohttp may cancel this handler while it waits below.
+        log.info("websocket upgrade (%s) ended after %d pings", ws.ws_protocol, sent)
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(OSError):
+            writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return ws
+
+
+class _RawProtocol(asyncio.Protocol):
+    """Takes the connection over from aiohttp after a legacy 101 (aiohttp upgrades
+    only to WebSocket itself): the raw bytes go to a queue, b"" at the end."""
+
+    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+        self._queue = queue
+
+    def data_received(self, data: bytes) -> None:
+        self._queue.put_nowait(data)
+
+    def eof_received(self) -> bool:
+        self._queue.put_nowait(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._queue.put_nowait(b"")
+
+
+async def _legacy(
+    request: web.Request, outer: socket.socket, kind: str, ping_interval: float
+) -> web.StreamResponse:
+    transport = request.transport
+    assert transport is not None
+    # The client waits for the 101 before it sends a byte, so aiohttp holds none of them.
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    transport.set_protocol(_RawProtocol(queue))
+    if not transport.is_reading():  # aiohttp may have paused it while the handler runs
+        transport.resume_reading()
+    transport.write(
+        f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\n"
+        "Connection: Upgrade\r\n\r\n".encode()
+    )
+    resp = web.Response(status=101)  # never sent: the transport is closed by then
+    reader, writer = await asyncio.open_connection(sock=outer)
+    framed = kind == "alpn-ping"
+
+    async def to_client() -> None:
+        while data := await reader.read(1 << 16):
+            transport.write(struct.pack(">I", len(data)) + data if framed else data)
+        transport.close()
+
+    sent = 0
+
+    async def pings() -> None:
+        nonlocal sent
+        while True:
+            await asyncio.sleep(ping_interval)
+            transport.write(b"\0\0\0\0")  # pingconn: a zero length is a ping
+            sent += 1
+
+    tasks = [asyncio.ensure_future(to_client())]
+    if framed:
+        tasks.append(asyncio.ensure_future(pings()))
+    buf = b""
+    try:
+        while data := await queue.get():
+            if not framed:
+                writer.write(data)
+            else:
+                buf += data
+                while len(buf) >= 4 and len(buf) >= 4 + (n := struct.unpack_from(">I", buf)[0]):
+                    if n:
+                        writer.write(buf[4 : 4 + n])
+                    buf = buf[4 + n :]
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        log.info("legacy upgrade (%s) ended after %d pings", kind, sent)
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(OSError):
+            writer.close()
+        transport.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return resp
