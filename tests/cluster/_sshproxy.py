@@ -238,6 +238,7 @@ class _Proxy:
         self.authority = authority
         self.config = config
         self.host_key = host_key  # the proxy's own, which the recording forwarders certify
+        self.authentications = 0  # successful user logins, logged one by one
         cls = FORWARDERS[config.recording]
         bind = getattr(cls, "bind", None)
         self.forwarder_cls: Callable[[asyncssh.SSHServerChannel, Node], Forwarder] = (
@@ -249,6 +250,16 @@ class _ProxyServer(UserCertServer):
     def __init__(self, proxy: _Proxy):
         super().__init__(proxy.authority.user_ca)
         self._proxy = proxy
+        self._username = ""
+
+    def begin_auth(self, username: str) -> bool:
+        self._username = username
+        return super().begin_auth(username)
+
+    def auth_completed(self) -> None:
+        # Tests count the proxy's logins in its log (hop reuse: one, not one per hop).
+        self._proxy.authentications += 1
+        log.info("proxy authentication #%d: login %s", self._proxy.authentications, self._username)
 
     def session_requested(self) -> _ProxySession:
         return _ProxySession(self._proxy)

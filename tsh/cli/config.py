@@ -26,6 +26,11 @@ def config(
         metavar="tsh|openssh",
         help="ProxyCommand form: 'tsh' (tsh proxy ssh) or 'openssh' (plain ssh, no Python).",
     ),
+    no_reuse: bool = typer.Option(
+        False,
+        "--no-reuse",
+        help="Every connection logs in to the proxy itself (no shared proxy connection).",
+    ),
     update: bool = typer.Option(
         False,
         "--update",
@@ -54,6 +59,7 @@ def config(
         login=login,
         proxy_command=proxy_command,
         ssh_version=openssh_version(),
+        reuse=not no_reuse,
     )
     _warn_if_expired(profile.valid_before)
     if not update and update_file is None:
