@@ -20,6 +20,7 @@ from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
 from tests.integration._profiles import LoggedIn, log_in
 from tests.integration._tsh import ssh_with_config, tsh_config_file
+from tsh import ProfileStore
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +250,33 @@ def test_a_recording_proxy_gets_the_agent_on_every_reused_session(
         r = subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "-A", dest, "ssh-add -L"],
                            capture_output=True, text=True, env=env, timeout=60, check=False)
         assert r.returncode == 0 and "-cert-v01@openssh.com" in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------- login, logout
+def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path) -> None:
+    from tests.integration._tsh import env_for, login, run_tsh
+
+    cluster.add_user("reuser", [LOGIN])
+    env = env_for(cluster)
+    assert login(cluster, "reuser", env).returncode == 0
+    store = ProfileStore(env["TELEPORT_HOME"])
+    me = LoggedIn(store.home, store.paths_for(store.select(None)))
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+
+    def masters() -> dict[str, int]:
+        for form in FORMS:
+            r = _ssh(_config(tmp_path, me, node.port, form), dest, "true", env=env)
+            assert r.returncode == 0, r.stderr
+        found = {p.name: _master_pid(p) for p in _sockets(me)}
+        assert len(found) == 2  # one per form
+        return found
+
+    first = masters()
+    r = login(cluster, "reuser", env)  # a new certificate
+    assert r.returncode == 0, r.stderr
+    assert all(_wait_gone(pid) for pid in first.values())
+    second = masters()
+    assert set(second).isdisjoint(first)  # the new certificate's own masters
+    r = run_tsh("logout", env=env)
+    assert r.returncode == 0, r.stderr
+    assert all(_wait_gone(pid) for pid in second.values())

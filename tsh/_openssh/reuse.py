@@ -38,9 +38,11 @@ import os
 
 __all__ = [
     "CONTROL_PATH_MAX",
+    "close_masters",
     "PERSIST_SECONDS",
     "TAG_FILE",
     "control_path",
+    "parse_tag",
     "persist_seconds",
     "read_tag",
     "tag_text",
@@ -84,6 +86,11 @@ def read_tag(path: str) -> tuple[int, str] | None:
             text = f.read(512)
     except (OSError, ValueError):
         return None
+    return parse_tag(text)
+
+
+def parse_tag(text: str) -> tuple[int, str] | None:
+    """(valid_before, control path prefix) from a tag file's text, or None."""
     valid_before, _, prefix = text.strip().partition(" ")
     if not valid_before.isdigit() or not prefix.startswith("/") or " " in prefix:
         return None
@@ -100,3 +107,37 @@ def control_path(prefix: str, login: str, sep: str = "-") -> str | None:
 def persist_seconds(valid_before: int, now: float) -> int:
     """ControlPersist for a new master: :data:`PERSIST_SECONDS`, capped by the certificate."""
     return max(0, min(PERSIST_SECONDS, int(valid_before - now)))
+
+
+def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
+    """Send ``ssh -O <command>`` to the masters of one certificate or of all.
+
+    ``command``: ``"stop"`` (a re-login: running sessions finish, no new one
+    joins, then the master exits) or ``"exit"`` (logout: the master ends now).
+    ``tag``: the certificate's tag file text; None for every master in
+    ``mux_dir``. Returns how many were told.
+    """
+    import subprocess
+
+    prefix = ""
+    if tag is not None:
+        parsed = parse_tag(tag)
+        if parsed is None:
+            return 0
+        prefix = os.path.basename(parsed[1])
+    try:
+        names = os.listdir(mux_dir)
+    except OSError:
+        return 0
+    told = 0
+    for name in names:
+        if not name.startswith(prefix) or name.endswith((".agent", ".lock", ".id", ".id-cert.pub")):
+            continue
+        path = os.path.join(mux_dir, name)
+        try:
+            subprocess.run(["ssh", "-S", path, "-O", command, "_"], capture_output=True,
+                           timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        told += 1
+    return told
