@@ -280,3 +280,52 @@ def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_p
     r = run_tsh("logout", env=env)
     assert r.returncode == 0, r.stderr
     assert all(_wait_gone(pid) for pid in second.values())
+
+
+# --------------------------------------------------------------------------- tsh ssh, tsh scp
+def test_tsh_ssh_and_scp_ride_one_master(cluster, node, tmp_path) -> None:
+    from tests.integration._tsh import run_tsh
+
+    me = log_in(cluster, [LOGIN])
+    before = cluster.proxy_authentications()
+    for i in range(2):
+        r = run_tsh("ssh", f"--port={node.port}", f"{LOGIN}@{node.name}", "echo", f"s{i}",
+                    env=me.env())
+        assert (r.returncode, r.stdout) == (0, f"s{i}\n"), r.stderr
+    src = tmp_path / "f.txt"
+    src.write_text("payload\n")
+    r = run_tsh("scp", "-P", str(node.port), str(src), f"{LOGIN}@{node.name}:{tmp_path}/g.txt",
+                env=me.env())
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.txt").read_text() == "payload\n"
+    assert cluster.proxy_authentications() - before == 1
+    r = run_tsh("ssh", "--no-reuse", f"--port={node.port}", f"{LOGIN}@{node.name}", "true",
+                env=me.env())
+    assert r.returncode == 0, r.stderr
+    assert cluster.proxy_authentications() - before == 2
+
+
+def test_a_dropped_first_master_connection_is_retried(cluster, node, tmp_path) -> None:
+    """sshd's MaxStartups drops the master's first connection: `tsh proxy ssh` tries again."""
+    import shutil
+
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mark = tmp_path / "dropped"
+    fake = bin_dir / "ssh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
+        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
+        f'exec {shutil.which("ssh")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}", MARK=str(mark))
+    before = cluster.proxy_authentications()
+    r = _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "retried", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "retried\n", "")
+    assert mark.exists()  # the first master was dropped
+    assert len(_sockets(me)) == 1  # the second one listens
+    assert cluster.proxy_authentications() - before == 1

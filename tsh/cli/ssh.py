@@ -35,6 +35,9 @@ def ssh(
     options: Optional[List[str]] = typer.Option(
         None, "-o", metavar="OPTION", help="OpenSSH option, passed to ssh as given."
     ),
+    no_reuse: bool = typer.Option(
+        False, "--no-reuse", help="Log in to the proxy alone (no shared proxy connection)."
+    ),
 ) -> None:
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
@@ -62,7 +65,7 @@ def ssh(
         # click keeps a "--" that follows HOST; ssh drops it, and so do we.
         remote_command = remote_command[1:]
     argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command,
-                    terminal_relogin(), hop_errors=True)
+                    terminal_relogin(), hop_errors=True, reuse=not no_reuse)
     sys.stdout.flush()
     status = run_explained(argv)
     if status:
