@@ -2,7 +2,8 @@
 
 * ``proxy:host:port[@cluster]`` routes to a registered node and hands the
   channel to a *forwarder* picked by the recording mode. ``node`` and ``off``
-  use :class:`PipeForwarder` (raw TCP bytes, half-close respected); ``proxy``
+  use :class:`PipeForwarder` (raw TCP bytes; the client's EOF is passed on,
+  the node's ends the channel); ``proxy``
   uses the terminating, recording forwarder of ``_recording.py``.
 * ``proxysites`` writes the JSON list of clusters and exits 0.
 
@@ -95,8 +96,10 @@ class PipeForwarder:
                 if chan.get_write_buffer_size() > _HIGH_WATER:
                     self._can_write.clear()
                     await self._can_write.wait()
+            # The node is done: end the channel, as Teleport's proxy does (its
+            # utils.ProxyConn closes both sides once either copy stops). A hop
+            # multiplexed on a master sees its stdout end only then.
             chan.write_eof()
-            await self._client_eof.wait()  # the client may still be sending (half-close)
             chan.exit(0)
         except (OSError, asyncssh.Error, BrokenPipeError) as e:
             log.info("pipe to %s ended: %s", node.addr, e)
