@@ -2,13 +2,21 @@
 
     start --data-dir DIR [--name C] [--web-port N] [--ssh-port N] [--server-version V]
           [--second-factor off|otp] [--recording node|proxy|off]
-          [--proxy-checks-host-keys yes|no]
+          [--proxy-checks-host-keys yes|no] [--tunnel-port N] [--offline-threshold D]
     users add NAME --logins=a,b [--ttl=MAX] [--otp]   (password: first line of stdin)
     recordings ls
     recordings show ID
-    auth export --type=user|host
+    auth export --type=user|host|tls
     auth sign --host=a,b,c --format=openssh --out=PATH
+    auth rotate --type=user|host|all [--grace-period=D] [--manual] [--phase=P]
+    status                                    (each CA's rotation, as tctl status)
     nodes add NAME HOST:PORT
+    tokens add --type=trusted_cluster [--labels k=v,...]      (root; prints the token)
+    trusted-clusters add --root-proxy=HOST:PORT --root-ca=PEM --token=T --role-map=R:L[,...]
+                         [--tunnel-addr HOST:PORT]            (leaf)
+    trusted-clusters rm NAME                                  (leaf)
+    roles add NAME --logins=a,b                               (leaf roles for mapped users)
+    auth principals LOGIN CERT_BASE64                         (sshd AuthorizedPrincipalsCommand)
     nodes ls
     demo [--recording proxy|node] [--wait]
 
@@ -26,6 +34,7 @@ from pathlib import Path
 
 from ._config import RECORDING_MODES, SECOND_FACTORS, ServerConfig, parse_version
 from ._duration import NS_PER_S, parse_duration
+from ._rotation import PHASES
 from ._state import ClusterState, StateError
 
 
@@ -51,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         "--proxy-checks-host-keys", choices=("yes", "no"), default="yes",
         help="recording proxy: require node host certificates from the host CA (default yes)",
     )
+    s.add_argument("--tunnel-port", type=int, default=0, help="reverse tunnel port (0 = free)")
+    s.add_argument(
+        "--offline-threshold", default="10s", help="a leaf without heartbeat for this is offline"
+    )
 
     users = sub.add_parser("users", help="manage users")
     users = users.add_subparsers(dest="action", required=True)
@@ -63,12 +76,30 @@ def _parser() -> argparse.ArgumentParser:
 
     auth = sub.add_parser("auth", help="CA operations").add_subparsers(dest="action", required=True)
     ae = auth.add_parser("export", parents=[dd], help="print a CA public key")
-    ae.add_argument("--type", choices=("user", "host"), required=True)
+    ae.add_argument("--type", choices=("user", "host", "tls"), required=True)
     asg = auth.add_parser("sign", parents=[dd], help="make a host key + host certificate")
     asg.add_argument("--host", required=True, help="comma-separated principals")
     asg.add_argument("--format", choices=("openssh",), required=True)
     asg.add_argument("--out", type=Path, required=True)
     asg.add_argument("--ttl", default="8760h", help="validity (default one year)")
+    apr = auth.add_parser(
+        "principals", parents=[dd], help="sshd AuthorizedPrincipalsCommand: %%u %%k"
+    )
+    apr.add_argument("login")
+    apr.add_argument("cert", help="the user certificate, base64 (sshd's %%k)")
+
+    ar = auth.add_parser("rotate", parents=[dd], help="rotate a CA (tctl auth rotate)")
+    ar.add_argument("--type", choices=("user", "host", "all"), required=True)
+    ar.add_argument(
+        "--grace-period", default="30h",
+        help="Grace period keeps previous certificate authorities signatures valid, if set to 0 "
+        "will force users to re-login and nodes to re-register.",
+    )
+    ar.add_argument("--manual", action="store_true",
+                    help="Activate manual rotation, set rotation phases manually")
+    ar.add_argument("--phase", choices=PHASES, default=None,
+                    help="Target rotation phase to set, used in manual rotation")
+    sub.add_parser("status", parents=[dd], help="each CA's rotation state (tctl status)")
 
     nodes = sub.add_parser("nodes", help="manage nodes")
     nodes = nodes.add_subparsers(dest="action", required=True)
@@ -76,6 +107,27 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("name")
     na.add_argument("addr", metavar="HOST:PORT")
     nodes.add_parser("ls", parents=[dd], help="list registered nodes")
+
+    tokens = sub.add_parser("tokens", help="join tokens").add_subparsers(dest="action", required=True)
+    ta = tokens.add_parser("add", parents=[dd], help="make a join token (printed on stdout)")
+    ta.add_argument("--type", required=True, help="trusted_cluster")
+    ta.add_argument("--labels", default="", help="k=v,... copied to the remote cluster")
+
+    tc = sub.add_parser("trusted-clusters", help="join (leave) a root cluster from this leaf")
+    tc = tc.add_subparsers(dest="action", required=True)
+    tca = tc.add_parser("add", parents=[dd], help="join a root cluster")
+    tca.add_argument("--root-proxy", required=True, metavar="HOST:PORT", help="root web proxy")
+    tca.add_argument("--root-ca", required=True, type=Path, help="root web TLS CA (PEM)")
+    tca.add_argument("--token", required=True)
+    tca.add_argument("--role-map", required=True, metavar="REMOTE:LOCAL[,...]")
+    tca.add_argument("--tunnel-addr", default=None, help="default: from the root's ping")
+    tcr = tc.add_parser("rm", parents=[dd], help="leave a root cluster")
+    tcr.add_argument("name")
+
+    roles = sub.add_parser("roles", help="roles").add_subparsers(dest="action", required=True)
+    ra = roles.add_parser("add", parents=[dd], help="create or replace a role")
+    ra.add_argument("name")
+    ra.add_argument("--logins", required=True, help="comma-separated; {{internal.logins}} too")
 
     rec = sub.add_parser("recordings", help="session recordings (recording proxy mode)")
     rec_sub = rec.add_subparsers(dest="action", required=True)
@@ -97,7 +149,11 @@ def _cmd_start(args: argparse.Namespace) -> int:
         parse_version(args.server_version)
     except ValueError as e:
         raise StateError(str(e)) from None
-    for port in (args.web_port, args.ssh_port):
+    try:
+        offline_s = parse_duration(args.offline_threshold) / NS_PER_S
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    for port in (args.web_port, args.ssh_port, args.tunnel_port):
         if not 0 <= port < 65536:
             raise StateError(f"invalid port {port}")
     state = ClusterState.init(args.data_dir, args.name)
@@ -109,6 +165,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         proxy_checks_host_keys=args.proxy_checks_host_keys == "yes",
         public_addr=args.public_addr,
         ssh_public_addr=args.ssh_public_addr,
+        offline_threshold_s=offline_s,
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -117,7 +174,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     from ._server import serve
 
-    asyncio.run(serve(state, config, args.web_port, args.ssh_port))
+    asyncio.run(serve(state, config, args.web_port, args.ssh_port, args.tunnel_port))
     return 0
 
 
@@ -142,7 +199,40 @@ def _cmd_auth_export(args: argparse.Namespace) -> int:
     from ._ca import Authority
 
     authority = Authority.load(ClusterState.open(args.data_dir))
-    sys.stdout.write(authority.export_user() if args.type == "user" else authority.export_host())
+    exports = {"user": authority.export_user, "host": authority.export_host,
+               "tls": authority.export_tls}
+    sys.stdout.write(exports[args.type]())
+    return 0
+
+
+def _cmd_auth_rotate(args: argparse.Namespace) -> int:
+    from ._ca import Authority
+    from ._rotation import RotationError
+
+    try:
+        grace_s = 0 if args.grace_period.strip() in ("0", "0s") else (
+            parse_duration(args.grace_period) // NS_PER_S
+        )
+    except ValueError as e:
+        raise StateError(str(e)) from None
+    authority = Authority.load(ClusterState.open(args.data_dir))
+    try:
+        authority.rotate(args.type, args.phase or "init", "manual" if args.manual else "auto",
+                         grace_s)
+    except RotationError as e:
+        raise StateError(str(e)) from None
+    if args.phase:
+        print(f'Updated rotation phase to "{args.phase}". To check status use \'tctl status\'')
+    else:
+        print("Initiated certificate authority rotation. To check status use 'tctl status'")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ._ca import Authority, format_status
+
+    state = ClusterState.open(args.data_dir)
+    sys.stdout.write(format_status(Authority.load(state)))
     return 0
 
 
@@ -181,6 +271,56 @@ def _cmd_nodes_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokens_add(args: argparse.Namespace) -> int:
+    from . import _trust
+
+    state = ClusterState.open(args.data_dir)
+    token = _trust.add_token(state, args.type, _trust.parse_labels(args.labels))
+    print(token)
+    print(f"The cluster invite token: {token} (give it to the leaf's trusted-clusters add)",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_trusted_clusters_add(args: argparse.Namespace) -> int:
+    from . import _trust
+    from ._ca import Authority
+
+    state = ClusterState.open(args.data_dir)
+    role_map = _trust.parse_role_map(args.role_map)
+    root = _trust.join(state, Authority.load(state), args.root_proxy, args.root_ca, args.token,
+                       role_map, args.tunnel_addr)
+    print(f"trusted cluster {root!r} added", file=sys.stderr)
+    return 0
+
+
+def _cmd_trusted_clusters_rm(args: argparse.Namespace) -> int:
+    from . import _trust
+
+    _trust.remove_trusted_cluster(ClusterState.open(args.data_dir), args.name)
+    print(f"trusted cluster {args.name!r} removed", file=sys.stderr)
+    return 0
+
+
+def _cmd_roles_add(args: argparse.Namespace) -> int:
+    from . import _trust
+
+    logins = [x.strip() for x in args.logins.split(",") if x.strip()]
+    _trust.add_role(ClusterState.open(args.data_dir), args.name, logins)
+    print(f"role {args.name!r} saved", file=sys.stderr)
+    return 0
+
+
+def _cmd_auth_principals(args: argparse.Namespace) -> int:
+    from . import _trust
+    from ._ca import Authority
+
+    state = ClusterState.open(args.data_dir)
+    if _trust.allowed_login(state, Authority.load(state), args.login, args.cert):
+        print(args.login)
+    return 0
+
+
 def _cmd_recordings_ls(args: argparse.Namespace) -> int:
     from ._asciicast import format_listing, list_recordings, recordings_dir
 
@@ -212,8 +352,15 @@ _COMMANDS = {
     ("users", "add"): _cmd_users_add,
     ("auth", "export"): _cmd_auth_export,
     ("auth", "sign"): _cmd_auth_sign,
+    ("auth", "rotate"): _cmd_auth_rotate,
+    ("status", None): _cmd_status,
     ("nodes", "add"): _cmd_nodes_add,
     ("nodes", "ls"): _cmd_nodes_ls,
+    ("tokens", "add"): _cmd_tokens_add,
+    ("trusted-clusters", "add"): _cmd_trusted_clusters_add,
+    ("trusted-clusters", "rm"): _cmd_trusted_clusters_rm,
+    ("roles", "add"): _cmd_roles_add,
+    ("auth", "principals"): _cmd_auth_principals,
     ("recordings", "ls"): _cmd_recordings_ls,
     ("recordings", "show"): _cmd_recordings_show,
     ("demo", None): _cmd_demo,

@@ -12,9 +12,12 @@ Keys live in ``DIR/ca`` (0600) and are created once, under the data dir lock.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +34,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.cluster._files import atomic_write, locked
 
+from ._rotation import CARecord, Rotation, advance, expand_types, rotate
 from ._state import ClusterState, User
 
-__all__ = ["Authority", "public_line", "INTERNAL_JOIN_PRINCIPAL"]
+__all__ = ["Authority", "CAKeys", "public_line", "INTERNAL_JOIN_PRINCIPAL"]
 
 INTERNAL_JOIN_PRINCIPAL = "-teleport-internal-join"
 _BACKDATE_S = 60  # certificates are valid from one minute ago, as Teleport's
@@ -76,16 +80,52 @@ def _cluster_name(cluster: str) -> x509.Name:
     )
 
 
-@dataclass
-class Authority:
-    """The cluster's CAs, loaded from (or created in) a data directory."""
+@dataclass(frozen=True)
+class CAKeys:
+    """What one CA of the cluster trusts and signs with *now* (see :meth:`Authority.keys`)."""
 
-    cluster: str
-    user_ca: asyncssh.SSHKey
-    host_ca: asyncssh.SSHKey
-    tls_ca_key: ec.EllipticCurvePrivateKey
-    tls_ca_cert: x509.Certificate
-    tls_ca_path: Path
+    ca_type: str
+    signing: asyncssh.SSHKey  # signs new certificates: the first active key
+    trusted: tuple[asyncssh.SSHKey, ...]  # accepted: active then additional
+    presented: asyncssh.SSHKey  # what servers sign their own host certificates with
+    signing_tls_key: ec.EllipticCurvePrivateKey
+    signing_tls_cert: x509.Certificate
+    trusted_tls: tuple[x509.Certificate, ...]  # active then additional
+    rotation: Rotation
+
+    @property
+    def trusted_tls_pem(self) -> tuple[bytes, ...]:
+        return tuple(c.public_bytes(serialization.Encoding.PEM) for c in self.trusted_tls)
+
+
+_INITIAL_SETS = {
+    "host": {"ssh": "host_ca", "tls": "tls_ca"},
+    "user": {"ssh": "user_ca", "tls": "tls_ca"},
+}
+
+
+class Authority:
+    """The cluster's CAs, loaded from (or created in) a data directory.
+
+    **One function answers "which keys does the cluster trust and sign with
+    now":** :meth:`keys`. Every endpoint (login answer, exports, the SSH proxy's
+    user-CA check and host certificate, ``auth sign``, the auth API's
+    GetCertAuthorities) asks it on each use, so they all follow a rotation
+    (``ca/rotation.json``, see ``_rotation.py``) made by another process: the
+    file is re-read when its inode/size/mtime change, and automatic rotations
+    advance when their time has come. The HTTPS certificate is the exception:
+    it comes from the original ``tls_ca`` (``tls_ca_path``), which stands for a
+    web PKI that a CA rotation does not touch.
+    """
+
+    def __init__(self, state: ClusterState):
+        self.cluster = state.name
+        self._state = state
+        self._ssh_keys: dict[str, asyncssh.SSHKey] = {}
+        self._tls: dict[str, tuple[ec.EllipticCurvePrivateKey, x509.Certificate]] = {}
+        self._sig: tuple[int, int, int] | None = None
+        self._records: dict[str, CARecord] = {}
+        self.tls_ca_path = state.ca_dir / "tls_ca.pem"
 
     @classmethod
     def load(cls, state: ClusterState) -> Authority:
@@ -98,29 +138,136 @@ class Authority:
                     atomic_write(ca / name, key.export_private_key("openssh"), 0o600)
             if not (ca / "tls_ca.pem").exists():
                 _create_tls_ca(ca, state.name)
-        return cls(
-            cluster=state.name,
-            user_ca=asyncssh.read_private_key(ca / "user_ca"),
-            host_ca=asyncssh.read_private_key(ca / "host_ca"),
-            tls_ca_key=serialization.load_pem_private_key(
-                (ca / "tls_ca.key").read_bytes(), password=None
-            ),
-            tls_ca_cert=x509.load_pem_x509_certificate((ca / "tls_ca.pem").read_bytes()),
-            tls_ca_path=ca / "tls_ca.pem",
+        authority = cls(state)
+        authority.keys("host")  # fail early on unreadable keys
+        return authority
+
+    # ---- the one source of truth
+    def keys(self, ca_type: str, now: float | None = None) -> CAKeys:
+        """The ``host`` or ``user`` CA's signing, trusted and server-presented keys now."""
+        record = self.records(now)[ca_type]
+        trusted = record.trusted
+        signing_tls = self._tls_pair(record.active[0]["tls"])
+        return CAKeys(
+            ca_type=ca_type,
+            signing=self._ssh(record.active[0]["ssh"]),
+            trusted=tuple(self._ssh(k["ssh"]) for k in trusted),
+            presented=self._ssh(record.presented["ssh"]),
+            signing_tls_key=signing_tls[0],
+            signing_tls_cert=signing_tls[1],
+            trusted_tls=tuple(self._tls_pair(k["tls"])[1] for k in trusted),
+            rotation=record.rotation,
         )
 
-    # ---- exports (tctl auth export)
-    def export_user(self) -> str:
-        """``cert-authority <key> clustername=<c>&type=user`` (sshd TrustedUserCAKeys after sed)."""
-        return f"cert-authority {public_line(self.user_ca)} clustername={self.cluster}&type=user\n"
+    def records(self, now: float | None = None) -> dict[str, CARecord]:
+        """Every CA's record, re-read if the file changed, auto transitions applied."""
+        now = time.time() if now is None else now
+        self._reload()
+        if any(advance(r, now) != r for r in self._records.values()):
+            with locked(self._state.lock_path):
+                self._reload()
+                self._write({t: advance(r, now) for t, r in self._records.items()})
+        return dict(self._records)
 
-    def export_host(self) -> str:
-        """``@cert-authority *.<cluster> <key> type=host`` for known_hosts."""
-        return f"@cert-authority *.{self.cluster} {public_line(self.host_ca)} type=host\n"
+    def rotate(self, ca_type: str, phase: str, mode: str, grace_s: float,
+               now: float | None = None) -> None:
+        """``tctl auth rotate`` for one type or ``all``; RotationError if refused (nothing changes)."""
+        now = time.time() if now is None else now
+        types = expand_types(ca_type)
+        with locked(self._state.lock_path):
+            self._reload()
+            records = {t: advance(r, now) for t, r in self._records.items()}
+            for t in types:  # check every type before making keys for any
+                rotate(records[t], phase, mode, grace_s, now, lambda: ("", {}))
+            for t in types:
+                records[t] = rotate(records[t], phase, mode, grace_s, now,
+                                    lambda t=t: self._new_key_set(t))  # type: ignore[misc]
+            self._write(records)
+
+    def _rotation_path(self) -> Path:
+        return self._state.ca_dir / "rotation.json"
+
+    def _reload(self) -> None:
+        path = self._rotation_path()
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._sig = None
+            self._records = {t: CARecord(active=(dict(k),)) for t, k in _INITIAL_SETS.items()}
+            return
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig != self._sig or not self._records:
+            data = json.loads(path.read_text())
+            self._records = {t: CARecord.from_json(data[t]) for t in _INITIAL_SETS}
+            self._sig = sig
+
+    def _write(self, records: dict[str, CARecord]) -> None:
+        text = json.dumps({t: r.to_json() for t, r in records.items()}, indent=2, sort_keys=True)
+        atomic_write(self._rotation_path(), text + "\n", 0o600)
+        self._reload()
+
+    def _new_key_set(self, ca_type: str) -> tuple[str, dict[str, str]]:
+        rotation_id = str(uuid.uuid4())
+        ssh_stem, tls_stem = f"{ca_type}_ca.{rotation_id[:8]}", f"tls_{ca_type}_ca.{rotation_id[:8]}"
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=ssh_stem)
+        atomic_write(self._state.ca_dir / ssh_stem, key.export_private_key("openssh"), 0o600)
+        _create_tls_ca(self._state.ca_dir, self.cluster, tls_stem)
+        return rotation_id, {"ssh": ssh_stem, "tls": tls_stem}
+
+    def _ssh(self, stem: str) -> asyncssh.SSHKey:
+        if stem not in self._ssh_keys:
+            self._ssh_keys[stem] = asyncssh.read_private_key(self._state.ca_dir / stem)
+        return self._ssh_keys[stem]
+
+    def _tls_pair(self, stem: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if stem not in self._tls:
+            ca = self._state.ca_dir
+            key = serialization.load_pem_private_key((ca / f"{stem}.key").read_bytes(), None)
+            cert = x509.load_pem_x509_certificate((ca / f"{stem}.pem").read_bytes())
+            self._tls[stem] = (key, cert)  # type: ignore[assignment]
+        return self._tls[stem]
+
+    # ---- the signing keys, by their historical names
+    @property
+    def user_ca(self) -> asyncssh.SSHKey:
+        """The user CA's current signing key."""
+        return self.keys("user").signing
+
+    @property
+    def host_ca(self) -> asyncssh.SSHKey:
+        """The host CA's current signing key."""
+        return self.keys("host").signing
+
+    @property
+    def tls_ca_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.keys("host").signing_tls_key
+
+    @property
+    def tls_ca_cert(self) -> x509.Certificate:
+        return self.keys("host").signing_tls_cert
 
     @property
     def tls_ca_pem(self) -> bytes:
         return self.tls_ca_cert.public_bytes(serialization.Encoding.PEM)
+
+    # ---- exports (tctl auth export): one line per trusted key, active first
+    def export_user(self) -> str:
+        """``cert-authority <key> clustername=<c>&type=user`` (sshd TrustedUserCAKeys after sed)."""
+        return "".join(
+            f"cert-authority {public_line(k)} clustername={self.cluster}&type=user\n"
+            for k in self.keys("user").trusted
+        )
+
+    def export_host(self) -> str:
+        """``@cert-authority *.<cluster> <key> type=host`` for known_hosts."""
+        return "".join(
+            f"@cert-authority *.{self.cluster} {public_line(k)} type=host\n"
+            for k in self.keys("host").trusted
+        )
+
+    def export_tls(self) -> str:
+        """The host CA's TLS certificates (PEM), active first."""
+        return b"".join(self.keys("host").trusted_tls_pem).decode()
 
     # ---- SSH certificates
     def sign_user(
@@ -143,8 +290,9 @@ class Authority:
             cert_alg, _ = _certificate_version_map[key.algorithm, 1]
         except KeyError:
             raise ValueError(f"cannot certify a {key.get_algorithm()} key") from None
+        user_ca = self.user_ca
         return _TeleportUserCert.generate(
-            self.user_ca,
+            user_ca,
             cert_alg,
             key,
             0,
@@ -154,16 +302,21 @@ class Authority:
             now - _BACKDATE_S,
             now + ttl_s,
             options,
-            self.user_ca.sig_algorithms[0],
+            user_ca.sig_algorithms[0],
             None,
         )
 
     def sign_host(
-        self, key: asyncssh.SSHKey, principals: list[str], key_id: str, ttl_s: int
+        self, key: asyncssh.SSHKey, principals: list[str], key_id: str, ttl_s: int,
+        ca: asyncssh.SSHKey | None = None,
     ) -> asyncssh.SSHCertificate:
-        """A host certificate for ``key`` valid for exactly ``principals``."""
+        """A host certificate for ``key`` valid for exactly ``principals``.
+
+        Signed by the host CA's signing key, or by ``ca`` (a server's own
+        certificate: ``keys("host").presented``).
+        """
         now = int(time.time())
-        return self.host_ca.generate_host_certificate(
+        return (ca or self.host_ca).generate_host_certificate(
             key, key_id, principals=principals, valid_after=now - _BACKDATE_S,
             valid_before=now + ttl_s, comment=None,
         )
@@ -180,10 +333,11 @@ class Authority:
             [x509.NameAttribute(NameOID.COMMON_NAME, user.name)]
             + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, r) for r in user.roles]
         )
+        keys = self.keys("user")
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(self.tls_ca_cert.subject)
+            .issuer_name(keys.signing_tls_cert.subject)
             .public_key(public_key)  # type: ignore[arg-type]
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=_BACKDATE_S))
@@ -192,12 +346,13 @@ class Authority:
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
-            .sign(self.tls_ca_key, hashes.SHA256())
+            .sign(keys.signing_tls_key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def https_identity(self, out_dir: Path) -> tuple[Path, Path]:
         """Write a fresh HTTPS key + certificate for 127.0.0.1/localhost; return their paths."""
+        web_ca = self._tls_pair("tls_ca")  # not rotated: see the class docstring
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         names: list[x509.GeneralName] = [
@@ -208,7 +363,7 @@ class Authority:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(self.tls_ca_cert.subject)
+            .issuer_name(web_ca[1].subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=_BACKDATE_S))
@@ -218,7 +373,7 @@ class Authority:
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
-            .sign(self.tls_ca_key, hashes.SHA256())
+            .sign(web_ca[0], hashes.SHA256())
         )
         key_path, cert_path = out_dir / "https.key", out_dir / "https.pem"
         atomic_write(
@@ -234,7 +389,7 @@ class Authority:
         return cert_path, key_path
 
 
-def _create_tls_ca(ca_dir: Path, cluster: str) -> None:
+def _create_tls_ca(ca_dir: Path, cluster: str, stem: str = "tls_ca") -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     name = _cluster_name(cluster)
@@ -259,7 +414,7 @@ def _create_tls_ca(ca_dir: Path, cluster: str) -> None:
         .sign(key, hashes.SHA256())
     )
     atomic_write(
-        ca_dir / "tls_ca.key",
+        ca_dir / f"{stem}.key",
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -267,4 +422,41 @@ def _create_tls_ca(ca_dir: Path, cluster: str) -> None:
         ),
         0o600,
     )
-    atomic_write(ca_dir / "tls_ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(ca_dir / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _rotation_text(rotation: Rotation) -> str:
+    """A CA's rotation as ``tctl status`` shows it."""
+    if rotation.state == "in_progress":
+        return f"in progress (mode: {rotation.mode}, phase: {rotation.phase})"
+    if not rotation.last_rotated:
+        return "standby (never rotated)"
+    when = dt.datetime.fromtimestamp(rotation.last_rotated, dt.timezone.utc)
+    return f"standby (last rotated: {when:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def _tls_pin(cert: x509.Certificate) -> str:
+    """Teleport's CA pin: ``sha256:`` + hex SHA-256 of the SubjectPublicKeyInfo."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def format_status(authority: Authority) -> str:
+    """``tctl status``: the cluster, its CA pins, each CA's rotation and key rows."""
+    host = authority.keys("host")
+    rows = [("Cluster", authority.cluster)]
+    rows += [("CA pins" if i == 0 else "", _tls_pin(c)) for i, c in enumerate(host.trusted_tls)]
+    width = max(len(r[0]) for r in rows) + 1
+    out = [f"{a:<{width}} {b}".rstrip() for a, b in rows]
+    out.append("")
+    for ca_type in ("host", "user"):
+        keys = authority.keys(ca_type)
+        out.append(f"{ca_type:<5} {_rotation_text(keys.rotation)}")
+        n_active = len(authority.records()[ca_type].active)
+        for i, key in enumerate(keys.trusted):
+            role = "active" if i < n_active else "trusted"
+            fp = key.get_fingerprint("sha256")
+            out.append(f"      SSH {role:<7} {key.get_algorithm()} {fp}")
+    return "\n".join(out) + "\n"

@@ -35,6 +35,10 @@ class ServerConfig:
     #: ping as they are (a test can play a misconfigured or hostile proxy).
     public_addr: str = ""
     ssh_public_addr: str = ""
+    #: The reverse-tunnel listener leaves dial ("127.0.0.1:PORT"), set when listening.
+    tunnel_addr: str = ""
+    #: A leaf without a heartbeat for this long is offline (trusted clusters).
+    offline_threshold_s: float = 10.0
 
     @property
     def major(self) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sshd as sshd_launcher
-from .launch import REPO_ROOT, Cluster, launch_cluster, run_cluster_cli
+from .launch import REPO_ROOT, Cluster, launch_cluster, run_cluster_cli, wait_tunnel
 
 __all__ = ["Demo", "Step", "STEPS", "run_demo"]
 
@@ -52,6 +52,8 @@ class Demo:
     #: Environment of the user's shell in the demo: tsh home, trusted TLS CA, agent.
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     agent: subprocess.Popen[bytes] | None = None
+    leaf: Cluster | None = None
+    leaf_node: sshd_launcher.SSHDNode | None = None
 
     def note(self, text: str) -> None:
         print(f"{_DIM}{text}{_RESET}")
@@ -92,10 +94,12 @@ class Demo:
         if self.agent is not None:
             self.agent.terminate()
             self.agent.wait()
-        if self.node is not None:
-            self.node.stop()
-        if self.cluster is not None:
-            self.cluster.stop()
+        for node in (self.leaf_node, self.node):
+            if node is not None:
+                node.stop()
+        for cluster in (self.leaf, self.cluster):
+            if cluster is not None:
+                cluster.stop()
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,58 @@ def _proxysites(demo: Demo) -> None:
               "-p", str(demo.cluster.ssh_proxy_port), f"{demo.login}@127.0.0.1", "-s", "proxysites"])
 
 
+def _start_leaf(demo: Demo) -> None:
+    assert demo.cluster is not None
+    data = demo.workdir / "leaf"
+    demo.show(["python", "-m", "tests.cluster", "start", "--data-dir", str(data),
+               "--name", "leaf.test"])
+    demo.leaf = launch_cluster(data, "leaf.test")
+    demo.note("on the root: a join token; on the leaf: join with it (the CAs are exchanged)")
+    token = demo.admin("tokens", "add", "--type=trusted_cluster", "--labels=env=demo").strip()
+    root = demo.cluster
+    demo.cluster = demo.leaf  # demo.admin acts on demo.cluster
+    try:
+        started = time.time()
+        demo.admin("trusted-clusters", "add", f"--root-proxy={root.web_addr}",
+                   f"--root-ca={root.tls_ca}", f"--token={token}", "--role-map=access:access")
+    finally:
+        demo.cluster = root
+    wait_tunnel(root, "leaf.test", since=started)
+    demo.note("the leaf's proxy now keeps a reverse tunnel to the root's tunnel port")
+
+
+def _start_leaf_node(demo: Demo) -> None:
+    assert demo.cluster is not None and demo.leaf is not None
+    demo.note("a leaf node trusts the ROOT's user CA (the leaf's own export leaves it out):")
+    root_user_ca = demo.admin("auth", "export", "--type=user")
+    leaf = demo.leaf
+    demo.leaf_node = sshd_launcher.start_node(
+        leaf.admin, leaf.name, "node2", demo.workdir / "node2", sshd_launcher.find_sshd() or "",
+        trusted_user_cas=root_user_ca, data_dir=leaf.data_dir,
+    )
+    demo.note(f"node2 of leaf.test is listening on {demo.leaf_node.addr}")
+
+
+def _trust_leaf_ca(demo: Demo) -> None:
+    assert demo.cluster is not None and demo.leaf is not None
+    demo.note("tsh learns leaf host CAs from the root's auth API; until then, by hand:")
+    known_hosts = Path(demo.env["TELEPORT_HOME"]) / "known_hosts"
+    lines = []
+    for cluster in (demo.leaf, demo.cluster):  # the root's too: a recording root answers
+        key = " ".join(cluster.admin("auth", "export", "--type=host").split()[2:4])
+        lines.append(f"@cert-authority 127.0.0.1,leaf.test,*.leaf.test {key} type=host")
+    with open(known_hosts, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+    demo.show(f"cat >> {known_hosts}")
+    print("\n".join(lines))
+
+
+def _tsh_ssh_leaf(demo: Demo) -> None:
+    assert demo.leaf_node is not None
+    demo.tsh("ssh", "--cluster=leaf.test", f"--port={demo.leaf_node.port}",
+             f"{demo.login}@node2", "echo hello from the leaf as $(id -un)")
+
+
 STEPS: list[Step] = [
     Step("Start the cluster (auth + proxy, 127.0.0.1 only)", _start_cluster),
     Step("Add a Teleport user whose login is your OS user", _add_user),
@@ -241,6 +297,11 @@ STEPS: list[Step] = [
     Step("tsh ssh: OpenSSH with everything set", _tsh_ssh),
     Step("The recording proxy's recordings of those sessions", _recordings),
     Step("Clusters via the proxysites subsystem", _proxysites),
+    Step("Start a leaf cluster and make it trust the root", _start_leaf),
+    Step("Start a real sshd node in the leaf", _start_leaf_node),
+    Step("proxysites again: the leaf is connected", _proxysites),
+    Step("Trust the leaf's host CA in tsh's known_hosts", _trust_leaf_ca),
+    Step("tsh ssh --cluster=leaf.test: through the root to the leaf's node", _tsh_ssh_leaf),
 ]
 
 

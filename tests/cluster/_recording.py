@@ -49,6 +49,7 @@ from ._auth import UserCertServer
 
 if TYPE_CHECKING:
     from ._state import Node
+    from ._trust import LeafRoute
 
 __all__ = ["NO_AGENT_MESSAGE", "PLAIN_HOST_KEY_MESSAGE", "RecordingForwarder"]
 
@@ -85,12 +86,14 @@ class _Context:
 class RecordingForwarder:
     """Terminates one ``proxy:`` channel with an in-process SSH server (see module doc)."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, node: Node, *, context: _Context):
+    def __init__(self, chan: asyncssh.SSHServerChannel, node: Node, *, context: _Context,
+                 leaf: LeafRoute | None = None):
         from ._sshproxy import PipeForwarder  # _sshproxy imports this module
 
         self._chan = chan
         self._node = node
         self._ctx = context
+        self._leaf = leaf  # a node of a leaf cluster, reached over its reverse tunnel
         self._inner_sock, self._pipe_sock = socket.socketpair()
         self._pipe = PipeForwarder(
             chan, node, dial=lambda: asyncio.open_connection(sock=self._pipe_sock)
@@ -100,10 +103,10 @@ class RecordingForwarder:
         self._closed = False
 
     @classmethod
-    def bind(cls, proxy: Any) -> Callable[[asyncssh.SSHServerChannel, Node], RecordingForwarder]:
-        """A ``(chan, node)`` factory sharing ``proxy``'s state, CAs and settings."""
+    def bind(cls, proxy: Any) -> Callable[..., RecordingForwarder]:
+        """A ``(chan, node[, leaf])`` factory sharing ``proxy``'s state, CAs and settings."""
         context = _Context(proxy)
-        return lambda chan, node: cls(chan, node, context=context)
+        return lambda chan, node, leaf=None: cls(chan, node, context=context, leaf=leaf)
 
     async def run(self) -> None:
         chan, node = self._chan, self._node
@@ -115,13 +118,15 @@ class RecordingForwarder:
             self._close_socks()
             return
         outer = chan.get_connection()
-        self._server = _InnerServer(self._ctx, node, agent_path, outer.get_extra_info("peername"))
-        principals = await _node_principals(node, self._ctx)
+        self._server = _InnerServer(self._ctx, node, agent_path, outer.get_extra_info("peername"),
+                                    self._leaf)
+        principals = await _node_principals(node, self._ctx, self._leaf)
         if self._closed:  # the user went away during the probe
             self._close_socks()
             return
         host_cert = self._ctx.authority.sign_host(
-            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600
+            self._ctx.host_key, principals, f"recording-proxy:{node.name}", 3600,
+            self._ctx.authority.keys("host").presented,
         )
         server = self._server
         self._server_task = asyncio.ensure_future(
@@ -176,13 +181,25 @@ def _log_server_end(task: asyncio.Task[Any]) -> None:
         log.info("inner SSH server ended before login: %s", exc)
 
 
-async def _node_principals(node: Node, ctx: _Context) -> list[str]:
-    """``<node>``, ``<node>.<cluster>`` and the principals of the node's host-CA certificate."""
-    names = [node.name, f"{node.name}.{ctx.state.name}"]
+def _host_cas(ctx: _Context, leaf: LeafRoute | None) -> list[asyncssh.SSHKey]:
+    """The host CAs a node must be certified by: ours, or its leaf's (trusted-clusters.md §5.3)."""
+    if leaf is None:  # every key the host CA trusts now: both during a rotation
+        return [k.convert_to_public() for k in ctx.authority.keys("host").trusted]
+    return [asyncssh.import_public_key(line) for line in leaf.host_cas]
+
+
+async def _node_principals(node: Node, ctx: _Context, leaf: LeafRoute | None = None) -> list[str]:
+    """``<node>``, ``<node>.<cluster>`` and the principals of the node's host-CA certificate.
+
+    For a leaf node the cluster is the leaf: the certificate comes from *our* host
+    CA, but names the node as the user dialled it (Teleport names it
+    ``<node>.<root>`` instead, issue #42256).
+    """
+    names = [node.name, f"{node.name}.{leaf.leaf if leaf else ctx.state.name}"]
     try:
         key = await asyncio.wait_for(
             asyncssh.get_server_host_key(
-                node.host, node.port,
+                node.host, node.port, tunnel=leaf,
                 server_host_key_algs=[
                     "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com",
                     "ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
@@ -196,7 +213,8 @@ async def _node_principals(node: Node, ctx: _Context) -> list[str]:
         log.info("host key probe of %s: %s", node.addr, e)
         return names
     cert = key if isinstance(key, asyncssh.SSHCertificate) else None
-    if cert is not None and cert.signing_key.public_data == ctx.authority.host_ca.public_data:
+    cas = [ca.public_data for ca in _host_cas(ctx, leaf)]
+    if cert is not None and cert.signing_key.public_data in cas:
         names += [p for p in cert.principals if p not in names]
     return names
 
@@ -266,10 +284,12 @@ def _key_id(key_data: bytes) -> str:
 class _InnerServer(UserCertServer):
     """The SSH server the user's ssh talks to inside the ``proxy:`` channel."""
 
-    def __init__(self, ctx: _Context, node: Node, agent_path: str, peer: object):
-        super().__init__(ctx.authority.user_ca)
+    def __init__(self, ctx: _Context, node: Node, agent_path: str, peer: object,
+                 leaf: LeafRoute | None = None):
+        super().__init__(lambda: ctx.authority.keys("user").trusted)
         self._ctx = ctx
         self.node = node
+        self._leaf = leaf
         self._agent_path = agent_path
         self._peer = peer
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -321,7 +341,8 @@ class _InnerServer(UserCertServer):
                     node.host, node.port,
                     username=self.login,
                     client_factory=lambda: client,
-                    known_hosts=([], [self._ctx.authority.host_ca.convert_to_public()], []),
+                    known_hosts=([], _host_cas(self._ctx, self._leaf), []),
+                    tunnel=self._leaf,
                     server_host_key_algs="default",
                     client_keys=keys,
                     agent_path=None,

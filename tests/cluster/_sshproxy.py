@@ -5,7 +5,11 @@
   use :class:`PipeForwarder` (raw TCP bytes; the client's EOF is passed on,
   the node's ends the channel); ``proxy``
   uses the terminating, recording forwarder of ``_recording.py``.
-* ``proxysites`` writes the JSON list of clusters and exits 0.
+* ``proxy:host:port@<leaf>`` (and ``proxy:@<leaf>``) for a trusted leaf goes
+  over the leaf's reverse tunnel (``_trust.LeafRoute``): piped, or in
+  recording mode terminated here and dialled through the tunnel.
+* ``proxysites`` writes the JSON list of clusters (this one, then the
+  connected leaves) and exits 0.
 
 Agent-forwarding requests are accepted (asyncssh's default), because a
 recording proxy needs the user's agent to reach the node.
@@ -20,6 +24,7 @@ from typing import Protocol
 
 import asyncssh
 
+from . import _trust
 from ._auth import UserCertServer
 from ._ca import Authority
 from ._config import ServerConfig
@@ -33,7 +38,10 @@ from ._subsystem import (
     route,
 )
 
-__all__ = ["FORWARDERS", "PipeForwarder", "start_ssh_proxy"]
+__all__ = [
+    "FORWARDERS", "PipeForwarder", "follow_rotation", "proxy_host_identity", "start_ssh_proxy",
+]
+_ROTATION_POLL_S = 0.2
 
 log = logging.getLogger("tests.cluster.ssh")
 
@@ -159,6 +167,9 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._request: ProxyRequest | None = None
         self._forwarder: Forwarder | None = None
         self._task: asyncio.Task[None] | None = None
+        # Client bytes (and EOF) that arrive while a leaf is still answering the dial.
+        self._early: list[bytes] = []
+        self._early_eof = False
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[override]
         self._chan = chan
@@ -185,12 +196,22 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def session_started(self) -> None:
         assert self._chan is not None
         if self._subsystem == "proxysites":
-            self._chan.write(proxysites_json(self._proxy.state.name))
+            state = self._proxy.state
+            self._chan.write(proxysites_json(state.name, leaves=_trust.live_leaves(state)))
             self._chan.exit(0)
             return
         if self._request is None:  # a shell or exec request: nothing to run here
             self._chan.write_stderr(_ONLY_SUBSYSTEMS)
             self._chan.exit(1)
+            return
+        req = self._request
+        if req.cluster and req.cluster != self._proxy.state.name:
+            leaf = _trust.leaf_route(self._proxy.state, req.cluster)
+            if leaf is None:
+                self._refuse(_trust.unknown_cluster(req.cluster))
+                return
+            self._chan.pause_reading()  # until the leaf answered the dial
+            self._task = asyncio.ensure_future(self._run_leaf(leaf, req))
             return
         try:
             node = route(self._request, self._proxy.state.name, self._proxy.state.nodes())
@@ -204,6 +225,43 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._forwarder = self._proxy.forwarder_cls(self._chan, node)
         self._task = asyncio.ensure_future(self._forwarder.run())
 
+    def _refuse(self, e: SubsystemError) -> None:
+        assert self._chan is not None
+        log.info("no route for %r: %s", self._subsystem, e)
+        self._chan.write_stderr(f"{e}\n".encode())
+        self._chan.exit(1)
+
+    async def _run_leaf(self, leaf: _trust.LeafRoute, req: ProxyRequest) -> None:
+        """Route to a leaf over its reverse tunnel (docs/protocol.md, trusted clusters)."""
+        assert self._chan is not None
+        port = int(req.port) if req.port.isdigit() else 0
+        node = Node(req.host or "auth", req.host or leaf.leaf, port)  # names it in errors
+        forwarder: Forwarder
+        if self._proxy.config.recording == "proxy" and req.host:
+            # The root records: it terminates the session and dials the leaf node
+            # itself, through the tunnel (trusted-clusters.md §5).
+            forwarder = self._proxy.forwarder_cls(self._chan, node, leaf)  # type: ignore[call-arg]
+            self._start_forwarder(forwarder)
+            await forwarder.run()
+            return
+        try:
+            streams = await leaf.open(req)
+        except SubsystemError as e:
+            self._refuse(e)
+            return
+        forwarder = PipeForwarder(self._chan, node, dial=lambda: _trust.as_streams(*streams))
+        self._start_forwarder(forwarder)
+        await forwarder.run()
+
+    def _start_forwarder(self, forwarder: Forwarder) -> None:
+        """Hand ``forwarder`` the channel, with what the client sent in the meantime."""
+        for data in self._early:
+            forwarder.data_received(data)
+        if self._early_eof:
+            forwarder.eof_received()
+        self._early.clear()
+        self._forwarder = forwarder
+
     def shell_requested(self) -> bool:
         return True  # answered in session_started with a clear error
 
@@ -211,12 +269,18 @@ class _ProxySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True  # idem
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._forwarder is not None and datatype is None:
+        if datatype is not None:
+            return
+        if self._forwarder is not None:
             self._forwarder.data_received(data)
+        elif self._task is not None:
+            self._early.append(data)
 
     def eof_received(self) -> bool:
         if self._forwarder is not None:
             self._forwarder.eof_received()
+        else:
+            self._early_eof = True
         return True  # stay half-open: the node may still be talking
 
     def pause_writing(self) -> None:
@@ -251,7 +315,7 @@ class _Proxy:
 
 class _ProxyServer(UserCertServer):
     def __init__(self, proxy: _Proxy):
-        super().__init__(proxy.authority.user_ca)
+        super().__init__(lambda: proxy.authority.keys("user").trusted)
         self._proxy = proxy
         self._username = ""
 
@@ -268,6 +332,41 @@ class _ProxyServer(UserCertServer):
         return _ProxySession(self._proxy)
 
 
+def proxy_host_identity(
+    state: ClusterState, authority: Authority, host_key: asyncssh.SSHKey
+) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+    """The proxy's host key with a certificate from the host CA key servers present now.
+
+    The server re-asks this whenever the rotation moves (:func:`follow_rotation`):
+    from ``update_servers`` on, the proxy presents a new-CA certificate.
+    """
+    principals = ["127.0.0.1", "localhost", "::1", state.name]
+    presented = authority.keys("host").presented
+    cert = authority.sign_host(host_key, principals, f"proxy.{state.name}", 365 * 86400, presented)
+    return host_key, cert
+
+
+async def follow_rotation(
+    acceptor: asyncssh.SSHAcceptor, state: ClusterState, authority: Authority
+) -> None:
+    """Run until cancelled: advance automatic rotations and re-certify the proxy's host key
+    when the host CA key servers present changes (new connections get the new certificate)."""
+    host_key = asyncssh.read_private_key(state.proxy_dir / "ssh_host_key")
+    presented = authority.keys("host").presented.public_data
+    while True:
+        await asyncio.sleep(_ROTATION_POLL_S)
+        try:
+            authority.records()  # takes due automatic transitions even when nobody asks
+            now = authority.keys("host").presented.public_data
+        except (OSError, ValueError) as e:  # a half-edited data dir: try again later
+            log.warning("cannot read the rotation state: %s", e)
+            continue
+        if now != presented:
+            acceptor.update(server_host_keys=[proxy_host_identity(state, authority, host_key)])
+            presented = now
+            log.info("proxy host certificate re-issued by the current host CA")
+
+
 async def start_ssh_proxy(
     state: ClusterState, authority: Authority, config: ServerConfig, port: int
 ) -> asyncssh.SSHAcceptor:
@@ -280,14 +379,12 @@ async def start_ssh_proxy(
 
         host_key = authority.new_host_key()
         atomic_write(key_path, host_key.export_private_key("openssh"), 0o600)
-    principals = ["127.0.0.1", "localhost", "::1", state.name]
-    host_cert = authority.sign_host(host_key, principals, f"proxy.{state.name}", 365 * 86400)
     proxy = _Proxy(state, authority, config, host_key)
     return await asyncssh.listen(
         "127.0.0.1",
         port,
         server_factory=lambda: _ProxyServer(proxy),
-        server_host_keys=[(host_key, host_cert)],
+        server_host_keys=[proxy_host_identity(state, authority, host_key)],
         encoding=None,
         agent_forwarding=True,
         allow_scp=False,

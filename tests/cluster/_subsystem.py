@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._state import Node
@@ -129,7 +129,9 @@ def route(req: ProxyRequest, local_cluster: str, nodes: Mapping[str, Node]) -> N
     A node matches by name, or by its registered host; a port that is given
     (non-empty and not ``"0"``) must equal the registered one. An empty or zero
     port means the default node port, 3022, when the name matches nothing
-    better. Only the local cluster exists (no trusted leaf clusters yet).
+    better. Requests for a leaf cluster never get here: the SSH proxy sends
+    them over the leaf's reverse tunnel (``_trust``), whose leaf end routes
+    them as local requests.
     """
     if req.cluster and req.cluster != local_cluster:
         raise SubsystemError(f"unknown cluster {go_quote(req.cluster)}")
@@ -160,9 +162,18 @@ def route(req: ProxyRequest, local_cluster: str, nodes: Mapping[str, Node]) -> N
     )
 
 
-def proxysites_json(cluster: str, now: dt.datetime | None = None) -> bytes:
-    """The ``proxysites`` answer: one online root cluster, Go's RFC 3339 time format."""
+def proxysites_json(
+    cluster: str,
+    now: dt.datetime | None = None,
+    leaves: Sequence[tuple[str, dt.datetime, str]] = (),
+) -> bytes:
+    """The ``proxysites`` answer: the online local cluster, then each connected leaf
+    ``(name, last heartbeat, status)``; Go's RFC 3339 time format."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    stamp = now.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    sites = [{"name": cluster, "lastconnected": stamp, "status": "online"}]
+
+    def stamp(t: dt.datetime) -> str:
+        return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+    sites = [{"name": cluster, "lastconnected": stamp(now), "status": "online"}]
+    sites += [{"name": n, "lastconnected": stamp(t), "status": s} for n, t, s in leaves]
     return json.dumps(sites, separators=(",", ":")).encode()

@@ -1,7 +1,8 @@
 """The proxy's HTTPS web API (docs/protocol.md §2, §3 and §4), on aiohttp.
 
 Routes (each also under a leading ``/v1``): ``GET /webapi/ping``,
-``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``.
+``GET /webapi/ping/<connector>``, ``GET /webapi/find``, ``POST /webapi/ssh/certs``,
+``GET /webapi/auth/export?type=user|host|tls`` (also under ``/webapi/sites/<cluster>``).
 Errors are Teleport's ``{"error":{"message":...}}`` body, 4-space indented,
 with trace's status codes. Unexpected input always gives a 4xx, never a 500.
 """
@@ -20,6 +21,7 @@ import asyncssh
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from . import _trust
 from ._ca import Authority, public_line
 from ._config import ServerConfig, parse_version
 from ._duration import NS_PER_S, format_go_duration
@@ -189,6 +191,8 @@ class WebAPI:
             "/webapi/ping": {"GET": self.ping},
             "/webapi/find": {"GET": self.find},
             "/webapi/ssh/certs": {"POST": self.create_ssh_cert},
+            "/webapi/trustedclusters/validate": {"POST": self.validate_trusted_cluster},
+            "/webapi/auth/export": {"GET": self.auth_export},
         }
 
     async def dispatch(self, request: web.Request) -> web.Response:
@@ -207,6 +211,9 @@ class WebAPI:
         if path == "/v1" or path.startswith("/v1/"):
             path = path[3:] or "/"
         path = path.rstrip("/") or "/"
+        site_export = f"/webapi/sites/{self.state.name}/auth/export"
+        if path == site_export:
+            path = "/webapi/auth/export"
         if path.startswith("/webapi/ping/"):
             connector = path[len("/webapi/ping/") :]
             if request.method != "GET":
@@ -236,6 +243,8 @@ class WebAPI:
         }
         if self.config.public_addr:
             ssh["public_addr"] = self.config.public_addr
+        if self.config.tunnel_addr:  # where leaves' proxies dial (trusted clusters)
+            ssh["ssh_tunnel_public_addr"] = self.config.tunnel_addr
         return {
             "kube": {},
             "ssh": ssh,
@@ -269,6 +278,17 @@ class WebAPI:
             body.update({"edition": "oss", "fips": False})
         return body
 
+    async def validate_trusted_cluster(self, request: web.Request) -> web.Response:
+        """A leaf joins (trusted-clusters.md §1.1): token check, CA exchange."""
+        try:
+            body = _trust.validate_trusted_cluster(
+                self.state, self.authority, await request.read()
+            )
+        except _trust.TrustError as e:
+            raise ApiError(e.status, str(e)) from None
+        return web.Response(body=body, content_type="application/json",
+                            headers=_SECURITY_HEADERS)
+
     async def ping(self, request: web.Request) -> web.Response:
         return json_response(self._ping_body(self._auth_settings()))
 
@@ -283,6 +303,22 @@ class WebAPI:
             "device_trust": {}, "has_motd": False, "default_session_ttl": "0s",
         }
         return json_response(self._ping_body(empty_auth))
+
+    # ---- public CA export (authExportPublic): no authentication, local CAs only
+    async def auth_export(self, request: web.Request) -> web.Response:
+        ca_type = request.query.get("type", "")
+        exports = {
+            "user": self.authority.export_user,
+            "host": self.authority.export_host,
+            "tls": self.authority.export_tls,
+            "tls-host": self.authority.export_tls,
+            "": lambda: self.authority.export_host() + self.authority.export_user(),
+        }
+        if ca_type not in exports:
+            raise ApiError(400, f"unsupported --type: {json.dumps(ca_type)}")
+        return web.Response(
+            text=exports[ca_type](), content_type="text/plain", headers=_SECURITY_HEADERS
+        )
 
     # ---- local login
     async def create_ssh_cert(self, request: web.Request) -> web.Response:
@@ -307,11 +343,12 @@ class WebAPI:
             raise ApiError(403, BAD_CREDENTIALS)
 
         route = req.get("routetocluster", "")
-        if route and route != self.state.name:
+        if route and route != self.state.name and route not in _trust.remote_host_cas(self.state):
             raise ApiError(404, f"remote cluster {json.dumps(route)} is not found")
 
         ttl_s = max(min(ttl_ns, user.max_ttl_ns) // NS_PER_S, 1)
         cluster = self.state.name
+        host = self.authority.keys("host")  # this cluster's host CA only, active first
         cert = tls_cert = None
         if keys.ssh is not None:
             ssh_cert = self.authority.sign_user(keys.ssh, user, ttl_s, route or cluster)
@@ -326,8 +363,8 @@ class WebAPI:
                 "host_signers": [
                     {
                         "domain_name": cluster,
-                        "checking_keys": [b64(public_line(self.authority.host_ca) + "\n")],
-                        "tls_certs": [b64(self.authority.tls_ca_pem)],
+                        "checking_keys": [b64(public_line(k) + "\n") for k in host.trusted],
+                        "tls_certs": [b64(pem) for pem in host.trusted_tls_pem],
                     }
                 ],
             }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.cluster._files import stop_process
 
-__all__ = ["REPO_ROOT", "Cluster", "launch_cluster", "run_cluster_cli"]
+__all__ = ["REPO_ROOT", "Cluster", "join_leaf", "launch_cluster", "run_cluster_cli", "wait_tunnel"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 _START_TIMEOUT_S = 30.0
@@ -76,6 +76,11 @@ class Cluster:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context trusting only this cluster's TLS CA (for httpx ``verify=``)."""
         return ssl.create_default_context(cafile=str(self.tls_ca))
+
+    @property
+    def tunnel_addr(self) -> str:
+        """Where leaves dial their reverse tunnel (``127.0.0.1:PORT``)."""
+        return str(self.info["tunnel_addr"])
 
     @property
     def ssh_proxy_port(self) -> int:
@@ -171,3 +176,46 @@ def launch_cluster(
         proc=proc,
         info=info,
     )
+
+
+def join_leaf(
+    root: Cluster, leaf: Cluster, role_map: str = "access:access", labels: str = "",
+    timeout: float = 20.0,
+) -> None:
+    """Make ``leaf`` a trusted cluster of ``root`` and wait until its tunnel is up.
+
+    As an admin would: a join token on the root, ``trusted-clusters add`` on the
+    leaf (the root's web address and TLS CA, as its readiness line gives them).
+    """
+    import time
+
+    token = root.admin(
+        "tokens", "add", "--type=trusted_cluster", *([f"--labels={labels}"] if labels else [])
+    ).strip()
+    started = time.time()
+    leaf.admin(
+        "trusted-clusters", "add", f"--root-proxy={root.web_addr}", f"--root-ca={root.tls_ca}",
+        f"--token={token}", f"--role-map={role_map}",
+    )  # fmt: skip
+    wait_tunnel(root, leaf.name, since=started, timeout=timeout)
+
+
+def wait_tunnel(root: Cluster, leaf: str, since: float, timeout: float = 20.0) -> None:
+    """Wait until ``root`` recorded a tunnel from ``leaf`` that came up after ``since``."""
+    import datetime as dt
+    import time
+
+    deadline = time.monotonic() + timeout
+    path = root.data_dir / "remote_clusters.json"
+    while time.monotonic() < deadline:
+        try:
+            rec = json.loads(path.read_text())["clusters"].get(leaf) or {}
+        except (OSError, ValueError):
+            rec = {}
+        stamp = rec.get("last_heartbeat")
+        if stamp:
+            when = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            if when >= since:
+                return
+        time.sleep(0.05)  # the root writes the file when the tunnel comes up
+    raise RuntimeError(f"no reverse tunnel from {leaf} to {root.name}:\n{root.log()[-2000:]}")

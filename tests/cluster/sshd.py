@@ -10,6 +10,7 @@ and by ``python -m tests.cluster demo``.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -87,7 +88,7 @@ def _free_port() -> int:
 
 
 def _config_text(port: int, workdir: Path, host_key: Path, host_cert: Path | None,
-                 user_ca: Path, penalties: bool) -> str:
+                 user_ca: Path, penalties: bool, principals_command: str | None = None) -> str:
     lines = [
         f"Port {port}",
         "ListenAddress 127.0.0.1",
@@ -111,6 +112,13 @@ def _config_text(port: int, workdir: Path, host_key: Path, host_cert: Path | Non
         "MaxStartups 100:30:200",
         "Subsystem sftp internal-sftp",
     ]
+    if principals_command is not None:
+        # The leaf's role check (tests/cluster/_trust.allowed_login): sshd accepts a
+        # certificate only if it names a login this command prints.
+        lines += [
+            f"AuthorizedPrincipalsCommand {principals_command}",
+            f"AuthorizedPrincipalsCommandUser {'root' if os.geteuid() == 0 else getpass.getuser()}",
+        ]
     if penalties:
         lines.append("PerSourcePenalties no")  # OpenSSH >= 9.8 would throttle test reconnects
     return "\n".join(lines) + "\n"
@@ -134,10 +142,12 @@ def start_sshd(
     host_cert: Path | None,
     user_ca: Path,
     sshd: str = SSHD,
+    principals_command: str | None = None,
 ) -> SSHDNode:
     """Start sshd with these key files on a free 127.0.0.1 port; return once it is ready.
 
     ``host_cert`` None: the node presents its plain host key (no HostCertificate).
+    ``principals_command``: an ``AuthorizedPrincipalsCommand`` line (see start_node).
     """
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if os.geteuid() == 0:
@@ -147,7 +157,8 @@ def start_sshd(
     for _ in range(5):  # another process may grab the port between probe and bind
         port = _free_port()
         config = workdir / "sshd_config"
-        config.write_text(_config_text(port, workdir, host_key, host_cert, user_ca, penalties))
+        config.write_text(_config_text(port, workdir, host_key, host_cert, user_ca, penalties,
+                                       principals_command))
         log_path = workdir / "sshd.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -187,6 +198,8 @@ def start_node(
     sshd: str = SSHD,
     host_key_kind: str = "cert",
     aliases: Sequence[str] = (),
+    trusted_user_cas: str = "",
+    data_dir: Path | None = None,
 ) -> SSHDNode:
     """Configure sshd from the cluster (via ``admin(*argv) -> stdout``), start and register it.
 
@@ -196,11 +209,16 @@ def start_node(
     ``host_key_kind``: ``"cert"`` (a host certificate from the cluster's host CA,
     as the seed page says), ``"plain"`` (no HostCertificate) or ``"other-ca"``
     (a certificate for the same names from a CA the cluster does not know).
+
+    Leaf nodes (trusted clusters): ``trusted_user_cas`` is more ``auth export
+    --type=user`` text to trust, the root's (the leaf's own export leaves it
+    out, as tctl's); with ``data_dir`` (the cluster's) sshd asks the cluster's
+    role check which logins a certificate may use (``auth principals``).
     """
     if host_key_kind not in HOST_KEY_KINDS:
         raise ValueError(f"host_key_kind must be one of {HOST_KEY_KINDS}, not {host_key_kind!r}")
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    export = admin("auth", "export", "--type=user")
+    export = admin("auth", "export", "--type=user") + trusted_user_cas
     user_ca = workdir / "teleport_user_ca.pub"
     # the seed page's `sed s/cert-authority\ //`
     user_ca.write_text("".join(line.replace("cert-authority ", "", 1) + "\n"
@@ -216,7 +234,18 @@ def start_node(
         host_cert = None
     elif host_key_kind == "other-ca":
         _resign_with_other_ca(host_key, Path(f"{host_key}-cert.pub"))
-    node = start_sshd(name, workdir, host_key, host_cert, user_ca, sshd)
+    principals_command = None
+    if data_dir is not None:
+        import sys
+
+        from tests.cluster.launch import REPO_ROOT
+
+        # /usr/bin/env: sshd wants a command whose path only root can write.
+        principals_command = (
+            f"/usr/bin/env PYTHONPATH={REPO_ROOT} {sys.executable} -m tests.cluster "
+            f"auth principals --data-dir {data_dir} %u %k"
+        )
+    node = start_sshd(name, workdir, host_key, host_cert, user_ca, sshd, principals_command)
     try:
         for n in (name, *aliases):
             admin("nodes", "add", n, node.addr)

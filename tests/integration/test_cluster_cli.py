@@ -104,6 +104,9 @@ def test_demo_runs_the_openssh_flow(openssh) -> None:
     # The recording proxy (the default) recorded `tsh ssh ... uname -sr`; show prints it.
     shown = r.stdout.split("recordings show", 1)[1]
     assert (platform.system() + " " + platform.release()) in shown
+    # A leaf cluster: connected (proxysites) and reached through the root (tsh ssh --cluster)
+    assert '{"name":"leaf.test",' in r.stdout
+    assert re.search(r"^hello from the leaf as \S+$", r.stdout, re.M)
     assert r.stdout.rstrip().endswith("The OpenSSH flow works.")
 
 

@@ -17,12 +17,12 @@ space or a newline would make OpenSSH trust the cluster's CA for unrelated hosts
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._exceptions import ProxyResponseError
 from .names import validate_cluster_name, validate_host
 
-__all__ = ["CAKey", "ca_lines", "merge_known_hosts", "parse_ca_key"]
+__all__ = ["CAKey", "ca_lines", "cluster_trust_lines", "merge_known_hosts", "parse_ca_key"]
 
 _KEY_TYPE = re.compile(r"(?:ssh|ecdsa-sha2|sk-ssh|sk-ecdsa-sha2)-[a-z0-9@.-]{1,60}", re.ASCII)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
@@ -72,6 +72,34 @@ def ca_lines(proxy_host: str, cluster: str, keys: Sequence[str]) -> list[str]:
             raise ProxyResponseError(
                 f"malformed response from the proxy: bad host CA key for {cluster}"
             ) from None
+    return lines
+
+
+def cluster_trust_lines(
+    proxy_host: str, root: str, host_cas: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The known_hosts lines for a root cluster and its leaves (docs/protocol.md §14.4).
+
+    ``host_cas`` maps each cluster (the root and every leaf) to its host CA
+    keys. Every cluster's CA is trusted for its own names, as real tsh does;
+    the **root's** CA is trusted for every leaf's names too. That second part
+    is what makes OpenSSH work with leaf nodes when the root proxy records
+    sessions: it then terminates the connection itself and shows a host
+    certificate from the root host CA for the leaf node (Teleport issue
+    #42256). It widens trust to no new party: the root's auth server already
+    holds the keys that leaf nodes accept users by.
+
+    Raises:
+        InvalidNameError: an unsafe proxy host or cluster name.
+        ProxyResponseError: a malformed key, or no keys for ``root``.
+    """
+    root_keys = list(host_cas.get(root, ()))
+    if not root_keys:
+        raise ProxyResponseError(f"malformed response from the proxy: no host CA for {root}")
+    lines = ca_lines(proxy_host, root, root_keys)
+    for cluster, keys in host_cas.items():
+        if cluster != root:
+            lines += ca_lines(proxy_host, cluster, [*keys, *root_keys])
     return lines
 
 

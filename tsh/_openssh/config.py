@@ -180,7 +180,7 @@ _OPENSSH_HOP_SCRIPT = (
 )
 
 
-#: The hop with reuse (tsh._openssh.reuse, docs/protocol.md §14). ${12} is the
+#: The hop with reuse (tsh._openssh.reuse, docs/protocol.md §16). ${12} is the
 #: tag file: "<valid_before> <control path prefix>", read with the shell's own
 #: `read`. With a valid certificate, the control socket is "<prefix>-<login>";
 #: if no master listens there, one is started (`ssh -f -N`, ControlPersist at

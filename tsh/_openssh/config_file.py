@@ -67,11 +67,15 @@ def ssh_config(
     proxy_command: str = "tsh",
     ssh_version: tuple[int, int] | None = None,
     reuse: bool = True,
+    cluster: str | None = None,
 ) -> str:
     """Render the OpenSSH configuration for ``profile``.
 
-    ``reuse``: hops share one authenticated connection to the proxy
-    (tsh._openssh.reuse); the openssh form reuses only if the login left a tag.
+    One block pair per cluster of the profile (root first, then its leaves),
+    or only ``cluster``'s; the root's certificate serves them all, as in real
+    tsh (the proxy routes a root certificate to any leaf). ``reuse``: hops
+    share one authenticated connection to the proxy (tsh._openssh.reuse); the
+    openssh form reuses only if the login left a tag.
 
     Raises:
         InvalidNameError: a name or path of the profile is unsafe in ssh_config.
@@ -80,6 +84,13 @@ def ssh_config(
     paths = store.paths_for(profile)
     root = profile.root_cluster or profile.cluster
     clusters = tuple(profile.clusters) or (root,)
+    if cluster is not None:
+        if cluster not in clusters:
+            raise UsageError(
+                f"unknown cluster {cluster!r}: the profile knows {', '.join(clusters)} "
+                "(log in again if a leaf was added)"
+            )
+        clusters = (cluster,)
     agent_only = profile.key_storage == "agent"
     try:
         web_host, web_port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)

@@ -4,7 +4,7 @@ Every connection through the proxy pays two SSH handshakes, the proxy's and
 the node's. OpenSSH's connection multiplexing removes the first: a *master*
 ``ssh`` logs in to the proxy once and listens on a control socket; each hop
 is then an ``ssh -S <socket>`` that asks the master for a new session, the
-``proxy:<host>:<port>@<cluster>`` subsystem (docs/protocol.md §14). OpenSSH
+``proxy:<host>:<port>@<cluster>`` subsystem (docs/protocol.md §16). OpenSSH
 stays in the data path: the master reads and writes the hop's own descriptors,
 which the client passes it.
 

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from .._agent.private import LazyAgent
 from .._core.names import validate_cluster_name, validate_login
 from .._core.profile import Profile
-from .._exceptions import NotLoggedInError
+from .._exceptions import NotLoggedInError, SSHError
 from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
 from .supervisor import HopSupervisor
@@ -84,6 +84,7 @@ def proxy_ssh(
     store = ProfileStore()
     profile = store.select(proxy)
     tgt = parse_target(target)
+    cluster = cluster or os.environ.get("TELEPORT_CLUSTER")  # real tsh's variable
     cluster = validate_cluster_name(cluster) if cluster else (profile.root_cluster or profile.cluster)
     login = tgt.login
     if login is None:  # OpenSSH always passes %r; by hand, the login may be left out
@@ -113,6 +114,8 @@ def proxy_ssh(
                         proxy_addr=profile.ssh_proxy_addr, login=login,
                         known_hosts=os.fspath(paths.known_hosts),
                     )
+            except SSHError as e:
+                raise _explained(e, store, profile) from None
             except _HangUp:
                 return 128 + signal.SIGHUP
         agent = _agent_to_forward(profile, store, paths)
@@ -132,6 +135,8 @@ def proxy_ssh(
             return attempts.run(
                 proxy_addr=profile.ssh_proxy_addr, login=login, known_hosts=os.fspath(paths.known_hosts)
             )
+        except SSHError as e:
+            raise _explained(e, store, profile) from None
         except _HangUp:
             return 128 + signal.SIGHUP
         finally:
@@ -159,6 +164,18 @@ def _riding_master(
     if path is None:
         return None
     return [*hop[:-5], "-S", path, "-o", "ControlMaster=no", *hop[-5:]]
+
+
+def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHError:
+    """``error``, or the CA rotation that caused it when the facts say so (only on failure)."""
+    text = str(error)
+    untrusted, denied = " is not trusted: " in text, " refused the certificate " in text
+    if not (untrusted or denied) or os.environ.get("TSH_HOP_ERRORS"):
+        return error  # (under `tsh ssh`/`tsh scp`, which explain after ssh's own lines)
+    from .._openssh.explain import explain_proxy_failure
+
+    explanation = explain_proxy_failure(store, profile, untrusted, denied)
+    return SSHError(explanation.message) if explanation is not None else error
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The proxy's web API over httpx: ``/webapi/ping`` and ``/v1/webapi/ssh/certs``.
+"""The proxy's web API over httpx: ``/webapi/ping``, ``/v1/webapi/ssh/certs``, ``/webapi/auth/export``.
 
 :class:`WebClient` does the I/O (verified TLS, a total deadline per call,
 bounded bodies, errors mapped to the tsh exception tree); tsh._web.wire checks
@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from .._core.addr import FALLBACK_WEB_PORT, join_host_port, split_host_port
+from .._core.knownhosts import CAKey
 from .._exceptions import (
     AccessDeniedError,
     ProxyConnectionError,
@@ -147,7 +148,9 @@ class WebClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, raw: bool = False
+    ) -> Any:
         deadline = _Deadline(self.deadline)
         request = self._client.build_request(
             method,
@@ -203,6 +206,8 @@ class WebClient:
             raise ProxyResponseError(
                 f"cannot decode the answer from {self.base_url}{path}; is it a Teleport proxy?"
             ) from None
+        if raw and response.status_code == 200:
+            return bytes(content)
         return self._decode(response.status_code, bytes(content), path)
 
     def _decode(self, status: int, body: bytes, path: str) -> Any:
@@ -223,6 +228,24 @@ class WebClient:
         raise ProxyResponseError(
             f"the proxy refused the request: {message} (HTTP {status})", status
         )
+
+    def auth_export(self, ca_type: str) -> tuple[CAKey, ...]:
+        """``GET /webapi/auth/export?type=``: the CA keys the cluster trusts now (public).
+
+        Raises:
+            ProxyResponseError: an answer that is not export lines.
+        """
+        from .._core.rotation import parse_export
+
+        if ca_type not in ("host", "user"):
+            raise ValueError(f"unsupported CA type {ca_type!r}")
+        data = self._request("GET", f"/webapi/auth/export?type={ca_type}", raw=True)
+        try:
+            return parse_export(data.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise ProxyResponseError(
+                f"malformed response from the proxy: bad {ca_type} CA export"
+            ) from None
 
     def ping(self) -> PingResponse:
         """``GET /webapi/ping``: check the proxy is a Teleport proxy and learn its settings."""

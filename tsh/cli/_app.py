@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import completion, config, login, logout, proxy, scp, ssh, status, version
+from . import completion, config, doctor, login, logout, proxy, scp, ssh, status, version
 
 app = typer.Typer(
     name="tsh",
@@ -56,4 +56,7 @@ app.command(
     context_settings={"allow_interspersed_args": False},
 )(ssh.ssh)
 app.command("scp", help="Copy files to or from a node with OpenSSH's scp.")(scp.scp)
+app.command("doctor", help="Check the OpenSSH path step by step and say what to fix.")(
+    doctor.doctor
+)
 app.add_typer(proxy.app, name="proxy")

@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     from .._core.profile import Profile
 
 
-def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
+def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile"], "Profile"]]:
     """A relogin callback when a person is at a terminal, else None.
+
+    ``reason`` completes "The certificate for USER@PROXY ...": it has expired,
+    or (tsh.cli._rotation) it was issued before a CA rotation.
 
     The callback logs in again to the same proxy as the same user, with the
     same prompts as `tsh login`, keeping a `-k only` profile's key out of disk.
@@ -28,7 +31,7 @@ def terminal_relogin() -> Optional[Callable[["Profile"], "Profile"]]:
         from .login import login_warnings, terminal_authenticator
 
         print(
-            f"The certificate for {profile.user}@{profile.name} has expired; logging in again.",
+            f"The certificate for {profile.user}@{profile.name} {reason}; logging in again.",
             file=sys.stderr,
         )
         # A `-k only` profile's key stays out of disk.

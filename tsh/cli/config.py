@@ -31,6 +31,9 @@ def config(
         "--no-reuse",
         help="Every connection logs in to the proxy itself (no shared proxy connection).",
     ),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Only this cluster's block (default: root and every leaf)."
+    ),
     update: bool = typer.Option(
         False,
         "--update",
@@ -60,6 +63,7 @@ def config(
         proxy_command=proxy_command,
         ssh_version=openssh_version(),
         reuse=not no_reuse,
+        cluster=cluster,
     )
     _warn_if_expired(profile.valid_before)
     if not update and update_file is None:

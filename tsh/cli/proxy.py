@@ -16,7 +16,8 @@ app = typer.Typer(
 def ssh(
     target: str = typer.Argument(..., metavar="[USER@]HOST:PORT"),
     cluster: str | None = typer.Option(
-        None, "--cluster", help="Cluster of the node (default: the profile's root cluster)."
+        None, "--cluster",
+        help="Cluster of the node, root or leaf (default: TELEPORT_CLUSTER, else the root).",
     ),
     proxy: str | None = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."

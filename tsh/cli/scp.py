@@ -14,7 +14,8 @@ def scp(
         None, "-P", "--port", help="Node SSH port (default 3022; 22 for OpenSSH nodes)."
     ),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="Cluster of the node (default: the profile's)."
+        None, "--cluster", envvar="TELEPORT_CLUSTER", show_envvar=False,
+        help="Cluster of the node, root or leaf (default: the profile's; env TELEPORT_CLUSTER).",
     ),
     proxy: Optional[str] = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
@@ -30,11 +31,25 @@ def scp(
     from .._openssh.binary import plan_scp, run_explained
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
+    from ._rotation import SSH_FAILED, explain_failure, first_remote
 
-    argv = plan_scp(
-        ProfileStore(), proxy, paths, port=port, cluster=cluster, recursive=recursive,
-        preserve=preserve, relogin=terminal_relogin(), hop_errors=True, reuse=not no_reuse,
-    )  # fmt: skip
-    status = run_explained(argv)
+    store = ProfileStore()
+
+    def run() -> int:
+        argv = plan_scp(
+            store, proxy, paths, port=port, cluster=cluster, recursive=recursive,
+            preserve=preserve, relogin=terminal_relogin(), hop_errors=True,
+            reuse=not no_reuse,
+        )  # fmt: skip
+        return run_explained(argv)
+
+    status = run()
+    destination = first_remote(paths)
+    if status == SSH_FAILED and destination is not None:  # was it a CA rotation?
+        from .._openssh.argv import SSHRequest
+        from .._openssh.binary import find_binary
+
+        request = SSHRequest(port=port, cluster=cluster)
+        status = explain_failure(store, proxy, request, destination, find_binary("ssh"), run)
     if status:
         raise typer.Exit(status)

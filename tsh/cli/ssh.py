@@ -16,7 +16,8 @@ def ssh(
     ),
     login: Optional[str] = typer.Option(None, "-l", "--login", help="Remote login."),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="Cluster of the node (default: the profile's)."
+        None, "--cluster", envvar="TELEPORT_CLUSTER", show_envvar=False,
+        help="Cluster of the node, root or leaf (default: the profile's; env TELEPORT_CLUSTER).",
     ),
     proxy: Optional[str] = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
@@ -45,6 +46,7 @@ def ssh(
     from .._openssh.binary import plan_ssh, run_explained
     from .._store.store import ProfileStore
     from ._relogin import terminal_relogin
+    from ._rotation import SSH_FAILED, explain_failure
 
     if tty and no_tty:
         raise UsageError("-t and -T cannot be used together")
@@ -64,9 +66,17 @@ def ssh(
     if remote_command[:1] == ("--",):
         # click keeps a "--" that follows HOST; ssh drops it, and so do we.
         remote_command = remote_command[1:]
-    argv = plan_ssh(ProfileStore(), proxy, request, destination, remote_command,
-                    terminal_relogin(), hop_errors=True, reuse=not no_reuse)
-    sys.stdout.flush()
-    status = run_explained(argv)
+    store = ProfileStore()
+
+    def run() -> tuple[int, str]:
+        argv = plan_ssh(store, proxy, request, destination, remote_command,
+                        terminal_relogin(), hop_errors=True, reuse=not no_reuse)
+        sys.stdout.flush()
+        return run_explained(argv), argv[0]
+
+    status, ssh_path = run()
+    if status == SSH_FAILED:  # OpenSSH's own error: was it a CA rotation?
+        status = explain_failure(store, proxy, request, destination, ssh_path,
+                                 lambda: run()[0])
     if status:
         raise typer.Exit(status)
