@@ -114,17 +114,24 @@ def test_profiles_logins_and_certificates_never_share_a_master(cluster, node, tm
 
 
 def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
+    import shutil
+
     me = log_in(cluster, [LOGIN])
     tag = me.paths.reuse_tag
     valid_before, prefix = tag.read_text().split()
     soon = int(time.time()) + 42
     tag.write_text(f"{soon} {prefix}\n")  # as if the certificate had 42 s left
     cfg = _config(tmp_path, me, node.port, "openssh")
-    assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=me.env()).returncode == 0
-    (sock,) = _sockets(me)
-    argv = Path(f"/proc/{_master_pid(sock)}/cmdline").read_bytes().split(b"\0")
-    persist = [int(w.split(b"=")[1]) for w in argv if w.startswith(b"ControlPersist=")]
-    assert persist and 0 < persist[0] <= 42
+    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec {shutil.which("ssh")} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
+    assert len(_sockets(me)) == 1
+    persist = [int(w.split("=")[1]) for w in log.read_text().split()
+               if w.removeprefix("-o").startswith("ControlPersist=")]
+    assert persist and all(0 < p <= 42 for p in persist)
 
 
 @pytest.mark.parametrize("form", FORMS)

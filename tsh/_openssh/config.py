@@ -182,13 +182,15 @@ _OPENSSH_HOP_SCRIPT = (
 
 #: The hop with reuse (tsh._openssh.reuse, docs/protocol.md §16). ${12} is the
 #: tag file: "<valid_before> <control path prefix>", read with the shell's own
-#: `read`. With a valid certificate, the control socket is "<prefix>-<login>";
-#: if no master listens there, one is started (`ssh -f -N`, ControlPersist at
-#: most the certificate's remaining validity) under a lock file holding the
-#: shell's pid, so that many hops started together log in to the proxy once.
-#: An expired certificate makes the master exit and the hop go alone. The hop
-#: itself runs with "ControlMaster auto": a dead master's socket is unlinked and
-#: the hop connects (and becomes the master) by itself.
+#: `read`. With a valid certificate, the control socket is "<prefix>-<login>",
+#: and the hop runs with "ControlMaster auto" and ControlPersist at most the
+#: certificate's remaining validity: it rides the master listening there, or
+#: (none, or a dead one's socket, which OpenSSH unlinks) logs in and becomes
+#: the master itself, which then forks to the background. Hops that find no
+#: socket first take a lock file holding the shell's pid (a dead holder's lock
+#: is removed), so that only one of many started together logs in: the others
+#: wait for its socket. An expired certificate makes the master exit and the
+#: hop go alone.
 _OPENSSH_REUSE_SCRIPT = (
     'h=${2%%."$7"}; h=${h%%."$8"}; case $h in *:*) h="[$h]";; esac; c=; p=0; '
     'if [ -n "${12}" ] && read -r v c < "${12}"; then '
@@ -196,14 +198,10 @@ _OPENSSH_REUSE_SCRIPT = (
     '[ -n "$c" ] && c="$c-$1"; n=$(date +%%s); '
     'if [ -z "$c" ] || [ ${#c} -gt MAX_PATH ]; then c=; '
     'elif [ "$v" -gt "$n" ]; then p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; l=$c.lock; i=0; '
-    'until [ -S "$c" ] || [ $i -ge 300 ]; do '
-    'if (set -C; echo $$ > "$l"); then '
-    "ssh -o ForwardAgent=yes HOP_OPTIONS "
-    '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
-    '-f -N -o ControlMaster=yes -o ControlPersist=$p -S "$c" -p "$9" -l "$1" "${10}"; '
-    'rm -f "$l"; break; fi; '
-    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" || rm -f "$l"; }; '
-    "i=$((i+1)); sleep 0.05; done; "
+    'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
+    '(set -C; echo $$ > "$l") && break; '
+    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" || { rm -f "$l"; continue; }; }; '
+    "sleep 0.05; done; "
     'else [ "$v" -le "$n" ] && ssh -S "$c" -O exit _; c=; fi; fi </dev/null >/dev/null 2>&1; '
     "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
     '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
