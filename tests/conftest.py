@@ -60,15 +60,31 @@ _OPENSSH_TOOLS = {
 
 # --------------------------------------------------------------------------- isolation
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Every test gets its own HOME and TELEPORT_HOME and no agent, CA or proxy settings."""
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    monkeypatch.setenv("TELEPORT_HOME", str(tmp_path_factory.mktemp("tsh")))
+    home = tmp_path_factory.mktemp("tsh")
+    monkeypatch.setenv("TELEPORT_HOME", str(home))
     for var in list(os.environ):
         if var in ("SSH_AUTH_SOCK", "SSL_CERT_FILE", "SSL_CERT_DIR") or var.upper().endswith(
             "_PROXY"
         ):
             monkeypatch.delenv(var, raising=False)
+    yield
+    exit_masters(home / "mux")
+
+
+def exit_masters(mux_dir: Path) -> None:
+    """Make every hop master (tsh._openssh.reuse) with a socket in ``mux_dir`` exit."""
+    try:
+        sockets = [p for p in mux_dir.iterdir() if p.is_socket() and not p.name.endswith(".agent")]
+    except OSError:
+        return
+    for sock in sockets:
+        subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True,
+                       timeout=10, check=False)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 * ``proxy:host:port[@cluster]`` routes to a registered node and hands the
   channel to a *forwarder* picked by the recording mode. ``node`` and ``off``
-  use :class:`PipeForwarder` (raw TCP bytes, half-close respected); ``proxy``
+  use :class:`PipeForwarder` (raw TCP bytes; the client's EOF is passed on,
+  the node's ends the channel); ``proxy``
   uses the terminating, recording forwarder of ``_recording.py``.
 * ``proxy:host:port@<leaf>`` (and ``proxy:@<leaf>``) for a trusted leaf goes
   over the leaf's reverse tunnel (``_trust.LeafRoute``): piped, or in
@@ -104,8 +105,10 @@ class PipeForwarder:
                 if chan.get_write_buffer_size() > _HIGH_WATER:
                     self._can_write.clear()
                     await self._can_write.wait()
+            # The node is done: end the channel, as Teleport's proxy does (its
+            # utils.ProxyConn closes both sides once either copy stops). A hop
+            # multiplexed on a master sees its stdout end only then.
             chan.write_eof()
-            await self._client_eof.wait()  # the client may still be sending (half-close)
             chan.exit(0)
         except (OSError, asyncssh.Error, BrokenPipeError) as e:
             log.info("pipe to %s ended: %s", node.addr, e)
@@ -308,6 +311,7 @@ class _Proxy:
         self.authority = authority
         self.config = config
         self.host_key = host_key  # the proxy's own, which the recording forwarders certify
+        self.authentications = 0  # successful user logins, logged one by one
         cls = FORWARDERS[config.recording]
         bind = getattr(cls, "bind", None)
         self.forwarder_cls: Callable[[asyncssh.SSHServerChannel, Node], Forwarder] = (
@@ -319,6 +323,16 @@ class _ProxyServer(UserCertServer):
     def __init__(self, proxy: _Proxy):
         super().__init__(lambda: proxy.authority.keys("user").trusted)
         self._proxy = proxy
+        self._username = ""
+
+    def begin_auth(self, username: str) -> bool:
+        self._username = username
+        return super().begin_auth(username)
+
+    def auth_completed(self) -> None:
+        # Tests count the proxy's logins in its log (hop reuse: one, not one per hop).
+        self._proxy.authentications += 1
+        log.info("proxy authentication #%d: login %s", self._proxy.authentications, self._username)
 
     def session_requested(self) -> _ProxySession:
         return _ProxySession(self._proxy)

@@ -113,6 +113,10 @@ class Cluster:
         except OSError:
             return ""
 
+    def proxy_authentications(self) -> int:
+        """How many users the SSH proxy has logged in so far (its log says each)."""
+        return self.log().count(" proxy authentication #")
+
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status."""
         stop_process(self.proc, 10)

@@ -242,11 +242,11 @@ def agent_tmpdir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-def _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path: Path, word: str) -> None:  # type: ignore[no-untyped-def]
-    """`tsh login -k no`, `tsh config`, then plain `ssh node.<cluster> echo word` with it."""
+def _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path: Path, word: str, *config: str) -> None:  # type: ignore[no-untyped-def]
+    """`tsh login -k no`, `tsh config CONFIG`, then plain `ssh node.<cluster> echo word` with it."""
     r = login(cluster, USER, env, "--add-keys-to-agent=no")
     assert r.returncode == 0, r.stderr
-    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", *config, env=env)
     r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", word, env=env)
     assert (r.returncode, r.stdout) == (0, f"{word}\n"), r.stderr
 
@@ -324,12 +324,13 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_sigkill_of_proxy_ssh_leaves_no_agent_and_no_sockets(mode, openssh, tmp_path, agent_tmpdir) -> None:  # type: ignore[no-untyped-def]
     """`-k no`: kill -9 of `tsh proxy ssh` mid-session stops the private agent holding the
-    key (recording proxy) and removes the socket directory (both modes)."""
+    key (recording proxy) and removes the socket directory (both modes). (Without hop
+    reuse: a shared master's agent lives as long as the master, tests/integration/test_reuse.py.)"""
     cluster, node = mode
     tmpdir = agent_tmpdir
     env = env_for(cluster, TMPDIR=str(tmpdir))
     assert login(cluster, USER, env, "--add-keys-to-agent=no").returncode == 0
-    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", env=env)
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={node.port}", "--no-reuse", env=env)
     ssh = subprocess.Popen(
         [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", f"{LOGIN}@{node.name}.{cluster.name}",
          "echo up; exec sleep 60"],
@@ -521,12 +522,13 @@ def _path_with(tmp_path: Path, name: str, script: str) -> str:
 
 
 def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`-k no`, no agent: `tsh proxy ssh` starts ssh-agent only if the proxy asks for it."""
+    """`-k no`, no agent: `tsh proxy ssh` alone (no hop reuse) starts ssh-agent only if the
+    proxy asks for it. (A shared master always has its own: tests/integration/test_reuse.py.)"""
     cluster, node = mode
     marker = tmp_path / "ssh-agent-ran"
     env = env_for(cluster)
     env["PATH"] = _path_with(tmp_path, "ssh-agent", f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n')
-    _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path, "ok")
+    _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path, "ok", "--no-reuse")
     recording_proxy = cluster.recording == "proxy"
     assert marker.exists() == recording_proxy
 

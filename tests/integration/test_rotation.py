@@ -86,8 +86,8 @@ USER_CA_ROTATED = (
 )
 
 
-def tsh_ssh(user: User, node, login_name: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return run_tsh("ssh", f"--port={node.port}", f"{login_name}@{node.name}", "echo", "ok",
+def tsh_ssh(user: User, node, login_name: str, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return run_tsh("ssh", *extra, f"--port={node.port}", f"{login_name}@{node.name}", "echo", "ok",
                    env=user.env)
 
 
@@ -244,7 +244,9 @@ def test_user_rotation_old_certificate_works_during_grace_only(
     try:
         user = User(rcluster, login_name)
         user.login()
-        cfg = tsh_config_file(tmp_path / "ssh_config", env=user.env, installed=True)
+        # --no-reuse: a shared proxy connection logged in before the rotation would carry
+        # new sessions past it (docs/protocol.md §19); this test is about the proxy's refusal.
+        cfg = tsh_config_file(tmp_path / "ssh_config", "--no-reuse", env=user.env, installed=True)
         (old,) = keys_of(export(rcluster, "user"))
         rotate(rcluster, "--type=user", "--manual", "--phase=init", "--grace-period=1h")
         assert keys_of(export(rcluster, "user"))[0] == old
@@ -259,7 +261,7 @@ def test_user_rotation_old_certificate_works_during_grace_only(
         assert new != old
         r = plain_ssh(openssh.ssh, cfg, login_name, node, rcluster, user.env)
         assert r.returncode == 255  # the proxy refuses the old certificate now
-        r = tsh_ssh(user, node, login_name)
+        r = tsh_ssh(user, node, login_name, "--no-reuse")
         assert r.returncode == 255 and last_line(r.stderr) == USER_CA_ROTATED, r.stderr
         user.login()
         assert plain_ssh(openssh.ssh, cfg, login_name, node, rcluster, user.env).stdout == "ok\n"

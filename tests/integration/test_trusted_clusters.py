@@ -344,3 +344,28 @@ def test_stopped_leaf_goes_offline_then_away(trust: Trust, ssh_agent, tmp_path_f
     r = run_tsh("ssh", "--cluster=leaf3.test", f"{LOGIN}@node2", "true", env=env)
     assert r.returncode != 0
     assert 'unknown cluster "leaf3.test"' in r.stderr
+
+
+@pytest.mark.parametrize("form", ["openssh", "tsh"])
+def test_one_root_proxy_connection_serves_every_clusters_nodes(
+    trust: Trust, ssh_agent, openssh, tmp_path, form: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Hop reuse (docs/protocol.md §19): the cluster is in the subsystem, not the socket's name."""
+    root = trust.root
+    env = _logged_in(root, ssh_agent, [trust.leaf1, trust.leaf2])
+    cfg = tsh_config_file(tmp_path / "ssh_config", f"--port={trust.nodes[trust.leaf1.name].port}",
+                          f"--proxy-command={form}", env=env)
+    before = root.proxy_authentications()
+    for leaf in (trust.leaf1, trust.leaf2, trust.leaf1):
+        node = trust.nodes[leaf.name]
+        r = subprocess.run(
+            [openssh.ssh, "-F", str(cfg), "-o", "BatchMode=yes", "-p", str(node.port),
+             f"{LOGIN}@node2.{leaf.name}", "echo $SSH_CONNECTION"],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert _server_port(r.stdout) == node.port
+    assert root.proxy_authentications() - before == 1
+    mux = os.path.join(env["TELEPORT_HOME"], "mux")
+    masters = [n for n in os.listdir(mux) if not n.endswith((".agent", ".lock"))]
+    assert len(masters) == 1, masters

@@ -32,6 +32,9 @@ BASE = SSHConfigParams(
     ssh_version=(9, 2),
 )
 
+#: What `tsh config` passes once the login wrote a reuse tag (tsh._openssh.reuse).
+REUSE_TAG = "/home/alice/.tsh/keys/proxy.example.com/bob-ssh/reuse"
+
 CASES = {
     "single_cluster": BASE,
     "single_cluster_with_login_and_port": dataclasses.replace(BASE, login="testuser", port=3232),
@@ -45,8 +48,12 @@ CASES = {
         BASE, executable=("/opt/venv with space/bin/python3", "-m", "tsh")
     ),
     "openssh_proxy_command": dataclasses.replace(
-        BASE, clusters=("root", "leaf"), proxy_command="openssh", login="root"
+        BASE, clusters=("root", "leaf"), proxy_command="openssh", login="root", reuse_tag=REUSE_TAG
     ),
+    "openssh_no_reuse": dataclasses.replace(
+        BASE, proxy_command="openssh", reuse=False, reuse_tag=REUSE_TAG
+    ),
+    "tsh_no_reuse": dataclasses.replace(BASE, reuse=False),
     "agent_only": dataclasses.replace(
         BASE,
         identity_file="/home/alice/.tsh/keys/proxy.example.com/bob.pub",
@@ -57,6 +64,7 @@ CASES = {
         identity_file="/home/alice/.tsh/keys/proxy.example.com/bob.pub",
         identities_only=True,
         proxy_command="openssh",
+        reuse_tag=REUSE_TAG,
     ),
     "ipv6_proxy": dataclasses.replace(BASE, proxy_host="::1", ssh_proxy_host="::1"),
     # TLS routing: the hop reaches the web port (443) through openssl s_client.

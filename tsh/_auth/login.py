@@ -329,7 +329,14 @@ def _save(
             added.append(in_agent)
         return undo
 
+    paths = store.paths_for(profile)
+    old_tag = paths.reuse_tag.read_text() if paths.reuse_tag.is_file() else None
     store.save_login(profile, files, before_commit=None if keep_private else place_key)
+    if old_tag is not None and paths.reuse_tag.is_file() and paths.reuse_tag.read_text() != old_tag:
+        # The old certificate's masters take no new sessions (hop reuse, docs/protocol.md §19).
+        from .._openssh.reuse import close_masters
+
+        close_masters(str(paths.mux_dir), "stop", old_tag)
     if added:
         # Committed: now the keys of the login this one replaces can go.
         try:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .._exceptions import AgentError, TshWarning
+from .._openssh.reuse import close_masters
 from .._store.store import ProfileStore
 
 __all__ = ["LogoutResult", "logout_user", "logout_all"]
@@ -53,6 +54,9 @@ def logout_user(
     result = LogoutResult(removed=False)
     if not store.home.is_dir():
         return result
+    paths = store.paths(proxy_host, user)
+    if paths.reuse_tag.is_file():  # the hop masters of this certificate end with it
+        close_masters(str(paths.mux_dir), "exit", paths.reuse_tag.read_text())
     result.removed = store.remove_user(proxy_host, user) is not None
 
     def match(comment: str) -> bool:
@@ -74,6 +78,7 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
     result = LogoutResult(removed=False)
     if not store.home.is_dir():
         return result
+    close_masters(os.path.join(store.home, "mux"), "exit")  # before their sockets go
     proxies = store.remove_all()
     result.removed = proxies is not None
 

@@ -150,13 +150,14 @@ def _common(
     cluster: str,
     via_tsh: Sequence[str],
     hop_errors: bool = False,
+    reuse: bool = True,
 ) -> list[str]:
     # The cluster (--cluster) ends up in HostKeyAlias and in the ProxyCommand shell line.
     validate_cluster_name(cluster)
     alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
     if via_tsh:
         proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
-        command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port)
+        command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port, reuse)
     else:
         command = proxy_command(profile, paths, host, cluster)
         if hop_errors:  # `tsh proxy ssh` reads $TSH_HOP_ERRORS itself
@@ -178,6 +179,7 @@ def ssh_argv(
     ssh: str = "ssh",
     via_tsh: Sequence[str] = (),
     hop_errors: bool = False,
+    reuse: bool = True,
 ) -> list[str]:
     """The full ``ssh`` command line for `tsh ssh` (argv[0] is ``ssh``).
 
@@ -185,7 +187,8 @@ def ssh_argv(
     the first value it sees, so they override ours. ``via_tsh`` (how to run
     tsh, e.g. ``("/usr/bin/tsh",)``) makes the ProxyCommand `tsh proxy ssh`.
     ``hop_errors``: the hop's messages go to the file ``$TSH_HOP_ERRORS``
-    names (which must then be set).
+    names (which must then be set). ``reuse`` False: a `tsh proxy ssh`
+    ProxyCommand gets ``--no-reuse``.
 
     Raises:
         UsageError (InvalidNameError): an unsafe destination, login or cluster.
@@ -195,7 +198,7 @@ def ssh_argv(
     argv = [ssh]
     for option in request.options:
         argv += ["-o", option]
-    argv += _common(profile, paths, host, cluster, via_tsh, hop_errors)
+    argv += _common(profile, paths, host, cluster, via_tsh, hop_errors, reuse)
     argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
     if login:
         argv += ["-l", login]
@@ -242,10 +245,11 @@ def scp_argv(
     scp: str = "scp",
     via_tsh: Sequence[str] = (),
     hop_errors: bool = False,
+    reuse: bool = True,
 ) -> list[str]:
     """The full ``scp`` command line for `tsh scp` (SOURCE... TARGET in ``args``).
 
-    ``hop_errors``: as for :func:`ssh_argv`.
+    ``hop_errors``, ``reuse``: as for :func:`ssh_argv`.
 
     Raises:
         UsageError: see scp_remote_host.
@@ -256,6 +260,6 @@ def scp_argv(
         argv.append("-r")
     if preserve:
         argv.append("-p")
-    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh, hop_errors)
+    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh, hop_errors, reuse)
     argv += ["-P", str(port or DEFAULT_NODE_PORT), "--", *args]
     return argv

@@ -90,6 +90,15 @@ def proxy_via(profile: Profile, store: ProfileStore) -> tuple[str, ...]:
     return tsh_executable()
 
 
+def _via(profile: Profile, store: ProfileStore, reuse: bool) -> tuple[str, ...]:
+    """:func:`proxy_via`, but always `tsh proxy ssh` when the hop is to be reused."""
+    if reuse and store.paths_for(profile).reuse_tag.is_file():
+        from .config_file import tsh_executable
+
+        return tsh_executable()
+    return proxy_via(profile, store)
+
+
 def plan_ssh(
     store: ProfileStore,
     proxy: str | None,
@@ -98,11 +107,14 @@ def plan_ssh(
     command: Sequence[str] = (),
     relogin: Callable[[Profile], Profile] | None = None,
     hop_errors: bool = False,
+    reuse: bool = True,
 ) -> list[str]:
     """The complete ``ssh`` command line for `tsh ssh` (argv[0] is an absolute path).
 
     Bad input fails before the profile is looked at (and before any relogin
-    prompt). ``hop_errors``: for :func:`run_explained`.
+    prompt). ``hop_errors``: for :func:`run_explained`. ``reuse``: the hop is
+    `tsh proxy ssh`, which rides the master connection to the proxy
+    (tsh._openssh.reuse); False: as :func:`proxy_via` decides, alone.
 
     Raises:
         UsageError: a bad destination or option, or no OpenSSH client.
@@ -114,7 +126,8 @@ def plan_ssh(
     profile = usable_profile(store, proxy, relogin)
     return ssh_argv(
         profile, store.paths_for(profile), request, destination, command,
-        ssh=find_binary("ssh"), via_tsh=proxy_via(profile, store), hop_errors=hop_errors,
+        ssh=find_binary("ssh"), via_tsh=_via(profile, store, reuse), hop_errors=hop_errors,
+        reuse=reuse,
     )  # fmt: skip
 
 
@@ -129,8 +142,11 @@ def plan_scp(
     preserve: bool = False,
     relogin: Callable[[Profile], Profile] | None = None,
     hop_errors: bool = False,
+    reuse: bool = True,
 ) -> list[str]:
     """The complete ``scp`` command line for `tsh scp` (argv[0] is an absolute path).
+
+    ``reuse``: as for :func:`plan_ssh`.
 
     Raises:
         UsageError: bad sources or target, or no OpenSSH client.
@@ -143,7 +159,7 @@ def plan_scp(
     return scp_argv(
         profile, store.paths_for(profile), args, port=port, cluster=cluster,
         recursive=recursive, preserve=preserve, scp=find_binary("scp"),
-        via_tsh=proxy_via(profile, store), hop_errors=hop_errors,
+        via_tsh=_via(profile, store, reuse), hop_errors=hop_errors, reuse=reuse,
     )  # fmt: skip
 
 

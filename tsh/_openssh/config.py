@@ -29,6 +29,7 @@ from .._core.names import (
 from .._exceptions import UsageError
 from .._proxy.dial import command_line, openssl_words
 from .hop import HOP_OPTIONS
+from .reuse import CONTROL_PATH_MAX, PERSIST_SECONDS
 
 __all__ = [
     "BEGIN_MARKER",
@@ -72,6 +73,10 @@ class SSHConfigParams:
         tls_ca_file: under TLS routing, the root cluster's host CA (``cas/<cluster>.pem``):
             the openssh form's hop then reaches the web port through ``openssl s_client``.
         conn_upgrade: TLS routing behind an L7 load balancer: no openssh form exists.
+        reuse: share one authenticated connection to the proxy between hops
+            (tsh._openssh.reuse); False writes ``--no-reuse`` into the tsh form.
+        reuse_tag: the profile's reuse tag file, which the ``openssh`` form reads
+            at each connection (absolute path; "" for no reuse).
     """
 
     proxy_host: str
@@ -90,6 +95,8 @@ class SSHConfigParams:
     ssh_version: tuple[int, int] | None = None
     tls_ca_file: str = ""
     conn_upgrade: bool = False
+    reuse: bool = True
+    reuse_tag: str = ""
 
 
 def parse_openssh_version(text: str) -> tuple[int, int] | None:
@@ -109,6 +116,8 @@ def _check(p: SSHConfigParams) -> None:
         validate_port(port)
     for path in (p.known_hosts, p.identity_file, p.certificate_file):
         validate_path(path)
+    if p.reuse_tag:
+        validate_path(p.reuse_tag)
     if p.login is not None:
         validate_login(p.login)
     if p.proxy_command not in PROXY_COMMANDS:
@@ -147,9 +156,11 @@ def _executable_words(executable: Sequence[str]) -> list[str]:
 
 
 def tsh_proxy_command(
-    executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int
+    executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int, reuse: bool = True
 ) -> str:
     """``'<tsh>' proxy ssh --cluster='C' --proxy='HOST:PORT' '%r@%h:%p'``.
+
+    ``reuse`` False adds ``--no-reuse`` (every hop logs in to the proxy itself).
 
     ``executable`` is how to start tsh (see SSHConfigParams). OpenSSH hands
     this line to the user's shell, so every word is validated and then
@@ -162,9 +173,10 @@ def tsh_proxy_command(
     cluster = validate_cluster_name(cluster)
     proxy = join_host_port(validate_host(proxy_host, "proxy host"), validate_port(proxy_port))
     exe = " ".join(_executable_words(executable))
+    no_reuse = "" if reuse else "--no-reuse "
     return (
         f"{exe} proxy ssh --cluster={shell_word(cluster)} --proxy={shell_word(proxy)} "
-        f"{shell_word('%r@%h:%p')}"
+        f"{no_reuse}{shell_word('%r@%h:%p')}"
     )
 
 
@@ -181,17 +193,53 @@ _OPENSSH_HOP_SCRIPT = (
 )
 
 
+#: The hop with reuse (tsh._openssh.reuse, docs/protocol.md §19). ${12} is the
+#: tag file: "<valid_before> <control path prefix>", read with the shell's own
+#: `read`. With a valid certificate, the control socket is "<prefix>-<login>",
+#: and the hop runs with "ControlMaster auto" and ControlPersist at most the
+#: certificate's remaining validity: it rides the master listening there, or
+#: (none, or a dead one's socket, which OpenSSH unlinks) logs in and becomes
+#: the master itself, which then forks to the background. Hops that find no
+#: socket first take a lock file holding the shell's pid (a dead holder's lock
+#: is removed), so that only one of many started together logs in: the others
+#: wait for its socket. An expired certificate makes the master exit and the
+#: hop go alone.
+_OPENSSH_REUSE_SCRIPT = (
+    'h=${2%%."$7"}; h=${h%%."$8"}; case $h in *:*) h="[$h]";; esac; c=; p=0; '
+    'if [ -n "${12}" ] && read -r v c < "${12}"; then '
+    'case $c in /*) ;; *) c=;; esac; case $1 in ""|*[/%%$]*) c=;; esac; '
+    '[ -n "$c" ] && c="$c-$1"; n=$(date +%%s); '
+    'if [ -z "$c" ] || [ ${#c} -gt MAX_PATH ]; then c=; '
+    'elif [ "$v" -gt "$n" ]; then p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; l=$c.lock; i=0; '
+    'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
+    '(set -C; echo $$ > "$l") && break; '
+    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" || { rm -f "$l"; continue; }; }; '
+    "sleep 0.05; done; "
+    'else [ "$v" -le "$n" ] && ssh -S "$c" -O exit _; c=; fi; fi </dev/null >/dev/null 2>&1; '
+    "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
+    '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
+    '${c:+-S} ${c:+"$c"} ${c:+-oControlMaster=auto} ${c:+-oControlPersist=$p} '
+    '-p "$9" -l "$1" -s "${10}" "proxy:$h:$3@${11}"'
+)
+
+
 def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
     # OpenSSH runs ProxyCommand through the user's shell, which may not be
     # POSIX (fish, csh), so the logic is a single-quoted `sh -c` script and
     # every value is one single-quoted argument after it; ssh's %r %h %p
     # arrive as $1..$3. %h arrives lower-cased (ssh lower-cases host names),
     # hence the lower-cased suffixes.
-    script = _OPENSSH_HOP_SCRIPT.replace(
-        "HOP_OPTIONS", " ".join(f"-o {option}" for option in HOP_OPTIONS)
-    ).replace("IDENTITIES_ONLY", " -o IdentitiesOnly=yes" if p.identities_only else "")
+    reuse = p.reuse and bool(p.reuse_tag)
+    script = (
+        (_OPENSSH_REUSE_SCRIPT if reuse else _OPENSSH_HOP_SCRIPT)
+        .replace("HOP_OPTIONS", " ".join(f"-o {option}" for option in HOP_OPTIONS))
+        .replace("IDENTITIES_ONLY", " -o IdentitiesOnly=yes" if p.identities_only else "")
+        .replace("MAX_PATH", str(CONTROL_PATH_MAX))
+        .replace("PERSIST", str(PERSIST_SECONDS))
+    )
     if p.tls_ca_file:  # TLS routing: the hop reaches the web port through openssl s_client
-        script = script.replace(' -p "$9"', ' -o "${12}" -p "$9"')
+        slot = "${13}" if reuse else "${12}"  # after the reuse tag file, when there is one
+        script = script.replace(' -p "$9"', f' -o "{slot}" -p "$9"')
     args = [
         "%r",
         "%h",
@@ -205,6 +253,8 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
         p.ssh_proxy_host,
         cluster,
     ]
+    if reuse:
+        args.append(p.reuse_tag)
     if p.tls_ca_file:
         words = openssl_words(p.ssh_proxy_host, p.ssh_proxy_port, p.tls_ca_file)
         args.append("ProxyCommand=" + command_line(words))
@@ -230,7 +280,7 @@ def render(p: SSHConfigParams) -> str:
     for cluster in p.clusters:
         pattern = cluster.lower()
         if p.proxy_command == "tsh":
-            command = tsh_proxy_command(p.executable, cluster, p.proxy_host, p.proxy_port)
+            command = tsh_proxy_command(p.executable, cluster, p.proxy_host, p.proxy_port, p.reuse)
         else:
             command = _openssh_proxy_command(p, cluster)
         out.append(

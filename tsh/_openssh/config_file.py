@@ -67,13 +67,16 @@ def ssh_config(
     login: str | None = None,
     proxy_command: str = "tsh",
     ssh_version: tuple[int, int] | None = None,
+    reuse: bool = True,
     cluster: str | None = None,
 ) -> str:
     """Render the OpenSSH configuration for ``profile``.
 
     One block pair per cluster of the profile (root first, then its leaves),
     or only ``cluster``'s; the root's certificate serves them all, as in real
-    tsh (the proxy routes a root certificate to any leaf).
+    tsh (the proxy routes a root certificate to any leaf). ``reuse``: hops
+    share one authenticated connection to the proxy (tsh._openssh.reuse); the
+    openssh form reuses only if the login left a tag.
 
     Raises:
         InvalidNameError: a name or path of the profile is unsafe in ssh_config.
@@ -111,6 +114,8 @@ def ssh_config(
         proxy_command=proxy_command,
         identities_only=agent_only,
         ssh_version=ssh_version,
+        reuse=reuse,
+        reuse_tag=str(paths.reuse_tag.absolute()) if reuse and paths.reuse_tag.is_file() else "",
     )
     return render(_tls_routing(params, profile, paths))
 

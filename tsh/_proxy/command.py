@@ -67,9 +67,12 @@ def proxy_ssh(
     stdin: int = 0,
     stdout: int = 1,
     stderr: int = 2,
+    reuse: bool = True,
 ) -> int:
     """Run the ProxyCommand: pipe ``stdin``/``stdout`` to ``target`` via the proxy.
 
+    ``reuse``: ride (or start) the master connection to the proxy for this
+    certificate and login (tsh._proxy.mux); False: log in to the proxy alone.
     Returns the exit status (0 after a normal end).
 
     Raises:
@@ -114,6 +117,18 @@ def proxy_ssh(
         return diagnose(web_addr, ca_file)
 
     with _hangup_raises():
+        if reuse:
+            try:
+                argv = _riding_master(profile, store, paths, login, hop(), env)
+                if argv is not None:  # the master's agent serves the proxy: no agent of ours
+                    return HopSupervisor((argv, env), stdin, stdout, stderr).run(
+                        proxy_addr=profile.ssh_proxy_addr, login=login,
+                        known_hosts=os.fspath(paths.known_hosts),
+                    )
+            except SSHError as e:
+                raise _explained(e, store, profile) from None
+            except _HangUp:
+                return 128 + signal.SIGHUP
         agent = _agent_to_forward(profile, store, paths)
         try:
             if agent is None:
@@ -140,6 +155,28 @@ def proxy_ssh(
         finally:
             if agent is not None:
                 agent.close()
+
+
+def _riding_master(
+    profile: Profile, store: ProfileStore, paths: ProfilePaths, login: str, hop: list[str],
+    env: dict[str, str],
+) -> list[str] | None:
+    """The hop as a session on the master connection (started if need be), or None.
+
+    ``hop`` ends ``-l LOGIN -s HOST SUBSYSTEM``; the master gets the words
+    before, ``-l LOGIN`` and HOST.
+    """
+    from .mux import master_for
+
+    if profile.key_storage == "agent":
+        _agent_to_forward(profile, store, paths)  # `-k only`: the key must be in the agent
+        private_agent = None
+    else:
+        private_agent = (os.fspath(paths.private_key), os.fspath(paths.ssh_cert(profile.cluster)))
+    path = master_for(os.fspath(paths.reuse_tag), login, [*hop[:-3], hop[-2]], env, private_agent)
+    if path is None:
+        return None
+    return [*hop[:-5], "-S", path, "-o", "ControlMaster=no", *hop[-5:]]
 
 
 def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHError:

@@ -84,6 +84,16 @@ class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "use
         return self._in_keys(f"{self.user}-ssh", f"{cluster}-cert.pub")
 
     @property
+    def reuse_tag(self) -> Path:
+        """tsh-py only: the certificate's hop-reuse tag (tsh._openssh.reuse)."""
+        return self._in_keys(f"{self.user}-ssh", "reuse")
+
+    @property
+    def mux_dir(self) -> Path:
+        """tsh-py only: 0700 directory of the hop masters' control sockets."""
+        return self._path("mux")
+
+    @property
     def cas_dir(self) -> Path:
         return self._in_keys("cas")
 

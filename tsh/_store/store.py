@@ -204,13 +204,20 @@ class ProfileStore:
             for s in files.host_signers
             for line in ca_lines(proxy_host, s.domain_name, s.checking_keys)
         ]
-        dirs = (self.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir)
+        from .._openssh.reuse import tag_text
+
+        reuse_tag = tag_text(
+            str(paths.mux_dir.absolute()), proxy_host, profile.user, files.ssh_cert, profile.valid_before
+        )
+        if reuse_tag is None:
+            stale.append(paths.reuse_tag)  # a home too long for a socket path: no hop reuse
+        dirs = (self.home / "keys", paths.keys_dir, paths.ssh_cert_dir, paths.cas_dir, paths.mux_dir)
         with self.transaction():
             created = [d for d in dirs if not os.path.lexists(d)]
             try:
                 for d in dirs:
                     _fs.ensure_private_dir(d)
-                self._stage_login(profile, files, paths, known_lines, before_commit)
+                self._stage_login(profile, files, paths, known_lines, before_commit, reuse_tag)
             except BaseException:
                 for d in reversed(created):  # a first login that failed leaves no trace
                     try:
@@ -228,6 +235,7 @@ class ProfileStore:
         paths: ProfilePaths,
         known_lines: list[str],
         before_commit: Callable[[], Callable[[], None] | None] | None,
+        reuse_tag: str | None = None,
     ) -> None:
         """save_login's staging and commit, with the lock held and the directories made."""
         from .._core.knownhosts import merge_known_hosts
@@ -247,6 +255,8 @@ class ProfileStore:
                 staged.stage(paths.tls_key, files.tls_key)
             for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
                 staged.stage(paths.ssh_cert(name), files.ssh_cert)
+            if reuse_tag is not None:
+                staged.stage(paths.reuse_tag, reuse_tag)
             for signer in files.host_signers:
                 if signer.tls_certs:
                     staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))

@@ -22,7 +22,9 @@ _PROXY_SSH_OPTIONS = ("--cluster", "--proxy")
 
 
 def parse_proxy_ssh(args: list[str]) -> dict[str, str | None] | None:
-    """The arguments of ``proxy ssh [--cluster=C] [--proxy=P] TARGET``, or None.
+    """The arguments of ``proxy ssh [--cluster=C] [--proxy=P] [--no-reuse] TARGET``, or None.
+
+    ``--no-reuse`` gives the key ``no_reuse``.
 
     None means "not this command, or not a plain spelling of it": help,
     ``--``, an unknown option, a missing value or target, an extra word.
@@ -33,7 +35,9 @@ def parse_proxy_ssh(args: list[str]) -> dict[str, str | None] | None:
     words = iter(args[2:])
     for word in words:
         name, eq, value = word.partition("=")
-        if name in _PROXY_SSH_OPTIONS:
+        if word == "--no-reuse":
+            found["no_reuse"] = "yes"
+        elif name in _PROXY_SSH_OPTIONS:
             if not eq:
                 value = next(words, "-")
                 if value.startswith("-"):  # missing, or an option where click might differ
@@ -60,4 +64,5 @@ def run_hot(args: list[str]) -> int | None:
 
     target = parsed["target"]
     assert target is not None
-    return proxy_ssh(target, cluster=parsed.get("cluster"), proxy=parsed.get("proxy"))
+    return proxy_ssh(target, cluster=parsed.get("cluster"), proxy=parsed.get("proxy"),
+                     reuse=not parsed.get("no_reuse"))

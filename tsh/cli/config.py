@@ -26,6 +26,11 @@ def config(
         metavar="tsh|openssh",
         help="ProxyCommand form: 'tsh' (tsh proxy ssh) or 'openssh' (plain ssh, no Python).",
     ),
+    no_reuse: bool = typer.Option(
+        False,
+        "--no-reuse",
+        help="Every connection logs in to the proxy itself (no shared proxy connection).",
+    ),
     cluster: str | None = typer.Option(
         None, "--cluster", help="Only this cluster's block (default: root and every leaf)."
     ),
@@ -57,6 +62,7 @@ def config(
         login=login,
         proxy_command=proxy_command,
         ssh_version=openssh_version(),
+        reuse=not no_reuse,
         cluster=cluster,
     )
     _warn_if_expired(profile.valid_before)

@@ -22,6 +22,9 @@ def ssh(
     proxy: str | None = typer.Option(
         None, "--proxy", metavar="HOST[:PORT]", help="Profile to use (default: the current one)."
     ),
+    no_reuse: bool = typer.Option(
+        False, "--no-reuse", help="Log in to the proxy alone (no shared proxy connection)."
+    ),
 ) -> None:
     """Connect stdin/stdout to a node's SSH port through the proxy (for ProxyCommand).
 
@@ -29,6 +32,6 @@ def ssh(
     """
     from .._proxy.command import proxy_ssh
 
-    status = proxy_ssh(target, cluster=cluster, proxy=proxy)
+    status = proxy_ssh(target, cluster=cluster, proxy=proxy, reuse=not no_reuse)
     if status:
         raise typer.Exit(status)

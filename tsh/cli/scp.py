@@ -23,6 +23,9 @@ def scp(
     preserve: bool = typer.Option(
         False, "-p", "--preserve", help="Keep modification times and modes."
     ),
+    no_reuse: bool = typer.Option(
+        False, "--no-reuse", help="Log in to the proxy alone (no shared proxy connection)."
+    ),
 ) -> None:
     """Copy files to or from a node with OpenSSH's scp ([LOGIN@]HOST:PATH as in scp)."""
     from .._openssh.binary import plan_scp, run_explained
@@ -36,6 +39,7 @@ def scp(
         argv = plan_scp(
             store, proxy, paths, port=port, cluster=cluster, recursive=recursive,
             preserve=preserve, relogin=terminal_relogin(), hop_errors=True,
+            reuse=not no_reuse,
         )  # fmt: skip
         return run_explained(argv)
 

@@ -36,6 +36,9 @@ def ssh(
     options: Optional[List[str]] = typer.Option(
         None, "-o", metavar="OPTION", help="OpenSSH option, passed to ssh as given."
     ),
+    no_reuse: bool = typer.Option(
+        False, "--no-reuse", help="Log in to the proxy alone (no shared proxy connection)."
+    ),
 ) -> None:
     """Run OpenSSH's ssh on a node through the proxy (with your agent forwarded to the proxy)."""
     from .._exceptions import UsageError
@@ -67,7 +70,7 @@ def ssh(
 
     def run() -> tuple[int, str]:
         argv = plan_ssh(store, proxy, request, destination, remote_command,
-                        terminal_relogin(), hop_errors=True)
+                        terminal_relogin(), hop_errors=True, reuse=not no_reuse)
         sys.stdout.flush()
         return run_explained(argv), argv[0]
 

@@ -1,0 +1,181 @@
+"""Hop reuse: set-up through the proxy, cold and warm, against a direct ssh to the node.
+
+Starts the local test cluster and a real sshd node, writes both `tsh config`
+forms with reuse (the default) and without (``--no-reuse``: what every
+connection cost before reuse), then measures, interleaved in one run:
+
+- ``direct``: ``ssh`` to the node itself, no proxy;
+- per form, ``alone`` (``--no-reuse``), ``cold`` (reuse, but the master was
+  told to exit just before: the connection starts it) and ``warm`` (the
+  master is up);
+- bulk throughput (``--mib`` MiB through ``cat > /dev/null``) for direct and
+  per form alone and warm.
+
+Targets: warm set-up at most 1.05x direct; cold at most 1.03x alone (no
+worse than before reuse); warm throughput at least 0.95x alone. Set-up times
+are medians of ``--runs`` rounds, each round running every variant once in a
+shuffled order, with a 95% bootstrap interval of each ratio.
+
+Two cases, as in benchmarks/proxy_ssh.py: no ssh-agent, and the seed page's
+ssh-agent holding key and certificate. The `tsh` measured is a regular
+install of this checkout (see proxy_ssh.py).
+
+    python benchmarks/proxy_reuse.py [--runs 30] [--mib 128] [--bulk-runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy_ssh import install_tsh  # noqa: E402  (the sibling benchmark's installer)
+
+from tests.cluster import sshd as sshd_launcher  # noqa: E402
+from tests.conftest import LOGIN, exit_masters, launch_cluster  # noqa: E402
+from tests.integration._profiles import log_in  # noqa: E402
+from tsh import ProfileStore  # noqa: E402
+from tsh._agent.private import PrivateAgent  # noqa: E402
+
+FORMS = ("openssh", "tsh")
+
+
+def _pairs(num: list[float], den: list[float], rounds: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of median(num) / median(den) over the paired rounds."""
+    pairs = list(zip(num, den, strict=True))
+    ratios = sorted(
+        statistics.median(a for a, _ in s) / statistics.median(b for _, b in s)
+        for s in (random.choices(pairs, k=len(pairs)) for _ in range(rounds))
+    )
+    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--mib", type=int, default=128)
+    parser.add_argument("--bulk-runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tsh-bench-"))
+    os.environ["TELEPORT_HOME"] = str(work / "tsh")
+    cluster = node = agent = None
+    report: list[str] = []
+    try:
+        tsh_exe = install_tsh(work / "venv")
+        cluster = launch_cluster(work / "cluster")
+        node = sshd_launcher.start_node(cluster.admin, cluster.name, "node1", work / "node")
+        me = log_in(cluster, [LOGIN])
+        store = ProfileStore(me.home)
+        paths = store.paths_for(store.select(None))
+        mux = me.home / "mux"
+        dest = f"{LOGIN}@node1.{cluster.name}"
+        base = ["ssh", "-o", "BatchMode=yes"]
+        direct = [*base, "-F", "/dev/null", "-o", f"UserKnownHostsFile={paths.known_hosts}",
+                  "-o", f"HostKeyAlias=node1.{cluster.name}", "-i", str(paths.private_key),
+                  "-o", f"CertificateFile={paths.ssh_cert(cluster.name)}", "-p", str(node.port),
+                  f"{LOGIN}@127.0.0.1"]  # fmt: skip
+        variants: dict[str, list[str]] = {"direct": direct}
+        for form in FORMS:
+            for reuse in (True, False):
+                r = subprocess.run(
+                    [str(tsh_exe), "config", f"--port={node.port}", f"--proxy-command={form}",
+                     *([] if reuse else ["--no-reuse"])],
+                    env=me.env(), capture_output=True, check=False,
+                )  # fmt: skip
+                if r.returncode:
+                    raise SystemExit(r.stderr.decode())
+                cfg = work / f"config-{form}-{reuse}"
+                cfg.write_bytes(r.stdout)
+                argv = [*base, "-F", str(cfg), dest]
+                if reuse:
+                    variants[f"{form} cold"] = argv
+                    variants[f"{form} warm"] = argv
+                else:
+                    variants[f"{form} alone"] = argv
+        agent = PrivateAgent.start(str(paths.private_key), str(paths.ssh_cert(cluster.name)), 3600)
+        cases = {"no agent": me.env(), "agent": me.env(SSH_AUTH_SOCK=agent.sock)}
+        for case, env in cases.items():
+            times: dict[str, list[float]] = {v: [] for v in variants}
+
+            def run(name: str, cmd: str = "true", env: dict[str, str] = env) -> float:
+                if name.endswith(" cold"):
+                    exit_masters(mux)  # untimed: the connection must start the master
+                    time.sleep(0.05)
+                t = time.perf_counter()
+                subprocess.run([*variants[name], cmd], env=env, check=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                return (time.perf_counter() - t) * 1000
+
+            for name in variants:  # warm-up: caches, bytecode, and the masters
+                run(name)
+            for _ in range(args.runs):
+                order = list(variants)
+                random.shuffle(order)
+                for name in order:
+                    if name.endswith(" warm"):
+                        run(name)  # untimed: make sure this form's master is up
+                    times[name].append(run(name))
+            rates: dict[str, float] = {}
+            chunk = b"\0" * (1 << 20)
+            bulk = [v for v in variants if not v.endswith(" cold")]
+            samples: dict[str, list[float]] = {v: [] for v in bulk}
+            for _ in range(args.bulk_runs):
+                for name in bulk:
+                    t = time.perf_counter()
+                    proc = subprocess.Popen([*variants[name], "cat > /dev/null"], env=env,
+                                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                    assert proc.stdin is not None
+                    for _ in range(args.mib):
+                        proc.stdin.write(chunk)
+                    proc.stdin.close()
+                    if proc.wait() != 0:
+                        raise SystemExit("bulk transfer failed")
+                    samples[name].append(args.mib / (time.perf_counter() - t))
+            rates = {v: statistics.median(r) for v, r in samples.items()}
+            med = {v: statistics.median(t) for v, t in times.items()}
+            report.append(f"\n{case}: set-up ms (median of {args.runs}), MiB/s (median of {args.bulk_runs})")
+            for name in variants:
+                rate = f"{rates[name]:>10.1f}" if name in rates else f"{'-':>10}"
+                report.append(f"  {name:<14}{med[name]:>9.1f}{rate}")
+            for form in FORMS:
+                checks = [
+                    (f"{form} warm/direct", f"{form} warm", "direct", 1.05, "<="),
+                    (f"{form} cold/alone", f"{form} cold", f"{form} alone", 1.03, "<="),
+                ]
+                for label, num, den, target, _ in checks:
+                    ratio = med[num] / med[den]
+                    low, high = _pairs(times[num], times[den])
+                    verdict = "ok" if ratio <= target else "MISSED"
+                    report.append(f"  {label:<22}{ratio:.2f}x [{low:.2f}-{high:.2f}] "
+                                  f"(target <= {target:.2f}x) {verdict}")
+                rate_ratio = rates[f"{form} warm"] / rates[f"{form} alone"]
+                verdict = "ok" if rate_ratio >= 0.95 else "MISSED"
+                report.append(f"  {form + ' throughput':<22}{rate_ratio:.2f}x warm/alone "
+                              f"(target >= 0.95x) {verdict}")
+            exit_masters(mux)
+    finally:
+        if cluster is not None:
+            exit_masters(Path(os.environ["TELEPORT_HOME"]) / "mux")
+        if node is not None:
+            node.stop()
+        if cluster is not None:
+            cluster.stop()
+        if agent is not None:
+            agent.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print("tsh measured: a regular install of this checkout; variants interleaved per round")
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

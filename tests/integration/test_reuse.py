@@ -1,0 +1,337 @@
+"""Hop reuse (tsh._openssh.reuse): one authenticated proxy connection serves many hops.
+
+Real OpenSSH clients through `tsh config`'s output, the test cluster (which
+logs each proxy authentication, so tests count them) and real sshd nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.launch import Cluster, launch_cluster
+from tests.conftest import LOGIN, launch_node
+from tests.integration._profiles import LoggedIn, log_in
+from tests.integration._tsh import ssh_with_config, tsh_config_file
+from tsh import ProfileStore
+
+pytestmark = pytest.mark.integration
+
+FORMS = ("openssh", "tsh")
+
+
+def _sockets(me: LoggedIn) -> list[Path]:
+    mux = me.home / "mux"
+    masters = (p for p in mux.iterdir() if p.is_socket() and not p.name.endswith(".agent"))
+    return sorted(masters) if mux.is_dir() else []
+
+
+def _master_pid(sock: Path) -> int:
+    r = subprocess.run(["ssh", "-S", str(sock), "-O", "check", "_"], capture_output=True,
+                       text=True, timeout=10, check=False)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.split("pid=")[1].split(")")[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+def _config(tmp_path: Path, me: LoggedIn, port: int, form: str, *extra: str) -> Path:
+    return tsh_config_file(tmp_path / f"ssh_config-{me.paths.user}-{form}", f"--port={port}",
+                           f"--proxy-command={form}", *extra, env=me.env(), installed=True)
+
+
+def _ssh(cfg: Path, dest: str, *cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return ssh_with_config("ssh", cfg, dest, *cmd, env=env)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_hops_share_one_authenticated_connection(cluster, node, tmp_path, form) -> None:
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, form)
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    before = cluster.proxy_authentications()
+    for i in range(3):
+        r = _ssh(cfg, dest, "echo", f"hop{i}", env=me.env())
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"hop{i}\n", "")
+    assert cluster.proxy_authentications() - before == 1
+    (sock,) = _sockets(me)
+    assert stat.S_IMODE((me.home / "mux").stat().st_mode) == 0o700
+    assert sock.name[16:] == ("-" if form == "openssh" else "+") + LOGIN
+
+
+def test_no_reuse_logs_in_every_time(cluster, node, tmp_path) -> None:
+    me = log_in(cluster, [LOGIN])
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    for form in FORMS:
+        cfg = _config(tmp_path, me, node.port, form, "--no-reuse")
+        before = cluster.proxy_authentications()
+        for _ in range(2):
+            r = _ssh(cfg, dest, "true", env=me.env())
+            assert r.returncode == 0, r.stderr
+        assert cluster.proxy_authentications() - before == 2
+    assert _sockets(me) == []
+
+
+def test_profiles_logins_and_certificates_never_share_a_master(cluster, node, tmp_path) -> None:
+    alice = log_in(cluster, [LOGIN, "nobody-here"])
+    cfg = _config(tmp_path, alice, node.port, "openssh")
+    assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=alice.env()).returncode == 0
+    # A second login is a second master (the node refuses it; the proxy took it).
+    # (Output to /dev/null: only the master it leaves behind matters here.)
+    subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes",
+                    f"nobody-here@{node.name}.{cluster.name}", "true"], env=alice.env(),
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=60, check=False)
+    names = sorted(p.name for p in _sockets(alice))
+    assert len(names) == 2 and {n[17:] for n in names} == {LOGIN, "nobody-here"}
+    # Another user of the same proxy, in the same home: its own master.
+    bob = log_in(cluster, [LOGIN])
+    cfg_bob = _config(tmp_path, bob, node.port, "openssh")
+    assert _ssh(cfg_bob, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=bob.env()).returncode == 0
+    assert len(_sockets(alice)) == 3  # same home: alice's two, bob's one
+    tags = {p.name[:16] for p in _sockets(alice)}
+    assert len(tags) == 2
+
+
+def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
+    import shutil
+
+    me = log_in(cluster, [LOGIN])
+    tag = me.paths.reuse_tag
+    valid_before, prefix = tag.read_text().split()
+    soon = int(time.time()) + 42
+    tag.write_text(f"{soon} {prefix}\n")  # as if the certificate had 42 s left
+    cfg = _config(tmp_path, me, node.port, "openssh")
+    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec {shutil.which("ssh")} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
+    assert len(_sockets(me)) == 1
+    persist = [int(w.split("=")[1]) for w in log.read_text().split()
+               if w.removeprefix("-o").startswith("ControlPersist=")]
+    assert persist and all(0 < p <= 42 for p in persist)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_expired_certificate_never_rides_an_old_master(cluster, node, tmp_path, form) -> None:
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, form)
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
+    (sock,) = _sockets(me)
+    pid = _master_pid(sock)
+    # The certificate "expires" (its tag says so; the proxy would still take it).
+    tag = me.paths.reuse_tag
+    _, prefix = tag.read_text().split()
+    tag.write_text(f"{int(time.time()) - 1} {prefix}\n")
+    before = cluster.proxy_authentications()
+    r = _ssh(cfg, dest, "true", env=me.env())
+    assert r.returncode == 0, r.stderr
+    assert _wait_gone(pid), "the expired certificate's master still runs"
+    assert cluster.proxy_authentications() - before == 1  # the hop logged in by itself
+    assert _sockets(me) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_dead_master_falls_back_transparently(cluster, node, tmp_path, form) -> None:
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, form)
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
+    (sock,) = _sockets(me)
+    pid = _master_pid(sock)
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone(pid)
+    assert sock.is_socket()  # stale: nobody listens
+    r = _ssh(cfg, dest, "echo", "again", env=me.env())
+    assert (r.returncode, r.stdout, r.stderr) == (0, "again\n", "")
+    (sock2,) = _sockets(me)
+    assert _master_pid(sock2) != pid  # and a new master took over
+
+
+def test_a_home_too_long_for_a_socket_means_no_reuse(cluster, node, tmp_path, monkeypatch) -> None:
+    home = tmp_path / ("h" * 90)
+    monkeypatch.setenv("TELEPORT_HOME", str(home))
+    me = log_in(cluster, [LOGIN])
+    assert not me.paths.reuse_tag.exists()
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    for form in FORMS:
+        cfg = _config(tmp_path, me, node.port, form)
+        r = _ssh(cfg, dest, "echo", "ok", env=me.env())
+        assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+    assert _sockets(me) == []
+
+
+def test_a_hundred_parallel_hops_log_in_once(cluster, node, tmp_path) -> None:
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "openssh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    before = cluster.proxy_authentications()
+
+    def one(i: int) -> tuple[int, str, str]:
+        r = _ssh(cfg, dest, "echo", f"n{i}", env=me.env())
+        return r.returncode, r.stdout, r.stderr
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(one, range(100)))
+    failures = [(i, r) for i, r in enumerate(results) if r[:2] != (0, f"n{i}\n")]
+    assert failures == []
+    # Not one hop went alone ("ControlSocket ... already exists, disabling multiplexing").
+    assert [r[2] for r in results if "ontrol" in r[2] or "multiplex" in r[2]] == []
+    assert cluster.proxy_authentications() - before == 1
+    assert len(_sockets(me)) == 1
+
+
+# --------------------------------------------------------------------------- recording proxy
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A recording proxy cluster and its node1."""
+    c = launch_cluster(tmp_path_factory.mktemp("reuse-rec") / "data", recording="proxy")
+    n = None
+    try:
+        n = launch_node(c, "node1", tmp_path_factory.mktemp("reuse-rec-node"))
+        yield c, n
+    finally:
+        if n is not None:
+            n.stop()
+        c.stop()
+
+
+def _agent_with(me: LoggedIn, cluster: Cluster, ssh_agent) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The seed page's case: the user's agent holds key and certificate."""
+    import shutil
+
+    key = me.home / "k"
+    shutil.copy(me.paths.private_key, key)
+    shutil.copy(me.paths.ssh_cert(cluster.name), f"{key}-cert.pub")
+    subprocess.run(["ssh-add", str(key)], env=ssh_agent.env, check=True, capture_output=True)
+    key.unlink()
+    Path(f"{key}-cert.pub").unlink()
+    return me.env(SSH_AUTH_SOCK=ssh_agent.sock)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("users_agent", [True, False], ids=["users-agent", "no-agent"])
+def test_a_recording_proxy_gets_the_agent_on_every_reused_session(
+    rec, ssh_agent, tmp_path, form, users_agent
+) -> None:
+    cluster, node = rec
+    me = log_in(cluster, [LOGIN])
+    if users_agent:
+        env = _agent_with(me, cluster, ssh_agent)
+    elif form == "openssh":
+        pytest.skip("the all-OpenSSH form forwards only the user's agent")
+    else:
+        env = me.env()
+    cfg = _config(tmp_path, me, node.port, form)
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    before = cluster.proxy_authentications()
+    outs = [_ssh(cfg, dest, 'echo "agent=${SSH_AUTH_SOCK:-none}"', env=env) for _ in range(3)]
+    assert [(r.returncode, r.stdout) for r in outs] == [(0, "agent=none\n")] * 3, outs[-1].stderr
+    assert cluster.proxy_authentications() - before == 1
+    # The node gets an agent only when the user's ssh asks for it.
+    if users_agent:
+        r = subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "-A", dest, "ssh-add -L"],
+                           capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert r.returncode == 0 and "-cert-v01@openssh.com" in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------- login, logout
+def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path) -> None:
+    from tests.integration._tsh import env_for, login, run_tsh
+
+    cluster.add_user("reuser", [LOGIN])
+    env = env_for(cluster)
+    assert login(cluster, "reuser", env).returncode == 0
+    store = ProfileStore(env["TELEPORT_HOME"])
+    me = LoggedIn(store.home, store.paths_for(store.select(None)))
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+
+    def masters() -> dict[str, int]:
+        for form in FORMS:
+            r = _ssh(_config(tmp_path, me, node.port, form), dest, "true", env=env)
+            assert r.returncode == 0, r.stderr
+        found = {p.name: _master_pid(p) for p in _sockets(me)}
+        assert len(found) == 2  # one per form
+        return found
+
+    first = masters()
+    r = login(cluster, "reuser", env)  # a new certificate
+    assert r.returncode == 0, r.stderr
+    assert all(_wait_gone(pid) for pid in first.values())
+    second = masters()
+    assert set(second).isdisjoint(first)  # the new certificate's own masters
+    r = run_tsh("logout", env=env)
+    assert r.returncode == 0, r.stderr
+    assert all(_wait_gone(pid) for pid in second.values())
+
+
+# --------------------------------------------------------------------------- tsh ssh, tsh scp
+def test_tsh_ssh_and_scp_ride_one_master(cluster, node, tmp_path) -> None:
+    from tests.integration._tsh import run_tsh
+
+    me = log_in(cluster, [LOGIN])
+    before = cluster.proxy_authentications()
+    for i in range(2):
+        r = run_tsh("ssh", f"--port={node.port}", f"{LOGIN}@{node.name}", "echo", f"s{i}",
+                    env=me.env())
+        assert (r.returncode, r.stdout) == (0, f"s{i}\n"), r.stderr
+    src = tmp_path / "f.txt"
+    src.write_text("payload\n")
+    r = run_tsh("scp", "-P", str(node.port), str(src), f"{LOGIN}@{node.name}:{tmp_path}/g.txt",
+                env=me.env())
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.txt").read_text() == "payload\n"
+    assert cluster.proxy_authentications() - before == 1
+    r = run_tsh("ssh", "--no-reuse", f"--port={node.port}", f"{LOGIN}@{node.name}", "true",
+                env=me.env())
+    assert r.returncode == 0, r.stderr
+    assert cluster.proxy_authentications() - before == 2
+
+
+def test_a_dropped_first_master_connection_is_retried(cluster, node, tmp_path) -> None:
+    """sshd's MaxStartups drops the master's first connection: `tsh proxy ssh` tries again."""
+    import shutil
+
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mark = tmp_path / "dropped"
+    fake = bin_dir / "ssh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
+        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
+        f'exec {shutil.which("ssh")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}", MARK=str(mark))
+    before = cluster.proxy_authentications()
+    r = _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "retried", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "retried\n", "")
+    assert mark.exists()  # the first master was dropped
+    assert len(_sockets(me)) == 1  # the second one listens
+    assert cluster.proxy_authentications() - before == 1

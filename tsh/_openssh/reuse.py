@@ -1,0 +1,143 @@
+"""Hop reuse: one authenticated OpenSSH connection to the proxy, shared by many hops.
+
+Every connection through the proxy pays two SSH handshakes, the proxy's and
+the node's. OpenSSH's connection multiplexing removes the first: a *master*
+``ssh`` logs in to the proxy once and listens on a control socket; each hop
+is then an ``ssh -S <socket>`` that asks the master for a new session, the
+``proxy:<host>:<port>@<cluster>`` subsystem (docs/protocol.md §19). OpenSSH
+stays in the data path: the master reads and writes the hop's own descriptors,
+which the client passes it.
+
+What keeps this safe (each with a test):
+
+- Control sockets live in ``<home>/mux`` (0700). Their name is
+  ``<tag>-<login>``, where the tag hashes proxy, tsh user and the certificate
+  itself: two profiles, two logins or two certificates never share a master.
+  The name's length is checked against the Unix socket limit (with room for
+  the ``.XXXXXXXXXXXXXXXX`` OpenSSH binds first); too long means no reuse.
+- At login the tag is written to a small file beside the certificate,
+  ``<valid_before> <mux dir>/<tag>``: the all-OpenSSH form reads it with the
+  shell's ``read``, `tsh proxy ssh` with one ``open``. No tag file, no reuse.
+- A master's ``ControlPersist`` (idle time) is at most the certificate's
+  remaining validity; a hop whose certificate has expired tells the master to
+  exit and goes to the proxy itself (which refuses it), so an expired
+  certificate never rides an old master. A re-login stops the old masters
+  (sessions on them finish; no new ones join), a logout makes them exit.
+- The master forwards to the proxy an agent that lives as long as it does, so
+  a recording proxy gets the agent on every reused session; the node gets one
+  only when the user's own ssh asks (``-A``), as without reuse.
+- A dead master's socket is unlinked by OpenSSH (``ControlMaster auto``),
+  and the hop connects by itself, transparently.
+
+Imported by `tsh proxy ssh` on every connection: stdlib ``os`` only.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "CONTROL_PATH_MAX",
+    "close_masters",
+    "PERSIST_SECONDS",
+    "TAG_FILE",
+    "control_path",
+    "parse_tag",
+    "persist_seconds",
+    "read_tag",
+    "tag_text",
+]
+
+#: Idle seconds a master waits for the next hop (capped by the certificate).
+PERSIST_SECONDS = 600
+#: Longest control path: sun_path holds 104 bytes on macOS/BSD (108 on Linux)
+#: with the NUL, and OpenSSH binds ``<path>.<16 random characters>`` first.
+CONTROL_PATH_MAX = 103 - 17
+#: Name of the tag file in ``keys/<proxy>/<user>-ssh/``.
+TAG_FILE = "reuse"
+#: Hex digits of the tag (64 bits: two certificates never meet by chance).
+_TAG_LEN = 16
+#: Shortest login: a prefix that leaves no room for one is useless.
+_MIN_LOGIN = 1
+
+
+def tag_text(mux_dir: str, proxy_host: str, user: str, cert_line: str, valid_before: int) -> str | None:
+    """The tag file's text for a new certificate, or None when reuse cannot work here.
+
+    None: the control path would be too long even for a one-letter login, or
+    the directory's name is not plain ASCII without characters that ssh
+    expands in ``ControlPath`` (``%``, ``$``, ``~``) or the shell splits on.
+    """
+    import hashlib  # at login only
+
+    digest = hashlib.sha256("\0".join((proxy_host, user, cert_line.strip())).encode()).hexdigest()
+    prefix = os.path.join(mux_dir, digest[:_TAG_LEN])
+    if not prefix.isascii() or any(c in prefix for c in "%$~\"'\\`") or not prefix.isprintable():
+        return None
+    if any(c.isspace() for c in prefix) or len(prefix) + 1 + _MIN_LOGIN > CONTROL_PATH_MAX:
+        return None
+    return f"{int(valid_before)} {prefix}\n"
+
+
+def read_tag(path: str) -> tuple[int, str] | None:
+    """(valid_before, control path prefix) from a tag file, or None (missing, unreadable, odd)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read(512)
+    except (OSError, ValueError):
+        return None
+    return parse_tag(text)
+
+
+def parse_tag(text: str) -> tuple[int, str] | None:
+    """(valid_before, control path prefix) from a tag file's text, or None."""
+    valid_before, _, prefix = text.strip().partition(" ")
+    if not valid_before.isdigit() or not prefix.startswith("/") or " " in prefix:
+        return None
+    return int(valid_before), prefix
+
+
+def control_path(prefix: str, login: str, sep: str = "-") -> str | None:
+    """``<prefix>-<login>`` (``sep`` "+": `tsh proxy ssh`'s masters), or None when it
+    would not fit a Unix socket's name."""
+    path = f"{prefix}{sep}{login}"
+    return path if len(path.encode()) <= CONTROL_PATH_MAX else None
+
+
+def persist_seconds(valid_before: int, now: float) -> int:
+    """ControlPersist for a new master: :data:`PERSIST_SECONDS`, capped by the certificate."""
+    return max(0, min(PERSIST_SECONDS, int(valid_before - now)))
+
+
+def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
+    """Send ``ssh -O <command>`` to the masters of one certificate or of all.
+
+    ``command``: ``"stop"`` (a re-login: running sessions finish, no new one
+    joins, then the master exits) or ``"exit"`` (logout: the master ends now).
+    ``tag``: the certificate's tag file text; None for every master in
+    ``mux_dir``. Returns how many were told.
+    """
+    import subprocess
+
+    prefix = ""
+    if tag is not None:
+        parsed = parse_tag(tag)
+        if parsed is None:
+            return 0
+        prefix = os.path.basename(parsed[1])
+    try:
+        names = os.listdir(mux_dir)
+    except OSError:
+        return 0
+    told = 0
+    for name in names:
+        if not name.startswith(prefix) or name.endswith((".agent", ".lock", ".id", ".id-cert.pub")):
+            continue
+        path = os.path.join(mux_dir, name)
+        try:
+            subprocess.run(["ssh", "-S", path, "-O", command, "_"], capture_output=True,
+                           timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        told += 1
+    return told
