@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .._agent.private import LazyAgent
@@ -48,7 +48,7 @@ from .._core.profile import Profile
 from .._exceptions import NotLoggedInError, SSHError
 from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
-from .dial import dial_for
+from .dial import Dial, dial_for
 from .supervisor import HopSupervisor
 from .target import parse_target
 
@@ -116,15 +116,23 @@ def proxy_ssh(
 
         return diagnose(web_addr, ca_file)
 
+    # The same reading of failures whether the hop rides a master or not (a hop
+    # whose master is gone dials by itself, and under TLS routing may meet a
+    # TLS failure that needs the CA file and the diagnosis to explain).
+    def run(attempts: HopSupervisor) -> int:
+        return attempts.run(
+            proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
+            login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
+            diagnose=diagnose if dial.mode == "tls" else None,
+        )  # fmt: skip
+
     with _hangup_raises():
         if reuse:
             try:
-                argv = _riding_master(profile, store, paths, login, hop(), env)
+                argv = _riding_master(profile, store, paths, login, hop(), env, dial,
+                                      diagnose if dial.mode == "tls" else None)
                 if argv is not None:  # the master's agent serves the proxy: no agent of ours
-                    return HopSupervisor((argv, env), stdin, stdout, stderr).run(
-                        proxy_addr=profile.ssh_proxy_addr, login=login,
-                        known_hosts=os.fspath(paths.known_hosts),
-                    )
+                    return run(HopSupervisor((argv, env), stdin, stdout, stderr))
             except SSHError as e:
                 raise _explained(e, store, profile) from None
             except _HangUp:
@@ -143,11 +151,7 @@ def proxy_ssh(
                     fallback_sign=f'unsupported option "{agent.sock}"',
                     started=agent.serve,  # the sockets listen already; answer from now on
                 )  # fmt: skip
-            return attempts.run(
-                proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
-                login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
-                diagnose=diagnose if dial.mode == "tls" else None,
-            )  # fmt: skip
+            return run(attempts)
         except SSHError as e:
             raise _explained(e, store, profile) from None
         except _HangUp:
@@ -160,11 +164,14 @@ def proxy_ssh(
 def _riding_master(
     profile: Profile, store: ProfileStore, paths: ProfilePaths, login: str, hop: list[str],
     env: dict[str, str],
+    dial: Dial,
+    diagnose: Callable[[], str | None] | None,
 ) -> list[str] | None:
     """The hop as a session on the master connection (started if need be), or None.
 
     ``hop`` ends ``-l LOGIN -s HOST SUBSYSTEM``; the master gets the words
-    before, ``-l LOGIN`` and HOST.
+    before, ``-l LOGIN`` and HOST: the hop's own dial (``dial``: TCP, TLS
+    routing's ProxyCommand, or the upgrade tunnel), which also keys the socket.
     """
     from .mux import master_for
 
@@ -173,7 +180,8 @@ def _riding_master(
         private_agent = None
     else:
         private_agent = (os.fspath(paths.private_key), os.fspath(paths.ssh_cert(profile.cluster)))
-    path = master_for(os.fspath(paths.reuse_tag), login, [*hop[:-3], hop[-2]], env, private_agent)
+    path = master_for(os.fspath(paths.reuse_tag), login, [*hop[:-3], hop[-2]], env, private_agent,
+                      (dial.mode, dial.upgrade), diagnose)
     if path is None:
         return None
     return [*hop[:-5], "-S", path, "-o", "ControlMaster=no", *hop[-5:]]

@@ -66,12 +66,14 @@ _FALSE = ("0", "f", "false", "n", "no", "off")
 _NOT_IN_DOUBLE_QUOTES = set('"$`\\!%')
 
 
-class Dial(namedtuple("_DialFields", ["mode", "host", "port", "options"])):
+class Dial(namedtuple("_DialFields", ["mode", "host", "port", "options", "upgrade"], defaults=(None,))):
     """Where and how the hop connects: ``mode`` (a :data:`tsh._types.DialMode`),
-    the host and port OpenSSH's ssh dials, and extra ``-o`` words for it."""
+    the host and port OpenSSH's ssh dials, extra ``-o`` words for it, and for
+    mode ``upgrade`` which connection upgrade (``websocket`` or ``legacy``)."""
 
     __slots__ = ()
     mode: DialMode
+    upgrade: str | None
 
 
 def conn_upgrade_override(value: str, addr: str) -> bool | None:
@@ -170,8 +172,9 @@ def dial_for(
     elif _on_path("openssl", environ):
         mode, words = "tls", openssl_words(host, port, ca_file)
     else:
-        mode, words = "tls", tunnel_words(host, port, ca_file, None)
-    return Dial(mode, host, port, ("-o", f"ProxyCommand={command_line(words)}"))
+        mode, words = "tls", tunnel_words(host, port, ca_file, None)  # the same bytes as openssl
+    upgrade = route if mode == "upgrade" else None
+    return Dial(mode, host, port, ("-o", f"ProxyCommand={command_line(words)}"), upgrade)
 
 
 def tls_route(profile: Profile, environ: Mapping[str, str]) -> str | None:

@@ -5,6 +5,11 @@ from the all-OpenSSH form of `tsh config`:
 
 - The socket is ``<tag>+<login>`` (a ``+`` no login holds), not ``<tag>-<login>``:
   the two forms forward different agents, so they never share a master.
+  Under TLS routing it also names the dial (``<tag>+t+<login>``, through a
+  connection upgrade ``+w+`` WebSocket or ``+l+`` legacy): the master is
+  dialled exactly as the hop would be (its command line is the hop's), and
+  a hop whose dial differs (``$TELEPORT_TLS_ROUTING_CONN_UPGRADE`` set, say)
+  never rides a master dialled another way.
 - The master forwards an agent that lives as long as it does: with the key on
   disk, a private ``ssh-agent`` on ``<socket>.agent`` holding key and
   certificate for the certificate's remaining validity, stopped by a small
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable  # (loaded already by tsh._proxy.command)
 
+from .._exceptions import SSHError
 from .._openssh.reuse import control_path, persist_seconds, read_tag
 from .retry import MAX_ATTEMPTS, backoff_delays, is_drop
 
@@ -35,6 +42,9 @@ __all__ = ["master_for"]
 _WAIT = 20.0
 #: Seconds a new master may take to log in.
 _START_TIMEOUT = 20.0
+#: The socket name's separator for each (dial mode, upgrade) of tsh._proxy.dial.
+_DIAL_SEPARATORS = {("tcp", None): "+", ("tls", None): "+t+", ("upgrade", "websocket"): "+w+",
+                    ("upgrade", "legacy"): "+l+"}  # fmt: skip
 
 
 def master_for(
@@ -43,20 +53,29 @@ def master_for(
     master_argv: list[str],
     env: dict[str, str],
     private_agent: tuple[str, str] | None,
+    dial: tuple[str, str | None] = ("tcp", None),
+    diagnose: Callable[[], str | None] | None = None,
 ) -> str | None:
-    """The control socket of a live master for this certificate and login, or None.
+    """The control socket of a live master for this certificate, login and dial, or None.
 
     ``master_argv`` is the hop's ssh command line up to (without) the
     destination words ``-l LOGIN -s HOST SUBSYSTEM``, plus ``HOST`` as its last
     word; ``private_agent`` the (key, certificate) files for the master's own
-    agent, or None to forward ``$SSH_AUTH_SOCK``. None: no reuse for this hop
-    (no tag, a name too long, an expired certificate, or no master could start).
+    agent, or None to forward ``$SSH_AUTH_SOCK``; ``dial`` the hop's (mode,
+    upgrade), whose master is not another dial's. None: no reuse for this hop
+    (no tag, a name too long, an expired certificate, an unknown dial, or no
+    master could start). ``diagnose`` is asked at the master's first drop, as
+    the hop's supervisor would (tsh._proxy.supervisor).
+
+    Raises:
+        SSHError: the diagnosis (under TLS routing, a proxy that ignores the ALPN).
     """
     tag = read_tag(tag_path)
-    if tag is None:
+    sep = _DIAL_SEPARATORS.get(dial)
+    if tag is None or sep is None:
         return None
     valid_before, prefix = tag
-    path = control_path(prefix, login, "+")
+    path = control_path(prefix, login, sep)
     if path is None:
         return None
     now = time.time()
@@ -84,7 +103,8 @@ def master_for(
         if os.path.lexists(path):
             os.unlink(path)  # a dead master's socket
         persist = persist_seconds(valid_before, now)
-        return path if _start(path, master_argv, env, private_agent, persist, valid_before) else None
+        started = _start(path, master_argv, env, private_agent, persist, valid_before, diagnose)
+        return path if started else None
     finally:
         os.close(fd)  # and with it the lock
 
@@ -135,6 +155,7 @@ def _start(
     private_agent: tuple[str, str] | None,
     persist: int,
     valid_before: int,
+    diagnose: Callable[[], str | None] | None = None,
 ) -> bool:
     """Start the master (retrying drops); True once it listens on ``path``.
 
@@ -158,6 +179,10 @@ def _start(
             return private_agent is None or _load_agent(path, private_agent, valid_before)
         if not is_drop(err) or attempt == MAX_ATTEMPTS - 1:
             return False
+        if diagnose is not None:
+            why, diagnose = diagnose(), None
+            if why:
+                raise SSHError(why)
         delays = delays or backoff_delays()
         time.sleep(delays[attempt])
     return False
