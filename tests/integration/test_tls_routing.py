@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -79,6 +80,20 @@ def _log_with(cluster: Cluster, text: str, timeout: float = 10.0) -> str:
     while text not in (log := cluster.log()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return log
+
+
+def _masters(me) -> list[Path]:  # type: ignore[no-untyped-def]
+    """The control sockets of hop reuse's masters (tsh._openssh.reuse) under ``me``'s home."""
+    mux = me.home / "mux"
+    return sorted(p for p in mux.iterdir() if p.is_socket() and not p.name.endswith(".agent")) \
+        if mux.is_dir() else []  # fmt: skip
+
+
+def _end_masters(me) -> None:  # type: ignore[no-untyped-def]
+    """Make ``me``'s masters exit (the cluster logs an upgrade's end only as its master ends)."""
+    for sock in _masters(me):
+        subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True, timeout=10,
+                       check=False)  # fmt: skip
 
 
 def _profile_json(home: Path) -> dict[str, object]:
@@ -217,11 +232,18 @@ def test_ssh_route_signed_by_another_ca_is_refused(openssh, mode_cluster, mode_n
 
 @pytest.mark.parametrize("mode_cluster", ["multiplex"], indirect=True)
 def test_upgrade_forced_by_the_environment(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # A single-port proxy serves /webapi/connectionupgrade too: the override reaches it.
+    # A single-port proxy serves /webapi/connectionupgrade too: the override reaches it,
+    # also when a master dialled with plain TLS routing is up (it is not ridden).
     me = log_in(mode_cluster, [LOGIN])
+    before = mode_cluster.proxy_authentications()
+    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "plain")
+    assert (r.returncode, r.stdout) == (0, "plain\n"), r.stderr
     r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "forced",
                         TELEPORT_TLS_ROUTING_CONN_UPGRADE=f"{mode_cluster.web_addr}=yes")
     assert (r.returncode, r.stdout) == (0, "forced\n"), r.stderr
+    assert [p.name[16:] for p in _masters(me)] == [f"+t+{LOGIN}", f"+w+{LOGIN}"]
+    assert mode_cluster.proxy_authentications() - before == 2
+    _end_masters(me)
     assert "websocket upgrade (alpn-ping) ended" in _log_with(mode_cluster, "websocket upgrade")
 
 
@@ -249,6 +271,8 @@ def test_keepalive_pings_and_the_legacy_upgrade(openssh, mode_cluster, mode_node
         r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me,
                             "sleep 1; echo", kind, **env)  # fmt: skip
         assert (r.returncode, r.stdout, r.stderr) == (0, f"{kind}\n", ""), kind
+    assert [p.name[16:] for p in _masters(me)] == [f"+l+{LOGIN}", f"+w+{LOGIN}"]  # one per upgrade
+    _end_masters(me)
     for kind in ("websocket upgrade (alpn-ping)", "legacy upgrade (alpn-ping)"):
         log = _log_with(mode_cluster, kind)
         counts = [int(line.rsplit(" after ", 1)[1].split()[0]) for line in log.splitlines()
@@ -288,12 +312,60 @@ def test_recording_proxy(openssh, tmp_path_factory, tmp_path, mode) -> None:  # 
 
 @pytest.mark.parametrize("mode_cluster", ["multiplex"], indirect=True)
 def test_all_openssh_hop_explains_a_tls_failure_in_one_line(mode_cluster, mode_node, ssh_agent) -> None:  # type: ignore[no-untyped-def]
-    me = log_in(mode_cluster, [LOGIN], agent_only_sock=ssh_agent.sock)  # tsh ssh: OpenSSH's hop
+    me = log_in(mode_cluster, [LOGIN], agent_only_sock=ssh_agent.sock)
     me.paths.tls_ca(mode_cluster.name).write_bytes(mode_cluster.tls_ca.read_bytes())
-    r = run_tsh("ssh", f"--port={mode_node.port}", f"{LOGIN}@node1", "true",
-                env=me.env(SSH_AUTH_SOCK=ssh_agent.sock))  # fmt: skip
-    assert r.returncode == 255
-    assert r.stderr.splitlines()[-1].startswith(
-        "error: the proxy is not trusted: its TLS certificate for SSH is not signed by the "
-        "cluster's host CA"
+    # --no-reuse: tsh ssh's hop is OpenSSH's (with reuse it is `tsh proxy ssh`, which
+    # asks the master's first drop why: the same message, with the proxy's address).
+    for no_reuse, proxy in (["--no-reuse"], "the proxy"), ([], f"the proxy {mode_cluster.web_addr}"):
+        r = run_tsh("ssh", *no_reuse, f"--port={mode_node.port}", f"{LOGIN}@node1", "true",
+                    env=me.env(SSH_AUTH_SOCK=ssh_agent.sock))  # fmt: skip
+        assert r.returncode == 255
+        last = r.stderr.splitlines()[-1]
+        assert last.startswith(f"error: {proxy} is not trusted: its TLS certificate"), r.stderr
+        assert "is not signed by the cluster's host CA" in last
+
+
+# --------------------------------------------------------------------------- hop reuse
+@pytest.mark.parametrize(
+    ("mode_cluster", "form"), [("multiplex", "openssh"), ("multiplex", "tsh"), ("l7", "tsh")],
+    indirect=["mode_cluster"],
+)  # (behind an L7 load balancer the openssh form is refused: test_tsh_config_openssh_form)
+def test_reuse_one_login_under_tls_routing(openssh, mode_cluster, mode_node, tmp_path, form) -> None:  # type: ignore[no-untyped-def]
+    me = log_in(mode_cluster, [LOGIN])
+    cfg = tsh_config_file(tmp_path / "cfg", f"--port={mode_node.port}", f"--proxy-command={form}",
+                          env=_env(me, mode_cluster), installed=True)  # fmt: skip
+    before = mode_cluster.proxy_authentications()
+    for i in range(3):
+        r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@node1.{mode_cluster.name}", "echo", f"hop{i}",
+                            env=_env(me, mode_cluster))  # fmt: skip
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"hop{i}\n", "")
+    assert mode_cluster.proxy_authentications() - before == 1
+    mark = {"openssh": "-", "tsh": "+t+" if _mode(mode_cluster) == "multiplex" else "+w+"}[form]
+    assert [p.name[16:] for p in _masters(me)] == [mark + LOGIN]
+
+
+@pytest.mark.parametrize("mode_cluster", ["multiplex", "l7"], indirect=True)
+def test_reuse_first_drop_retried_under_tls_routing(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The master's first connection is dropped (as sshd's MaxStartups would): tsh proxy ssh
+    # starts it again, dialled the same way.
+    import shutil
+
+    me = log_in(mode_cluster, [LOGIN])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mark = tmp_path / "dropped"
+    fake = bin_dir / "ssh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
+        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
+        f'exec {shutil.which("ssh")} "$@"\n'
     )
+    fake.chmod(0o755)
+    before = mode_cluster.proxy_authentications()
+    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "retried",
+                        PATH=f"{bin_dir}:{os.environ['PATH']}", MARK=str(mark))  # fmt: skip
+    assert (r.returncode, r.stdout, r.stderr) == (0, "retried\n", "")
+    assert mark.exists()  # the first master was dropped
+    assert len(_masters(me)) == 1  # the second one listens
+    assert mode_cluster.proxy_authentications() - before == 1

@@ -114,7 +114,7 @@ def proxy_ssh(
     def diagnose() -> str | None:  # openssl cannot tell a proxy that ignores the ALPN
         from .tunnel import diagnose
 
-        return diagnose(web_addr, ca_file)
+        return diagnose(web_addr, ca_file, dial.upgrade)
 
     # The same reading of failures whether the hop rides a master or not (a hop
     # whose master is gone dials by itself, and under TLS routing may meet a
@@ -129,8 +129,10 @@ def proxy_ssh(
     with _hangup_raises():
         if reuse:
             try:
+                # A master's ProxyCommand cannot tell it why (OpenSSH sends its
+                # stderr to /dev/null): a TLS-routing master's first drop is diagnosed.
                 argv = _riding_master(profile, store, paths, login, hop(), env, dial,
-                                      diagnose if dial.mode == "tls" else None)
+                                      diagnose if dial.mode != "tcp" else None)
                 if argv is not None:  # the master's agent serves the proxy: no agent of ours
                     return run(HopSupervisor((argv, env), stdin, stdout, stderr))
             except SSHError as e:

@@ -64,8 +64,9 @@ def master_for(
     agent, or None to forward ``$SSH_AUTH_SOCK``; ``dial`` the hop's (mode,
     upgrade), whose master is not another dial's. None: no reuse for this hop
     (no tag, a name too long, an expired certificate, an unknown dial, or no
-    master could start). ``diagnose`` is asked at the master's first drop, as
-    the hop's supervisor would (tsh._proxy.supervisor).
+    master could start). ``diagnose`` is asked at the master's first drop
+    whether something other than a drop is wrong: OpenSSH sends a master's
+    ProxyCommand's stderr (TLS routing's one-line errors) to /dev/null.
 
     Raises:
         SSHError: the diagnosis (under TLS routing, a proxy that ignores the ALPN).

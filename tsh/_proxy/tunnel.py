@@ -445,14 +445,16 @@ def conn_upgrade_required(addr: str, insecure: bool = False, timeout: float = 5.
         return False
 
 
-def diagnose(addr: str, ca_file: str) -> str | None:
+def diagnose(addr: str, ca_file: str, upgrade: str | None = None) -> str | None:
     """Why TLS routing to ``addr`` fails, found by trying it here; None if it works.
 
     For the ``openssl s_client`` hop, which cannot tell a proxy that ignores
-    ALPN ``teleport-proxy-ssh`` (ssh then sees a web server, and a drop).
+    ALPN ``teleport-proxy-ssh`` (ssh then sees a web server, and a drop); and
+    for a hop master (``upgrade`` as its tunnel's), whose ProxyCommand's
+    stderr OpenSSH sends to /dev/null.
     """
     try:
-        open_tunnel(addr, ca_file, None, timeout=5.0).close()
+        open_tunnel(addr, ca_file, upgrade, timeout=5.0).close()
     except TunnelError as e:
         return str(e)
     return None
