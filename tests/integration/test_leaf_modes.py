@@ -122,6 +122,13 @@ def test_leaf_through_a_tls_routing_root(roots: Roots, mode: str, ssh_agent, ope
     r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@node2.{LEAF}", "echo $SSH_CONNECTION", env=env)
     assert r.returncode == 0, r.stderr
     assert _server_port(r.stdout) == node.port
+    if mode == "multiplex":  # the all-OpenSSH form: an openssl hop to the web port, then the leaf
+        cfg = tsh_config_file(tmp_path / "ssh_config_openssh", "--proxy-command=openssh",
+                              f"--port={node.port}", env=env)  # fmt: skip
+        assert "s_client" in cfg.read_text()
+        r = ssh_with_config(openssh.ssh, cfg, f"{LOGIN}@node2.{LEAF}", "echo", "openssh-form",
+                            env=env)  # fmt: skip
+        assert (r.returncode, r.stdout) == (0, "openssh-form\n"), r.stderr
 
     # tsh login <leaf>: GenerateUserCerts with RouteToCluster, no password (stdin empty).
     r = run_tsh("login", LEAF, env=env, input="")
