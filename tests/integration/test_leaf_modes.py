@@ -171,9 +171,10 @@ def test_sso_login_to_a_leaf_then_ssh_and_reissue(roots: Roots, ssh_agent) -> No
     assert _server_port(r.stdout) == node.port
 
     # Back to the root and to the leaf again: reissued through the auth API, no browser
-    # (--browser=none with nobody to open the URL would hang until tsh's timeout).
+    # (with --browser=none and nobody to open the URL, an SSO login would time out).
     for cluster in (root.name, LEAF):
-        r = run_tsh("login", "--browser=none", cluster, env=env, input="", timeout=30)
+        r = run_tsh("login", "--browser=none", cluster, input="",
+                    env={**env, "TSH_SSO_CALLBACK_TIMEOUT": "5"})  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert "http://" not in r.stderr  # no SSO URL printed
         assert ProfileStore(env["TELEPORT_HOME"]).current().cluster == cluster  # type: ignore[union-attr]
