@@ -220,6 +220,20 @@ def test_login_to_a_leaf_makes_it_the_default_cluster(trust: Trust, ssh_agent) -
     assert _server_port(r.stdout) == node.port
 
 
+def test_tsh_ls_cluster_asks_the_leafs_auth_server_over_the_tunnel(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    # proxy:@<leaf>: the root proxy pipes the stream over the leaf's reverse tunnel to the
+    # leaf's own auth server, which lists the leaf's nodes (the root has none).
+    env = _logged_in(trust.root, ssh_agent, [trust.leaf1, trust.leaf2])
+    for leaf in (trust.leaf1, trust.leaf2):
+        r = run_tsh("ls", f"--cluster={leaf.name}", "-f", "json", env=env)
+        assert r.returncode == 0, r.stderr
+        (row,) = json.loads(r.stdout)
+        assert row["spec"]["hostname"] == "node2", row
+        assert row["spec"]["addr"].endswith(f":{trust.nodes[leaf.name].port}"), row
+    r = run_tsh("ls", "-f", "names", env=env)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+
+
 def test_unknown_leaf_gives_teleports_text(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1])
     r = run_tsh("ssh", "--cluster=nowhere.test", f"{LOGIN}@node2", "true", env=env)
