@@ -16,6 +16,7 @@ from ._output import print_warnings
 
 if TYPE_CHECKING:
     from .._auth.authenticators import ByAuthType
+    from .._core.profile import Profile
 
 #: What to do about a login warning, in flags (the library's messages name none).
 _HINTS = {
@@ -132,6 +133,29 @@ def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
     return True
 
 
+def refresh_ssh_config(profile: Profile, wanted: bool | None = None) -> None:
+    """After a login: refresh the blocks `tsh config --update` wrote, if the clusters changed.
+
+    One stderr line per file changed; ``wanted`` (the login flag) or
+    ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off.
+    """
+    from .._openssh.config_record import UPDATE_ENV, refresh_wanted
+
+    if not refresh_wanted(wanted, os.environ.get(UPDATE_ENV)):
+        return
+    from .._openssh.config_file import refresh_ssh_configs
+    from .._store.store import ProfileStore
+
+    changed, problems = refresh_ssh_configs(ProfileStore(), profile)
+    for path in changed:
+        print(
+            f"Updated the Teleport block in {path}: the clusters of {profile.name} changed "
+            f"(now {', '.join(profile.clusters or (profile.root_cluster,))}).",
+            file=sys.stderr,
+        )
+    print_warnings(problems)
+
+
 def login(
     cluster_arg: Optional[str] = typer.Argument(
         None, metavar="[CLUSTER]",
@@ -195,6 +219,12 @@ def login(
         help="SSO: where the browser's callback is received (default 127.0.0.1, a free port). "
         "Env: TELEPORT_LOGIN_BIND_ADDR.",
     ),
+    update_ssh_config: Optional[bool] = typer.Option(
+        None,
+        "--update-ssh-config/--no-update-ssh-config",
+        help="Refresh the block `tsh config --update` wrote when the cluster list changed "
+        "(env TELEPORT_UPDATE_SSH_CONFIG; default yes).",
+    ),
 ) -> None:
     """Log in to a Teleport proxy: certificates on disk and in the ssh-agent."""
     from .._agent.agent import resolve_agent_mode
@@ -223,4 +253,5 @@ def login(
     )
     result = do_login(request, terminal_authenticator(browser, bind_addr))
     print_warnings(login_warnings(result.warnings, mode))
+    refresh_ssh_config(result.profile, update_ssh_config)
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))
