@@ -229,14 +229,15 @@ def refresh_ssh_configs(store: ProfileStore, profile: Profile) -> tuple[list[Pat
     gets the block rendered again with the options it was written with,
     replaced in place and atomically (the previous file saved as
     ``<file>.tsh-backup``, its mode kept); the rest of the file stays byte for
-    byte. A file without the block (the user removed it) is left alone.
+    byte. A file without the block (the user removed it) is left alone, and
+    its record forgotten.
     Returns the files changed and, as one-line texts, the problems met (the
     login stands either way).
     """
     import dataclasses
 
     from .._exceptions import TshError
-    from .config_record import refresh_text, render_records
+    from .config_record import has_block, refresh_text, render_records
 
     record_file = store.paths_for(profile).ssh_config_record
     if not record_file.exists():  # the common case: no --update ever, nothing to import
@@ -262,6 +263,8 @@ def refresh_ssh_configs(store: ProfileStore, profile: Profile) -> tuple[list[Pat
                 if not stat.S_ISREG(st.st_mode):
                     raise UsageError(f"{path} is not a regular file")
                 old = target.read_bytes().decode("utf-8", "surrogateescape")
+                if not has_block(old, profile.proxy_host):
+                    continue  # the user removed the block: forget the record, add nothing
                 new = refresh_text(old, block, profile.proxy_host)
                 if new is not None:
                     mode = stat.S_IMODE(st.st_mode)
