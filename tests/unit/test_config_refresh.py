@@ -188,7 +188,11 @@ def test_a_broken_file_is_a_problem_not_a_failure(tmp_path: Path) -> None:
     assert len(problems) == 1 and "is not a regular file" in problems[0]
 
 
-def test_login_cli_opt_out_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_refreshes_unless_opted_out_or_the_list_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tsh._auth.login import LoginResult
+    from tsh._exceptions import TshWarning
     from tsh.cli import login as cli_login
 
     home = tmp_path / "home"
@@ -200,10 +204,22 @@ def test_login_cli_opt_out_and_message(tmp_path: Path, monkeypatch: pytest.Monke
     written = target.read_bytes()
 
     monkeypatch.setenv("TELEPORT_UPDATE_SSH_CONFIG", "no")
-    cli_login.refresh_ssh_config(PROFILE)
+    cli_login.refresh_ssh_config(LoginResult(PROFILE))
+    monkeypatch.delenv("TELEPORT_UPDATE_SSH_CONFIG")
+    cli_login.refresh_ssh_config(LoginResult(PROFILE), False)
+    # The list was not learnt from the auth API: it says nothing about leaves.
+    cli_login.refresh_ssh_config(LoginResult(PROFILE._replace(key_storage="agent")))
+    unknown = TshWarning("leaf-cas-unavailable", "the host CAs of leaf clusters were not fetched")
+    cli_login.refresh_ssh_config(LoginResult(PROFILE, [unknown]))
     assert target.read_bytes() == written
-    cli_login.refresh_ssh_config(PROFILE, False)
-    assert target.read_bytes() == written
+    assert capsys.readouterr().err == ""
+
+    cli_login.refresh_ssh_config(LoginResult(PROFILE))
+    assert target.read_bytes() != written
+    assert capsys.readouterr().err == (
+        f"Updated the Teleport block in {target}: the clusters of proxy.example.com changed "
+        "(now root, leaf1).\n"
+    )
 
 
 def test_login_help_names_the_opt_out() -> None:

@@ -46,7 +46,7 @@ def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile
         )
         result = login(request, terminal_authenticator())
         print_warnings(login_warnings(result.warnings, mode))
-        refresh_ssh_config(result.profile)
+        refresh_ssh_config(result)
         return result.profile
 
     return relogin

@@ -16,7 +16,7 @@ from ._output import print_warnings
 
 if TYPE_CHECKING:
     from .._auth.authenticators import ByAuthType
-    from .._core.profile import Profile
+    from .._auth.login import LoginResult
 
 #: What to do about a login warning, in flags (the library's messages name none).
 _HINTS = {
@@ -133,20 +133,32 @@ def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
     return True
 
 
-def refresh_ssh_config(profile: Profile, wanted: bool | None = None) -> None:
+def refresh_ssh_config(result: LoginResult, wanted: bool | None = None) -> None:
     """After a login: refresh the blocks `tsh config --update` wrote, if the clusters changed.
 
     One stderr line per file changed; ``wanted`` (the login flag) or
-    ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off.
+    ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off. Only a login that learnt the
+    cluster list from the auth API counts: after ``-k only``, or when that
+    step failed, the profile names the root only, and no leaf must leave a block.
+    A refresh that fails is a warning: the login stands.
     """
     from .._openssh.config_record import UPDATE_ENV, refresh_wanted
 
+    profile = result.profile
     if not refresh_wanted(wanted, os.environ.get(UPDATE_ENV)):
         return
+    if profile.key_storage == "agent" or any(
+        w.code == "leaf-cas-unavailable" for w in result.warnings
+    ):
+        return
+    from .._exceptions import TshError
     from .._openssh.config_file import refresh_ssh_configs
     from .._store.store import ProfileStore
 
-    changed, problems = refresh_ssh_configs(ProfileStore(), profile)
+    try:
+        changed, problems = refresh_ssh_configs(ProfileStore(), profile)
+    except (OSError, TshError) as e:
+        changed, problems = [], [f"the ssh_config blocks of tsh config --update were not refreshed: {e}"]
     for path in changed:
         print(
             f"Updated the Teleport block in {path}: the clusters of {profile.name} changed "
@@ -253,5 +265,5 @@ def login(
     )
     result = do_login(request, terminal_authenticator(browser, bind_addr))
     print_warnings(login_warnings(result.warnings, mode))
-    refresh_ssh_config(result.profile, update_ssh_config)
+    refresh_ssh_config(result, update_ssh_config)
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))
