@@ -14,7 +14,13 @@ Wall time is the median; peak RSS the largest of the runs (the child's own
 ru_maxrss, from wait4). The cluster runs on the same machine, so its work per
 page is inside the wall time too.
 
-    python benchmarks/listing.py [--runs 5]
+    python benchmarks/listing.py [--runs 5] [--against TREE]
+
+``--against TREE`` (e.g. a ``git worktree`` of main) also runs every case
+with TREE's ``tsh`` (PYTHONPATH=TREE), each of its runs right after one of
+this tree's, so that both see the same machine load; its rows are marked
+``(against)``. Bytecode is written (PYTHONDONTWRITEBYTECODE is dropped) so
+that neither side pays for compiling its modules on every run.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ def measured(argv: list[str], env: dict[str, str], work: Path) -> tuple[float, f
     """
     report = work / "time.out"
     t = time.perf_counter()
-    r = subprocess.run([TIME, "-f", "%M", "-o", str(report), *argv], env=env,
+    # cwd: not a source tree, which `python -m` would put first on sys.path.
+    r = subprocess.run([TIME, "-f", "%M", "-o", str(report), *argv], env=env, cwd=work,
                        stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
     wall = time.perf_counter() - t
     if r.returncode:
@@ -85,6 +92,7 @@ def seed_leaves(data_dir: Path, work: Path, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--against", type=Path, default=None, metavar="TREE")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tsh-listing-"))
     tsh = [sys.executable, "-m", "tsh"]
@@ -95,6 +103,10 @@ def main() -> None:
         cluster.add_user("bench", ["root"], password=PASSWORD)
         env = dict(os.environ, TELEPORT_HOME=str(work / "tsh"), SSL_CERT_FILE=str(cluster.tls_ca))
         env.pop("SSH_AUTH_SOCK", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        sides = [("", env)]
+        if args.against is not None:
+            sides.append((" (against)", dict(env, PYTHONPATH=str(args.against.resolve()))))
         r = subprocess.run([*tsh, "login", f"--proxy={cluster.web_addr}", "--user=bench"],
                            input=PASSWORD + "\n", text=True, capture_output=True, env=env)  # fmt: skip
         if r.returncode:
@@ -110,16 +122,21 @@ def main() -> None:
                 seed_nodes(cluster.data_dir, count)
             elif seed is seed_leaves:
                 seed_leaves(cluster.data_dir, work, count)
-            measured([*tsh, *cmd], env, work)  # warm up (bytecode, the cluster's caches)
-            runs = [measured([*tsh, *cmd], env, work) for _ in range(args.runs)]
-            if count and cmd == ["ls"]:
-                listed = len(runs[0][2].splitlines()) - 2
-                assert listed == count, f"listed {listed} of {count}"
-            if cmd == ["clusters"]:
-                assert len(runs[0][2].splitlines()) == 2 + 1 + count
-            wall = statistics.median(w for w, _, _ in runs)
-            rss = max(m for _, m, _ in runs)
-            rows.append((name, wall, rss, wall_target, rss_target))
+            for _, side_env in sides:  # warm up (bytecode, the cluster's caches)
+                measured([*tsh, *cmd], side_env, work)
+            side_runs: list[list[tuple[float, float, str]]] = [[] for _ in sides]
+            for _ in range(args.runs):
+                for runs, (_, side_env) in zip(side_runs, sides, strict=True):
+                    runs.append(measured([*tsh, *cmd], side_env, work))
+            for runs, (label, _) in zip(side_runs, sides, strict=True):
+                if count and cmd == ["ls"]:
+                    listed = len(runs[0][2].splitlines()) - 2
+                    assert listed == count, f"listed {listed} of {count}"
+                if cmd == ["clusters"]:
+                    assert len(runs[0][2].splitlines()) == 2 + 1 + count
+                wall = statistics.median(w for w, _, _ in runs)
+                rss = max(m for _, m, _ in runs)
+                rows.append((name + label, wall, rss, wall_target, rss_target))
     finally:
         if cluster is not None:
             cluster.stop()
@@ -127,14 +144,14 @@ def main() -> None:
 
     base = rows[0][1]
     print(f"{args.runs} runs each; wall = median, RSS = peak of the runs")
-    print(f"{'case':<28}{'wall s':>8}{'x status':>10}{'peak RSS MB':>13}  targets")
+    print(f"{'case':<38}{'wall s':>8}{'x status':>10}{'peak RSS MB':>13}  targets")
     for name, wall, rss, wall_target, rss_target in rows:
         verdicts = []
         if wall_target is not None:
             verdicts.append(f"< {wall_target:g} s {'ok' if wall < wall_target else 'MISSED'}")
         if rss_target is not None:
             verdicts.append(f"< {rss_target:g} MB {'ok' if rss < rss_target else 'MISSED'}")
-        print(f"{name:<28}{wall:>8.3f}{wall / base:>10.2f}{rss:>13.1f}  {'; '.join(verdicts)}")
+        print(f"{name:<38}{wall:>8.3f}{wall / base:>10.2f}{rss:>13.1f}  {'; '.join(verdicts)}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     tcr = tc.add_parser("rm", parents=[dd], help="leave a root cluster")
     tcr.add_argument("name")
 
+    rcs = sub.add_parser("remote-clusters", help="on a root: its leaves (tctl rm rc/NAME)")
+    rcs = rcs.add_subparsers(dest="action", required=True)
+    rcr = rcs.add_parser("rm", parents=[dd], help="forget a leaf and its host CA")
+    rcr.add_argument("name")
+
     roles = sub.add_parser("roles", help="roles").add_subparsers(dest="action", required=True)
     ra = roles.add_parser("add", parents=[dd], help="create or replace a role")
     ra.add_argument("name")
@@ -369,6 +374,14 @@ def _cmd_trusted_clusters_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_remote_clusters_rm(args: argparse.Namespace) -> int:
+    from . import _trust
+
+    _trust.remove_remote_cluster(ClusterState.open(args.data_dir), args.name)
+    print(f"remote cluster {args.name!r} has been deleted", file=sys.stderr)
+    return 0
+
+
 def _cmd_roles_add(args: argparse.Namespace) -> int:
     from . import _trust
 
@@ -426,6 +439,7 @@ _COMMANDS = {
     ("tokens", "add"): _cmd_tokens_add,
     ("trusted-clusters", "add"): _cmd_trusted_clusters_add,
     ("trusted-clusters", "rm"): _cmd_trusted_clusters_rm,
+    ("remote-clusters", "rm"): _cmd_remote_clusters_rm,
     ("roles", "add"): _cmd_roles_add,
     ("auth", "principals"): _cmd_auth_principals,
     ("recordings", "ls"): _cmd_recordings_ls,

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from aiohttp import ClientSession, web
 
+from . import _trust
 from ._state import _LOGIN_RE, _USER_RE, User
 
 if TYPE_CHECKING:
@@ -248,7 +249,9 @@ class SSOService:
             if kind != self.kind or req.get("connector_id", "") != self.connector_name:
                 raise ValueError(f"{kind} connector {req.get('connector_id', '')!r} not found")
             route = req.get("routetocluster", "")
-            if route and route != self.api.state.name:
+            if route and route != self.api.state.name and route not in _trust.remote_host_cas(
+                self.api.state
+            ):  # a joined leaf is a route too (its certificate comes from certify())
                 raise ValueError(f"remote cluster {route!r} is not found")
         except (ValueError, ApiError) as e:
             log.warning("SSO console login refused: %s", e)

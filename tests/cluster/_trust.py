@@ -78,6 +78,7 @@ __all__ = [
     "parse_role_map",
     "remote_clusters",
     "remote_host_cas",
+    "remove_remote_cluster",
     "remove_trusted_cluster",
     "roles",
     "run_tunnel_agents",
@@ -466,6 +467,20 @@ def remove_trusted_cluster(state: ClusterState, name: str) -> None:
             raise StateError(f"trusted cluster {go_quote(name)} is not found")
         del data["clusters"][name]
         state._write_json("trusted_clusters.json", data)
+
+
+def remove_remote_cluster(state: ClusterState, name: str) -> None:
+    """``tctl rm rc/NAME`` on the root: forget the leaf and its host CA.
+
+    A tunnel the leaf still keeps up is no longer listed or routed to (a
+    "dangling" site, as Teleport calls it).
+    """
+    with locked(state.lock_path):
+        data = state._read_json("remote_clusters.json") or {"clusters": {}}
+        if name not in data["clusters"]:
+            raise StateError(f"remote cluster {go_quote(name)} is not found")
+        del data["clusters"][name]
+        state._write_json("remote_clusters.json", data)
 
 
 def _post(url: str, body: bytes, ctx: ssl.SSLContext) -> bytes:

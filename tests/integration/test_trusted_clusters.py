@@ -220,6 +220,20 @@ def test_login_to_a_leaf_makes_it_the_default_cluster(trust: Trust, ssh_agent) -
     assert _server_port(r.stdout) == node.port
 
 
+def test_tsh_ls_cluster_asks_the_leafs_auth_server_over_the_tunnel(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    # proxy:@<leaf>: the root proxy pipes the stream over the leaf's reverse tunnel to the
+    # leaf's own auth server, which lists the leaf's nodes (the root has none).
+    env = _logged_in(trust.root, ssh_agent, [trust.leaf1, trust.leaf2])
+    for leaf in (trust.leaf1, trust.leaf2):
+        r = run_tsh("ls", f"--cluster={leaf.name}", "-f", "json", env=env)
+        assert r.returncode == 0, r.stderr
+        (row,) = json.loads(r.stdout)
+        assert row["spec"]["hostname"] == "node2", row
+        assert row["spec"]["addr"].endswith(f":{trust.nodes[leaf.name].port}"), row
+    r = run_tsh("ls", "-f", "names", env=env)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+
+
 def test_unknown_leaf_gives_teleports_text(trust: Trust, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     env = _logged_in(trust.root, ssh_agent, [trust.leaf1])
     r = run_tsh("ssh", "--cluster=nowhere.test", f"{LOGIN}@node2", "true", env=env)
@@ -369,3 +383,57 @@ def test_one_root_proxy_connection_serves_every_clusters_nodes(
     mux = os.path.join(env["TELEPORT_HOME"], "mux")
     masters = [n for n in os.listdir(mux) if not n.endswith((".agent", ".lock"))]
     assert len(masters) == 1, masters
+# --------------------------------------------------------------------------- config --update stays current
+def _proxy_command(cfg: Path, host: str, env: dict[str, str]) -> str:
+    """The oracle: what ``ssh -G`` makes of ``host`` with ``cfg``."""
+    out = subprocess.run(["ssh", "-F", str(cfg), "-G", host], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    return next((ln for ln in out.splitlines() if ln.startswith("proxycommand ")), "")
+
+
+def test_login_keeps_the_config_update_block_current(trust: Trust, ssh_agent, tmp_path,
+                                                     tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    env = _logged_in(trust.root, ssh_agent, [trust.leaf1, trust.leaf2])
+    cfg = tmp_path / "ssh_config"
+    mine = b"# mine\r\nHost work\n    User me\n"
+    cfg.write_bytes(mine)
+    r = run_tsh("config", f"--update={cfg}", "--port=2222", env=env)
+    assert r.returncode == 0, r.stderr
+    written = cfg.read_bytes()
+    assert "leaf4.test" not in written.decode()
+    assert "--cluster='leaf4.test'" not in _proxy_command(cfg, "node2.leaf4.test", env)
+
+    leaf = launch_cluster(tmp_path_factory.mktemp("leaf4") / "data", name="leaf4.test")
+    try:
+        join_leaf(trust.root, leaf)
+        # A new leaf: the login rewrites the block in place, with the options it had.
+        r = login(trust.root, USER, env)
+        assert r.returncode == 0, r.stderr
+        assert f"Updated the Teleport block in {cfg}" in r.stderr
+        text = cfg.read_bytes()
+        assert text.startswith(mine + b"\n")
+        assert b"Host *.leaf4.test !" in text and text.count(b"    Port 2222\n") == text.count(
+            b"# Flags for all ")
+        command = _proxy_command(cfg, "node2.leaf4.test", env)
+        assert "--cluster='leaf4.test'" in command, command
+        again = login(trust.root, USER, env)  # nothing changed since: the file stays as it is
+        assert again.returncode == 0 and "Updated the Teleport block" not in again.stderr
+        assert cfg.read_bytes() == text
+
+        # The leaf removed at the root: opted out, the file is left byte for byte...
+        trust.root.admin("remote-clusters", "rm", "leaf4.test")
+        for extra, opt_env in (("--no-update-ssh-config", env),
+                               ("--proxy=" + trust.root.web_addr,
+                                dict(env, TELEPORT_UPDATE_SSH_CONFIG="no"))):
+            r = login(trust.root, USER, opt_env, extra)
+            assert r.returncode == 0, r.stderr
+            assert "Updated the Teleport block" not in r.stderr
+            assert cfg.read_bytes() == text
+        # ...else the leaf leaves the block: back to what --update wrote.
+        r = login(trust.root, USER, env)
+        assert r.returncode == 0, r.stderr
+        assert f"Updated the Teleport block in {cfg}" in r.stderr
+        assert cfg.read_bytes() == written
+        assert "--cluster='leaf4.test'" not in _proxy_command(cfg, "node2.leaf4.test", env)
+    finally:
+        leaf.stop()

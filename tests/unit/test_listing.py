@@ -87,3 +87,44 @@ def test_proxysites_answer_is_checked() -> None:
     for bad in (b"nope", b'[{"name":"../x"}]', b"[1]", b'{"name":"x"}'):
         with pytest.raises(AuthAPIError, match="malformed"):
             parse_proxysites(bad)
+
+
+def test_ls_cuts_labels_to_the_terminal_as_real_tsh() -> None:
+    from tsh._core.listing import fit_to_width
+
+    long = {f"k{i:02d}": "v" * 8 for i in range(12)}
+    nodes = [NodeInfo("id-1", "web1", "10.0.0.1:22", long)]
+    full = sorted_labels(long)
+    lines = render_nodes(nodes, width=80).splitlines()
+    # 16 for Labels, the rest shared: Node Name and Address fit (10 + 12 with separators),
+    # Labels gets 80 - 22 - len("... ") = 54 characters and "...".
+    assert lines[2] == f"web1      10.0.0.1:22 {full[:54]}... "
+    assert len(lines[2]) == 80
+    assert render_nodes(nodes).splitlines()[2].endswith(f"{full} ")  # no width: uncut
+    assert full in render_nodes(nodes, verbose=True, width=80)  # -v: uncut
+    assert render_nodes(nodes, "names", width=80) == "web1\n"
+
+    # A column longer than its share (32 of 80) is cut too, and Labels gets the rest.
+    headers = ["Node Name", "Address", "Labels"]
+    rows = fit_to_width(headers, [["h" * 40, "10.0.0.1:22", "x" * 60]], "Labels", 80)
+    assert rows == [["h" * 32 + "...", "10.0.0.1:22", "x" * 28 + "..."]]
+    # Short cells are left alone; a tiny terminal still leaves one character.
+    assert fit_to_width(headers, [["a", "b", "c"]], "Labels", 80) == [["a", "b", "c"]]
+    assert fit_to_width(headers, [["abc", "def", "ghijkl"]], "Labels", 10) == [
+        ["a...", "d...", "ghijkl"]]
+
+
+def test_ls_reads_the_width_on_stdin_else_80(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import os
+    import sys
+
+    from tsh.cli.ls import terminal_width
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no file descriptor
+    assert terminal_width() == 80
+    with open(os.devnull) as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        assert terminal_width() == 80
+        monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((132, 40)))
+        assert terminal_width() == 132

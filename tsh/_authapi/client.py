@@ -24,9 +24,6 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from .._core.knownhosts import parse_ca_key
 from .._core.names import validate_cluster_name
 from .._exceptions import AuthAPIError, InvalidNameError, NotLoggedInError, TshError
-from ._pb import authservice_pb2 as authpb
-from ._pb import presence_service_pb2 as presencepb
-from ._pb import trust_service_pb2 as trustpb
 from ._pb import types_pb2 as typespb
 from .stream import AuthDialer, AuthStream, AuthStreamError
 from .tls import client_context, encode_cluster_name
@@ -34,6 +31,7 @@ from .tls import client_context, encode_cluster_name
 if TYPE_CHECKING:
     from .._connect import ProxyConnection
     from .._store.layout import ProfilePaths
+    from ._pb import authservice_pb2 as authpb
 
 __all__ = ["AuthClient", "CertAuthority", "RemoteCluster", "Node", "IssuedCerts"]
 
@@ -216,6 +214,8 @@ class AuthClient:
 
     async def ping(self) -> authpb.PingResponse:
         """``proto.AuthService/Ping``: the cluster's name and version."""
+        from ._pb import authservice_pb2 as authpb  # each call its own messages: start-up time
+
         return await self._call(_AUTH + "Ping", authpb.PingRequest(), authpb.PingResponse)
 
     async def generate_user_certs(
@@ -237,6 +237,8 @@ class AuthClient:
             ssh_public_key=ssh_public_key, tls_public_key=tls_public_key, username=username,
             expires=expires, route_to_cluster=route_to_cluster, split_keys=split_keys,
         )  # fmt: skip
+        from ._pb import authservice_pb2 as authpb
+
         certs = await self._call(_AUTH + "GenerateUserCerts", req, authpb.Certs)
         try:
             return IssuedCerts(certs.SSH.decode("ascii"), certs.TLS.decode("ascii"))
@@ -245,6 +247,8 @@ class AuthClient:
 
     async def cert_authorities(self, ca_type: str = "host") -> list[CertAuthority]:
         """``TrustService/GetCertAuthorities`` without keys: every cluster's CA of ``ca_type``."""
+        from ._pb import trust_service_pb2 as trustpb
+
         reply = await self._call(
             _TRUST + "GetCertAuthorities",
             trustpb.GetCertAuthoritiesRequest(type=ca_type, include_key=False),
@@ -254,6 +258,8 @@ class AuthClient:
 
     async def remote_clusters(self) -> list[RemoteCluster]:
         """``PresenceService/ListRemoteClusters``, every page: the leaves the user may see."""
+        from ._pb import presence_service_pb2 as presencepb
+
         out: list[RemoteCluster] = []
         token = ""
         for _ in range(10_000):  # a server that never ends its pages must not hang us
@@ -275,6 +281,8 @@ class AuthClient:
 
         Falls back to ``ListResources`` on a server that answers UNIMPLEMENTED (before v14).
         """
+        from ._pb import authservice_pb2 as authpb
+
         try:
             return await self._pages(
                 _AUTH + "ListUnifiedResources",
@@ -318,6 +326,8 @@ def user_certs_request(
     split_keys: bool,
 ) -> authpb.UserCertsRequest:
     """The ``UserCertsRequest`` of a reissue, as tsh's prepareUserCertsRequest builds it."""
+    from ._pb import authservice_pb2 as authpb
+
     req = authpb.UserCertsRequest(
         Username=username, RouteToCluster=route_to_cluster, Usage=authpb.UserCertsRequest.All
     )

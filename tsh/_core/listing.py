@@ -21,6 +21,8 @@ __all__ = [
     "sorted_labels",
     "render_clusters",
     "render_nodes",
+    "fit_to_width",
+    "DEFAULT_TERMINAL_WIDTH",
     "EMPTY_NODES_FOOTER",
 ]
 
@@ -141,8 +143,54 @@ def _node_data(node: NodeInfo) -> dict[str, Any]:
     }
 
 
-def render_nodes(nodes: Sequence[NodeInfo], fmt: str = "text", verbose: bool = False) -> str:
-    """`tsh ls` in ``fmt`` (text, json, yaml, names), sorted by hostname."""
+#: The width real tsh assumes when it cannot ask the terminal.
+DEFAULT_TERMINAL_WIDTH = 80
+#: What real tsh's asciitable keeps at least for the column it truncates.
+_TRUNCATED_MIN = 16
+
+
+def fit_to_width(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], column: str, width: int
+) -> list[list[str]]:
+    """``rows`` cut to fit ``width`` as real tsh's asciitable cuts them, ``column`` first.
+
+    Every other column may take an equal share of what is left after 16
+    characters for ``column``; a cell longer than its column's limit keeps that
+    many characters plus ``...``. ``column`` gets the rest of the line (each
+    column also pays its separator, a cut one its ``...``); no room at all
+    leaves it uncut, as real tsh does.
+    """
+    target = list(headers).index(column)
+    # (At least one character: a terminal narrower than 16 would make it negative.)
+    share = max((width - _TRUNCATED_MIN) // max(len(headers) - 1, 1), 1)
+    limits: list[int] = []
+    used = 0
+    for i, header in enumerate(headers):
+        if i == target:
+            limits.append(0)
+            continue
+        longest = max([len(header), *(len(row[i]) for row in rows)])
+        if longest > share:
+            limits.append(share)
+            used += share + 4  # the cell, "..." and the separator
+        else:
+            limits.append(0)
+            used += longest + 1
+    limits[target] = max(width - used - 4, 0)
+    return [
+        [c[:n] + "..." if 0 < n < len(c) else c for c, n in zip(row, limits, strict=False)]
+        for row in rows
+    ]
+
+
+def render_nodes(
+    nodes: Sequence[NodeInfo], fmt: str = "text", verbose: bool = False, width: int | None = None
+) -> str:
+    """`tsh ls` in ``fmt`` (text, json, yaml, names), sorted by hostname.
+
+    ``width``: the terminal's, to cut the Labels column to (text without
+    ``verbose``, as real tsh); None cuts nothing.
+    """
     ordered = sorted(nodes, key=lambda n: (n.hostname, n.id))
     if fmt == "names":
         return "".join(_printable(n.hostname) + "\n" for n in ordered)
@@ -155,4 +203,6 @@ def render_nodes(nodes: Sequence[NodeInfo], fmt: str = "text", verbose: bool = F
         labels = sorted_labels(n.labels)
         rows.append([n.hostname, n.id, addr, labels] if verbose else [n.hostname, addr, labels])
     headers = ["Node Name", "Node ID", "Address", "Labels"] if verbose else ["Node Name", "Address", "Labels"]
+    if width is not None and not verbose:
+        rows = fit_to_width(headers, [[_printable(c) for c in row] for row in rows], "Labels", width)
     return render_table(headers, rows)

@@ -23,7 +23,18 @@ from .._store.layout import ProfilePaths
 from .._store.store import ProfileStore
 from .config import SSHConfigParams, merge, parse_openssh_version, render
 
-__all__ = ["openssh_version", "ssh_config", "tsh_executable", "update_ssh_config"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config_record import ConfigUpdate
+
+__all__ = [
+    "openssh_version",
+    "record_update",
+    "refresh_ssh_configs",
+    "ssh_config",
+    "tsh_executable",
+    "update_ssh_config",
+]
 
 
 def openssh_version(ssh: str = "ssh") -> tuple[int, int] | None:
@@ -169,3 +180,110 @@ def update_ssh_config(path: Path, block: str, proxy_host: str) -> tuple[bool, Pa
     _fs.atomic_write(backup, old.encode("utf-8", "surrogateescape"), mode=mode)
     _fs.atomic_write(target, new.encode("utf-8", "surrogateescape"), mode=mode)
     return True, backup
+
+
+def _block_clusters(profile: Profile) -> tuple[str, ...]:
+    """The clusters a block for all of ``profile``'s clusters covers (as ssh_config renders)."""
+    return tuple(profile.clusters) or (profile.root_cluster or profile.cluster,)
+
+
+def record_update(
+    store: ProfileStore,
+    profile: Profile,
+    path: Path,
+    *,
+    port: int | None,
+    login: str | None,
+    proxy_command: str,
+    cluster: str | None,
+) -> None:
+    """Remember that `tsh config --update` wrote ``profile``'s block into ``path``.
+
+    A block of one ``cluster`` only is not kept current (a new leaf does not
+    belong in it): its file's record, if any, is dropped.
+    """
+    from .config_record import ConfigUpdate, render_records, with_record
+
+    record_file = store.paths_for(profile).ssh_config_record
+    key = str(path.absolute())
+    with store.transaction():
+        records = _read_records(record_file)
+        if cluster is None:
+            new = with_record(
+                records, ConfigUpdate(key, port, login, proxy_command, _block_clusters(profile))
+            )
+        else:
+            new = [r for r in records if r.path != key]
+        if new != records:
+            _fs.atomic_write(record_file, render_records(new))
+
+
+def _read_records(record_file: Path) -> list[ConfigUpdate]:
+    from .config_record import parse_records
+
+    try:
+        return parse_records(_fs.read_text(record_file))
+    except FileNotFoundError:
+        return []
+
+
+def refresh_ssh_configs(store: ProfileStore, profile: Profile) -> tuple[list[Path], list[str]]:
+    """Refresh the blocks `tsh config --update` wrote, where ``profile``'s clusters changed.
+
+    Each recorded file whose block covers other clusters than the profile's
+    gets the block rendered again with the options it was written with,
+    replaced in place and atomically (the previous file saved as
+    ``<file>.tsh-backup``, its mode kept); the rest of the file stays byte for
+    byte. A file without the block (the user removed it) is left alone, and
+    its record forgotten.
+    Returns the files changed and, as one-line texts, the problems met (the
+    login stands either way).
+    """
+    import dataclasses
+
+    from .._exceptions import TshError
+    from .config_record import has_block, refresh_text, render_records
+
+    record_file = store.paths_for(profile).ssh_config_record
+    if not record_file.exists():  # the common case: no --update ever, nothing to import
+        return [], []
+    clusters = _block_clusters(profile)
+    changed: list[Path] = []
+    problems: list[str] = []
+    with store.transaction():
+        records = _read_records(record_file)
+        kept: list[ConfigUpdate] = []
+        for r in records:
+            if r.clusters == clusters:
+                kept.append(r)
+                continue
+            path = Path(r.path)
+            try:
+                block = ssh_config(
+                    profile, store, port=r.port, login=r.login,
+                    proxy_command=r.proxy_command, ssh_version=openssh_version(),
+                )  # fmt: skip
+                target = path.resolve() if path.is_symlink() else path
+                st = os.stat(target)
+                if not stat.S_ISREG(st.st_mode):
+                    raise UsageError(f"{path} is not a regular file")
+                old = target.read_bytes().decode("utf-8", "surrogateescape")
+                if not has_block(old, profile.proxy_host):
+                    continue  # the user removed the block: forget the record, add nothing
+                new = refresh_text(old, block, profile.proxy_host)
+                if new is not None:
+                    mode = stat.S_IMODE(st.st_mode)
+                    backup = target.with_name(target.name + ".tsh-backup")
+                    _fs.atomic_write(backup, old.encode("utf-8", "surrogateescape"), mode=mode)
+                    _fs.atomic_write(target, new.encode("utf-8", "surrogateescape"), mode=mode)
+                    changed.append(path)
+            except FileNotFoundError:
+                pass  # the file is gone: the record goes with it
+            except (OSError, TshError) as e:
+                problems.append(f"{path} was not refreshed: {e}")
+                kept.append(r)
+            else:
+                kept.append(dataclasses.replace(r, clusters=clusters))
+        if kept != records:
+            _fs.atomic_write(record_file, render_records(kept))
+    return changed, problems

@@ -42,6 +42,11 @@ class ProfilePaths(namedtuple("_ProfilePathsFields", ["home", "proxy_host", "use
         return self._path(f"{self.proxy_host}.yaml")
 
     @property
+    def ssh_config_record(self) -> Path:
+        """tsh-py's own: which ssh_config files `tsh config --update` wrote (tsh._openssh.config_record)."""
+        return self._path(f"{self.proxy_host}.ssh-config.json")
+
+    @property
     def current_profile(self) -> Path:
         return self._path("current-profile")
 

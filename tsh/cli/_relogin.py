@@ -29,7 +29,7 @@ def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile
     def relogin(profile: "Profile") -> "Profile":
         from .._agent.agent import resolve_agent_mode
         from .._auth.login import LoginRequest, login
-        from .login import login_warnings, terminal_authenticator
+        from .login import login_warnings, refresh_ssh_config, terminal_authenticator
 
         print(
             f"The certificate for {profile.user}@{profile.name} {reason}; logging in again.",
@@ -46,6 +46,7 @@ def terminal_relogin(reason: str = "has expired") -> Optional[Callable[["Profile
         )
         result = login(request, terminal_authenticator())
         print_warnings(login_warnings(result.warnings, mode))
+        refresh_ssh_config(result)
         return result.profile
 
     return relogin

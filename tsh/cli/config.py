@@ -46,11 +46,12 @@ def config(
     """Print an OpenSSH client configuration for the proxy's clusters.
 
     Append it to ~/.ssh/config (`tsh config >> ~/.ssh/config`), or let
-    `--update` replace the block tsh wrote before. Stdout carries only the
-    configuration.
+    `--update` replace the block tsh wrote before; `tsh login` then keeps
+    that block's clusters current (opt out: `tsh login --no-update-ssh-config`
+    or TELEPORT_UPDATE_SSH_CONFIG=no). Stdout carries only the configuration.
     """
     # Imported here: the CLI module must not pay for them at start-up.
-    from .._openssh.config_file import openssh_version, ssh_config, update_ssh_config
+    from .._openssh.config_file import openssh_version, record_update, ssh_config, update_ssh_config
     from .._store.store import ProfileStore
 
     store = ProfileStore()
@@ -71,6 +72,10 @@ def config(
         return
     target = (update_file or Path.home() / ".ssh" / "config").expanduser()
     changed, backup = update_ssh_config(target, text, profile.proxy_host)
+    # So that `tsh login` can keep this block's cluster list current.
+    record_update(
+        store, profile, target, port=port, login=login, proxy_command=proxy_command, cluster=cluster
+    )
     if not changed:
         print(f"{target} is up to date.", file=sys.stderr)
     elif backup is None:

@@ -16,6 +16,7 @@ from ._output import print_warnings
 
 if TYPE_CHECKING:
     from .._auth.authenticators import ByAuthType
+    from .._auth.login import LoginResult
 
 #: What to do about a login warning, in flags (the library's messages name none).
 _HINTS = {
@@ -132,6 +133,41 @@ def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
     return True
 
 
+def refresh_ssh_config(result: LoginResult, wanted: bool | None = None) -> None:
+    """After a login: refresh the blocks `tsh config --update` wrote, if the clusters changed.
+
+    One stderr line per file changed; ``wanted`` (the login flag) or
+    ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off. Only a login that learnt the
+    cluster list from the auth API counts: after ``-k only``, or when that
+    step failed, the profile names the root only, and no leaf must leave a block.
+    A refresh that fails is a warning: the login stands.
+    """
+    from .._openssh.config_record import UPDATE_ENV, refresh_wanted
+
+    profile = result.profile
+    if not refresh_wanted(wanted, os.environ.get(UPDATE_ENV)):
+        return
+    if profile.key_storage == "agent" or any(
+        w.code == "leaf-cas-unavailable" for w in result.warnings
+    ):
+        return
+    from .._exceptions import TshError
+    from .._openssh.config_file import refresh_ssh_configs
+    from .._store.store import ProfileStore
+
+    try:
+        changed, problems = refresh_ssh_configs(ProfileStore(), profile)
+    except (OSError, TshError) as e:
+        changed, problems = [], [f"the ssh_config blocks of tsh config --update were not refreshed: {e}"]
+    for path in changed:
+        print(
+            f"Updated the Teleport block in {path}: the clusters of {profile.name} changed "
+            f"(now {', '.join(profile.clusters or (profile.root_cluster,))}).",
+            file=sys.stderr,
+        )
+    print_warnings(problems)
+
+
 def login(
     cluster_arg: Optional[str] = typer.Argument(
         None, metavar="[CLUSTER]",
@@ -195,6 +231,12 @@ def login(
         help="SSO: where the browser's callback is received (default 127.0.0.1, a free port). "
         "Env: TELEPORT_LOGIN_BIND_ADDR.",
     ),
+    update_ssh_config: Optional[bool] = typer.Option(
+        None,
+        "--update-ssh-config/--no-update-ssh-config",
+        help="Refresh the block `tsh config --update` wrote when the cluster list changed "
+        "(env TELEPORT_UPDATE_SSH_CONFIG; default yes).",
+    ),
 ) -> None:
     """Log in to a Teleport proxy: certificates on disk and in the ssh-agent."""
     from .._agent.agent import resolve_agent_mode
@@ -223,4 +265,5 @@ def login(
     )
     result = do_login(request, terminal_authenticator(browser, bind_addr))
     print_warnings(login_warnings(result.warnings, mode))
+    refresh_ssh_config(result, update_ssh_config)
     sys.stdout.write(render_status([result.profile], result.profile.name, time.time()))

@@ -37,6 +37,18 @@ def parse_search(text: str | None) -> list[str]:
     return [w.strip() for w in next(csv.reader([text], skipinitialspace=True)) if w.strip()]
 
 
+def terminal_width() -> int:
+    """The terminal's width as real tsh reads it (on stdin), else its 80 columns."""
+    import os
+
+    from .._core.listing import DEFAULT_TERMINAL_WIDTH
+
+    try:
+        return os.get_terminal_size(sys.stdin.fileno()).columns or DEFAULT_TERMINAL_WIDTH
+    except (OSError, ValueError, AttributeError):  # not a terminal; no stdin at all
+        return DEFAULT_TERMINAL_WIDTH
+
+
 def ls(
     labels: Optional[List[str]] = typer.Argument(
         None, metavar="[LABEL=VALUE,...]", help="Only nodes with these labels."
@@ -48,7 +60,9 @@ def ls(
     format: str = typer.Option(
         "text", "-f", "--format", metavar="text|json|yaml|names", help="Output format."
     ),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also show node IDs."),
+    verbose: bool = typer.Option(
+        False, "-v", "--verbose", help="Also show node IDs; labels uncut (else cut to the terminal)."
+    ),
     cluster: Optional[str] = typer.Option(
         None, "-c", "--cluster", help="Cluster to list (default: the selected one). Env TELEPORT_CLUSTER."
     ),
@@ -69,6 +83,6 @@ def ls(
     target = cluster or os.environ.get("TELEPORT_CLUSTER") or profile.cluster
     nodes = asyncio.run(with_auth(store, profile, lambda c: c.list_nodes(wanted, words), target))
     rows = [NodeInfo(n.id, n.hostname, n.addr, n.labels, n.tunnel, n.sub_kind) for n in nodes]
-    sys.stdout.write(render_nodes(rows, fmt, verbose=verbose))
+    sys.stdout.write(render_nodes(rows, fmt, verbose=verbose, width=terminal_width()))
     if not rows and fmt == "text":
         print(EMPTY_NODES_FOOTER, file=sys.stderr)
