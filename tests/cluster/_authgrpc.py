@@ -45,7 +45,7 @@ from ._authpb import authservice_pb2 as authpb
 from ._authpb import presence_service_pb2 as presencepb
 from ._authpb import trust_service_pb2 as trustpb
 from ._authpb import types_pb2 as typespb
-from ._ca import Authority, public_line
+from ._ca import Authority, authority_key_id, public_line
 from ._config import ServerConfig
 from ._state import ClusterState, Node, User
 
@@ -82,8 +82,13 @@ def node_uuid(cluster: str, node: str) -> str:
 # ---- TLS
 
 
-def _server_identity(authority: Authority, out_dir: Path) -> tuple[Path, Path]:
-    """The auth server's key and certificate from the cluster's host CA (TLS), for the API domain."""
+def _server_identity(authority: Authority, out_dir: Path,
+                     issuer: tuple[Any, x509.Certificate] | None = None) -> tuple[Path, Path]:
+    """The auth server's key and certificate from the cluster's host CA (TLS), for the API domain.
+
+    ``issuer``: the host CA's TLS key servers present now (``keys("host").presented_tls``).
+    """
+    issuer_key, issuer_cert = issuer or (authority.tls_ca_key, authority.tls_ca_cert)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     names: list[x509.GeneralName] = [
@@ -94,7 +99,7 @@ def _server_identity(authority: Authority, out_dir: Path) -> tuple[Path, Path]:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, authority.cluster)]))
-        .issuer_name(authority.tls_ca_cert.subject)
+        .issuer_name(issuer_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(seconds=_BACKDATE_S))
@@ -102,7 +107,8 @@ def _server_identity(authority: Authority, out_dir: Path) -> tuple[Path, Path]:
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(authority.tls_ca_key, hashes.SHA256())
+        .add_extension(authority_key_id(issuer_cert), critical=False)
+        .sign(issuer_key, hashes.SHA256())
     )
     key_path, cert_path = out_dir / "auth.key", out_dir / "auth.pem"
     atomic_write(key_path, key.private_bytes(serialization.Encoding.PEM,
@@ -123,18 +129,39 @@ def _context(cert: Path, key: Path, cas: Iterable[bytes]) -> ssl.SSLContext:
 
 
 def server_ssl_context(state: ClusterState, authority: Authority) -> ssl.SSLContext:
-    """The listener's context; per handshake, the client CA pool is picked from the SNI."""
-    cert, key = _server_identity(authority, state.proxy_dir)
-    local = _context(cert, key, [authority.tls_ca_pem])
+    """The listener's context; per handshake, the client CA pool is picked from the SNI.
+
+    Both follow a CA rotation, as a real auth server reloads: the server
+    certificate comes from the host CA's TLS key servers present now (the new
+    one from ``update_servers`` on), and the pool holds every user CA TLS
+    certificate trusted now (ours, both while rotating; a trusted root's, as it
+    last pushed them over the tunnel, tests/cluster/_trust.py).
+    """
+    identities: dict[bytes, tuple[Path, Path]] = {}
+    contexts: dict[tuple[bytes, tuple[bytes, ...]], ssl.SSLContext] = {}
+
+    def context_for(name: str | None) -> ssl.SSLContext:
+        host = authority.keys("host")
+        assert host.presented_tls is not None
+        issuer_id = host.presented_tls[1].fingerprint(hashes.SHA256())
+        if issuer_id not in identities:
+            identities.clear()
+            identities[issuer_id] = _server_identity(authority, state.proxy_dir, host.presented_tls)
+        cas = [authority.tls_ca_pem, *authority.keys("user").trusted_tls_pem]
+        if name is not None and name != state.name:
+            cas += _trust.trusted_user_ca_tls(state)  # a trusted root's user
+        key = (issuer_id, tuple(dict.fromkeys(cas)))
+        if key not in contexts:
+            if len(contexts) > 16:
+                contexts.clear()
+            contexts[key] = _context(*identities[issuer_id], key[1])
+        return contexts[key]
 
     def pick(sslobj: ssl.SSLObject, sni: str | None, _ctx: ssl.SSLContext) -> None:
-        name = decode_cluster_name(sni)
-        if name is not None and name != state.name:
-            # A trusted root's user: its user CA, as stored by the join.
-            sslobj.context = _context(cert, key, [authority.tls_ca_pem,
-                                                  *_trust.trusted_user_ca_tls(state)])
+        sslobj.context = context_for(decode_cluster_name(sni))
         return None
 
+    local = context_for(state.name)
     local.sni_callback = pick
     return local
 

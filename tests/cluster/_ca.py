@@ -38,7 +38,7 @@ from tests.cluster._files import atomic_write, locked
 from ._rotation import CARecord, Rotation, advance, expand_types, rotate
 from ._state import ClusterState, User
 
-__all__ = ["Authority", "CAKeys", "public_line", "INTERNAL_JOIN_PRINCIPAL"]
+__all__ = ["Authority", "CAKeys", "authority_key_id", "public_line", "INTERNAL_JOIN_PRINCIPAL"]
 
 INTERNAL_JOIN_PRINCIPAL = "-teleport-internal-join"
 _BACKDATE_S = 60  # certificates are valid from one minute ago, as Teleport's
@@ -93,6 +93,9 @@ class CAKeys:
     signing_tls_cert: x509.Certificate
     trusted_tls: tuple[x509.Certificate, ...]  # active then additional
     rotation: Rotation
+    active_count: int = 1  # how many of ``trusted`` are active keys (the rest: additional)
+    # what servers sign their own TLS certificates with now (the auth API's identity)
+    presented_tls: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
 
     @property
     def trusted_tls_pem(self) -> tuple[bytes, ...]:
@@ -158,6 +161,8 @@ class Authority:
             signing_tls_cert=signing_tls[1],
             trusted_tls=tuple(self._tls_pair(k["tls"])[1] for k in trusted),
             rotation=record.rotation,
+            active_count=len(record.active),
+            presented_tls=self._tls_pair(record.presented["tls"]),
         )
 
     def records(self, now: float | None = None) -> dict[str, CARecord]:
@@ -347,6 +352,7 @@ class Authority:
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
+            .add_extension(authority_key_id(keys.signing_tls_cert), critical=False)
             .sign(keys.signing_tls_key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
@@ -395,6 +401,15 @@ class Authority:
         )
         atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert_path, key_path
+
+
+def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AuthorityKeyIdentifier extension naming ``issuer`` (as Go's x509 always adds).
+
+    Every TLS CA of a cluster has the same subject (a rotation's old and new
+    ones too), so this is what lets a verifier pick the right one of two.
+    """
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
 def _create_tls_ca(ca_dir: Path, cluster: str, stem: str = "tls_ca") -> None:

@@ -82,6 +82,8 @@ async def serve(
     config.ssh_proxy_addr = config.web_addr if config.tls_routing else f"127.0.0.1:{acceptor.get_port()}"
     config.tunnel_addr = f"127.0.0.1:{tunnel.get_port()}"
     agents = asyncio.ensure_future(_trust.run_tunnel_agents(state, authority, config, proxy_key))
+    tunnel_rotation = asyncio.ensure_future(_trust.follow_host_ca(tunnel, state, authority,
+                                                                  proxy_key))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +119,7 @@ async def serve(
     finally:
         log.info("stopping")
         agents.cancel()
+        tunnel_rotation.cancel()
         tunnel.close()
         rotation.cancel()
         if listener is not None:

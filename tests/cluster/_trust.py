@@ -69,6 +69,7 @@ __all__ = [
     "add_role",
     "add_token",
     "as_streams",
+    "follow_host_ca",
     "allowed_login",
     "join",
     "leaf_route",
@@ -292,24 +293,53 @@ def map_roles(role_map: list[dict[str, Any]], remote_roles: list[str]) -> list[s
 
 
 # --------------------------------------------------------------------------- CA resources
-def _ca_resource(cluster: str, ca_type: str, ssh_lines: list[str], tls_pems: list[bytes]) -> bytes:
-    """A ``cert_authority`` v2 resource as Teleport marshals it (public parts only)."""
+def _ca_resource(cluster: str, ca_type: str, ssh_lines: list[str], tls_pems: list[bytes],
+                 additional: tuple[list[str], list[bytes]] = ([], []),
+                 rotation: dict[str, Any] | None = None) -> bytes:
+    """A ``cert_authority`` v2 resource as Teleport marshals it (public parts only).
+
+    ``additional``: the ``additional_trusted_keys`` (SSH lines, TLS PEMs) of a
+    CA in rotation; ``rotation``: its ``spec.rotation``.
+    """
+    def key_set(lines: list[str], pems: list[bytes]) -> dict[str, Any]:
+        return {
+            "ssh": [{"public_key": base64.b64encode(line.encode()).decode()} for line in lines],
+            "tls": [{"cert": base64.b64encode(pem).decode()} for pem in pems],
+        }
+
+    spec: dict[str, Any] = {
+        "type": ca_type,
+        "cluster_name": cluster,
+        "active_keys": key_set(ssh_lines, tls_pems),
+    }
+    if additional[0] or additional[1]:
+        spec["additional_trusted_keys"] = key_set(*additional)
+    if rotation:
+        spec["rotation"] = rotation
     resource = {
         "kind": "cert_authority",
         "sub_kind": ca_type,
         "version": "v2",
         "metadata": {"name": cluster},
-        "spec": {
-            "type": ca_type,
-            "cluster_name": cluster,
-            "active_keys": {
-                "ssh": [{"public_key": base64.b64encode(line.encode()).decode()}
-                        for line in ssh_lines],
-                "tls": [{"cert": base64.b64encode(pem).decode()} for pem in tls_pems],
-            },
-        },
+        "spec": spec,
     }
     return json.dumps(resource, separators=(",", ":")).encode()
+
+
+def _local_ca(authority: Authority, ca_type: str) -> bytes:
+    """Our ``host`` or ``user`` CA as a resource: active keys, additional keys, rotation.
+
+    What the join's exchange and the tunnel's CA push carry, so a peer trusts
+    exactly what we trust now (both key sets while rotating, active first).
+    """
+    keys = authority.keys(ca_type)
+    n = keys.active_count
+    lines = [_ssh_line(k) for k in keys.trusted]
+    pems = list(keys.trusted_tls_pem)
+    rot = keys.rotation
+    return _ca_resource(authority.cluster, ca_type, lines[:n], pems[:n], (lines[n:], pems[n:]),
+                        {"state": rot.state, "phase": rot.phase, "mode": rot.mode,
+                         "current_id": rot.current_id})
 
 
 @dataclass(frozen=True)
@@ -325,9 +355,12 @@ def _parse_ca(raw: Any) -> _CA:
     try:
         data = json.loads(base64.b64decode(raw, validate=True))
         spec = data["spec"]
-        keys = spec.get("active_keys") or {}
-        ssh = [base64.b64decode(k["public_key"]).decode().strip() for k in keys.get("ssh") or []]
-        tls = [base64.b64decode(k["cert"]).decode() for k in keys.get("tls") or []]
+        ssh: list[str] = []
+        tls: list[str] = []
+        # trusted = active then additional (GetTrustedSSHKeyPairs)
+        for keys in (spec.get("active_keys") or {}, spec.get("additional_trusted_keys") or {}):
+            ssh += [base64.b64decode(k["public_key"]).decode().strip() for k in keys.get("ssh") or []]
+            tls += [base64.b64decode(k["cert"]).decode() for k in keys.get("tls") or []]
         ca = _CA(str(spec["cluster_name"]), str(spec["type"]), ssh, tls)
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
         raise TrustError("bad parameter: malformed certificate authority") from None
@@ -386,11 +419,7 @@ def validate_trusted_cluster(state: ClusterState, authority: Authority, body: by
         }
         state._write_json("remote_clusters.json", data)
     log.info("trusted cluster %s joined", ca.cluster)
-    tls = [authority.tls_ca_pem]
-    answer = [
-        _ca_resource(state.name, "host", [_ssh_line(authority.host_ca)], tls),
-        _ca_resource(state.name, "user", [_ssh_line(authority.user_ca)], tls),
-    ]
+    answer = [_local_ca(authority, "host"), _local_ca(authority, "user")]
     return json.dumps(
         {"certificate_authorities": [base64.b64encode(r).decode() for r in answer]}
     ).encode()
@@ -424,9 +453,7 @@ def join(
         ctx = ssl.create_default_context(cafile=str(root_ca))
     except (OSError, ssl.SSLError) as e:
         raise StateError(f"cannot read the root CA {root_ca}: {e}") from None
-    own = _ca_resource(
-        state.name, "host", [_ssh_line(authority.host_ca)], [authority.tls_ca_pem]
-    )
+    own = _local_ca(authority, "host")
     body = json.dumps({
         "token": token,
         "certificate_authorities": [base64.b64encode(own).decode()],
@@ -548,7 +575,7 @@ def allowed_login(state: ClusterState, authority: Authority, login: str, cert_b6
         .split()[:2]
     )
     principals = [p.decode(errors="replace") for p in cert.valid_principals]
-    if signer == _ssh_line(authority.user_ca):
+    if signer in {_ssh_line(k) for k in authority.keys("user").trusted}:  # both while rotating
         return login in principals
     for rec in _trusted_records(state).values():
         if signer in rec["user_ca"]["ssh"]:
@@ -584,24 +611,136 @@ class _TransportListener(asyncssh.SSHListener):
         pass
 
 
+# --------------------------------------------------------------------------- the CA push
+# Real Teleport's root watches its CAs and pushes them to every connected leaf
+# (RotateExternalCertAuthority on the leaf's auth), and watches the leaf's host
+# CA and upserts it at the root (lib/reversetunnel/remotesite.go,
+# watchCertAuthorities). Here both ride the tunnel's heartbeat session: a line
+# is "ping" or a JSON {"cert_authorities": [base64 resource, ...]} (which is
+# a heartbeat too), sent when what the sender trusts changed.
+_MAX_LINE = 1 << 20
+
+
+def _cas_message(authority: Authority, ca_types: tuple[str, ...]) -> bytes:
+    resources = [base64.b64encode(_local_ca(authority, t)).decode() for t in ca_types]
+    return json.dumps({"cert_authorities": resources}, separators=(",", ":")).encode() + b"\n"
+
+
+def _parse_cas_message(line: bytes, cluster: str, ca_types: tuple[str, ...]) -> dict[str, _CA]:
+    """The CAs a peer pushed: ``ca_types`` of ``cluster``, each exactly once; TrustError else."""
+    try:
+        raw = json.loads(line)["cert_authorities"]
+        if not isinstance(raw, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise TrustError("malformed certificate authority push") from None
+    cas = [_parse_ca(r) for r in raw]
+    by_type = {ca.type: ca for ca in cas}
+    if len(cas) != len(ca_types) or set(by_type) != set(ca_types):
+        raise TrustError(f"expected the {'/'.join(ca_types)} CAs, got {sorted(by_type)}")
+    for ca in cas:
+        if ca.cluster != cluster:
+            raise TrustError(f"a CA of cluster {ca.cluster!r} pushed by {cluster!r}")
+        if not ca.ssh:
+            raise TrustError("bad parameter: the certificate authority has no SSH key")
+    return by_type
+
+
+def _store_leaf_host_ca(state: ClusterState, leaf: str, ca: _CA) -> None:
+    """At the root: the leaf's host CA as it trusts it now (what GetCertAuthorities lists)."""
+    with locked(state.lock_path):
+        data = state._read_json("remote_clusters.json") or {"clusters": {}}
+        rec = data["clusters"].get(leaf)
+        new = {"ssh": ca.ssh, "tls": ca.tls}
+        if rec is not None and rec["host_ca"] != new:
+            rec["host_ca"] = new
+            state._write_json("remote_clusters.json", data)
+            log.info("leaf %s host CA updated (%d SSH keys)", leaf, len(ca.ssh))
+
+
+def _store_root_cas(state: ClusterState, root: str, cas: dict[str, _CA]) -> None:
+    """At the leaf: the root's host and user CAs as it trusts them now."""
+    with locked(state.lock_path):
+        data = state._read_json("trusted_clusters.json") or {"clusters": {}}
+        rec = data["clusters"].get(root)
+        if rec is None:
+            return
+        new = {t: {"ssh": cas[t].ssh, "tls": cas[t].tls} for t in ("host", "user")}
+        if any(rec[f"{t}_ca"] != new[t] for t in new):
+            rec["host_ca"], rec["user_ca"] = new["host"], new["user"]
+            state._write_json("trusted_clusters.json", data)
+            log.info("root %s CAs updated (user CA: %d SSH keys, host CA: %d)", root,
+                     len(new["user"]["ssh"]), len(new["host"]["ssh"]))
+
+
+class _LineBuffer:
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        if len(self._buf) > _MAX_LINE:
+            raise TrustError("certificate authority push too long")
+        return lines
+
+
 class _HeartbeatSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    """The root's end: heartbeats and the leaf's host CA in, the root's CAs out."""
+
     def __init__(self, server: _TunnelServer):
         self._server = server
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._lines = _LineBuffer()
+        self._pushed = b""
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+        self._chan = chan
 
     def exec_requested(self, command: str) -> bool:
         return command == "heartbeat"
 
+    def session_started(self) -> None:
+        self._push()
+
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._server.heartbeat()
+        try:
+            for line in self._lines.feed(data):
+                if line.startswith(b"{"):
+                    leaf = self._server.leaf
+                    _store_leaf_host_ca(self._server.state, leaf,
+                                        _parse_cas_message(line, leaf, ("host",))["host"])
+                self._server.heartbeat()
+            self._push()
+        except (TrustError, OSError) as e:
+            log.warning("tunnel from %s: %s", self._server.leaf, e)
+            if self._chan is not None:
+                self._chan.close()
+
+    def _push(self) -> None:
+        """Send our host and user CAs when they changed since the last push."""
+        message = _cas_message(self._server.authority, ("host", "user"))
+        if message != self._pushed and self._chan is not None:
+            self._chan.write(message)
+            self._pushed = message
 
 
 class _TunnelServer(asyncssh.SSHServer):
     """One leaf's tunnel at the root: login with a leaf-host-CA certificate."""
 
-    def __init__(self, state: ClusterState):
+    def __init__(self, state: ClusterState, authority: Authority):
         self._state = state
+        self.authority = authority
         self._conn: asyncssh.SSHServerConnection | None = None
         self._leaf = ""
+
+    @property
+    def state(self) -> ClusterState:
+        return self._state
+
+    @property
+    def leaf(self) -> str:
+        return self._leaf
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:  # type: ignore[override]
         self._conn = conn
@@ -673,17 +812,40 @@ async def start_tunnel_server(
 ) -> asyncssh.SSHAcceptor:
     """Listen for leaves' reverse tunnels on 127.0.0.1:``port`` (0 = a free port)."""
     _live(state).offline_threshold_s = offline_threshold_s
-    cert = authority.sign_host(
-        host_key, ["127.0.0.1", "localhost", "::1", state.name], f"tunnel.{state.name}",
-        365 * 86400,
-    )
     return await asyncssh.listen(
         "127.0.0.1", port,
-        server_factory=lambda: _TunnelServer(state),
-        server_host_keys=[(host_key, cert)],
+        server_factory=lambda: _TunnelServer(state, authority),
+        server_host_keys=[_tunnel_identity(state, authority, host_key)],
         encoding=None, agent_forwarding=False, allow_scp=False, x11_forwarding=False,
         login_timeout=30, keepalive_interval=0,
     )  # fmt: skip
+
+
+def _tunnel_identity(state: ClusterState, authority: Authority, host_key: asyncssh.SSHKey
+                     ) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+    """The tunnel listener's host key, certified by the host CA key servers present now."""
+    cert = authority.sign_host(
+        host_key, ["127.0.0.1", "localhost", "::1", state.name], f"tunnel.{state.name}",
+        365 * 86400, authority.keys("host").presented,
+    )
+    return host_key, cert
+
+
+async def follow_host_ca(acceptor: asyncssh.SSHAcceptor, state: ClusterState,
+                         authority: Authority, host_key: asyncssh.SSHKey) -> None:
+    """Run until cancelled: re-certify the tunnel listener when the presented host CA key
+    changes (``update_servers``), so leaves that learnt only the new CA still connect."""
+    presented = authority.keys("host").presented.public_data
+    while True:
+        await asyncio.sleep(0.2)
+        try:
+            now = authority.keys("host").presented.public_data
+        except (OSError, ValueError) as e:
+            log.warning("cannot read the rotation state: %s", e)
+            continue
+        if now != presented:
+            acceptor.update(server_host_keys=[_tunnel_identity(state, authority, host_key)])
+            presented = now
 
 
 # --------------------------------------------------------------------------- root: dialing leaves
@@ -829,6 +991,28 @@ class _AgentClient(asyncssh.SSHClient):
     pass
 
 
+class _AgentSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """The leaf's end of the heartbeat session: stores the CAs the root pushes."""
+
+    def __init__(self, state: ClusterState, root: str):
+        self._state, self._root = state, root
+        self._lines = _LineBuffer()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        try:
+            for line in self._lines.feed(data):
+                _store_root_cas(self._state, self._root,
+                                _parse_cas_message(line, self._root, ("host", "user")))
+        except (TrustError, OSError) as e:
+            log.warning("tunnel to %s: %s", self._root, e)
+            if self._chan is not None:
+                self._chan.close()
+
+
 async def _agent_once(state: ClusterState, authority: Authority, config: ServerConfig,
                       root: str, host_key: asyncssh.SSHKey) -> None:
     rec = _trusted_records(state).get(root)
@@ -851,12 +1035,16 @@ async def _agent_once(state: ClusterState, authority: Authority, config: ServerC
         client_factory=_AgentClient, encoding=None, keepalive_interval=0,
     ) as conn:  # fmt: skip
         await conn.create_server(handle, _TRANSPORT_HOST, _TRANSPORT_PORT)
-        chan, _ = await conn.create_session(asyncssh.SSHClientSession, "heartbeat")
+        chan, _ = await conn.create_session(lambda: _AgentSession(state, root), "heartbeat")
         log.info("reverse tunnel to %s at %s is up", root, rec["tunnel_addr"])
+        pushed = b""
         while root in _trusted_records(state):
-            if conn.is_closed():
+            if conn.is_closed() or chan.is_closing():
                 return  # the root went away: _agent_loop dials again
-            chan.write(b"ping\n")
+            # a heartbeat; our host CA instead when it changed (the root stores it)
+            message = _cas_message(authority, ("host",))
+            chan.write(message if message != pushed else b"ping\n")
+            pushed = message
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
         log.info("trusted cluster %s removed: closing its tunnel", root)
 

@@ -383,6 +383,8 @@ def test_one_root_proxy_connection_serves_every_clusters_nodes(
     mux = os.path.join(env["TELEPORT_HOME"], "mux")
     masters = [n for n in os.listdir(mux) if not n.endswith((".agent", ".lock"))]
     assert len(masters) == 1, masters
+
+
 # --------------------------------------------------------------------------- config --update stays current
 def _proxy_command(cfg: Path, host: str, env: dict[str, str]) -> str:
     """The oracle: what ``ssh -G`` makes of ``host`` with ``cfg``."""

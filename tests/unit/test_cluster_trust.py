@@ -149,3 +149,98 @@ def test_proxysites_lists_leaves_after_the_root() -> None:
         {"name": "root.test", "lastconnected": "2024-05-01T00:00:00Z", "status": "online"},
         {"name": "leaf.test", "lastconnected": "2024-05-01T00:00:00Z", "status": "offline"},
     ]
+
+
+# --------------------------------------------------------------------------- the CA push
+def test_a_rotating_root_pushes_both_key_sets_and_the_leaf_stores_them(root, leaf) -> None:  # type: ignore[no-untyped-def]
+    (_, rauth), (lstate, _) = root, leaf
+    (lstate.data_dir / "trusted_clusters.json").write_text(json.dumps({"clusters": {
+        "root.test": {"user_ca": {"ssh": [], "tls": []}, "host_ca": {"ssh": [], "tls": []},
+                      "role_map": [], "proxy_addr": "x", "tunnel_addr": "y"}}}))
+    rauth.rotate("user", "init", "manual", 3600)
+    rauth.rotate("user", "update_clients", "manual", 3600)
+    message = _trust._cas_message(rauth, ("host", "user"))
+    assert message.endswith(b"\n") and b"\n" not in message[:-1]  # one line
+    cas = _trust._parse_cas_message(message, "root.test", ("host", "user"))
+    _trust._store_root_cas(lstate, "root.test", cas)
+    stored = json.loads((lstate.data_dir / "trusted_clusters.json").read_text())
+    user_keys = rauth.keys("user")
+    assert stored["clusters"]["root.test"]["user_ca"]["ssh"] == [
+        _trust._ssh_line(k) for k in user_keys.trusted]  # new (active) first, then old
+    assert len(stored["clusters"]["root.test"]["user_ca"]["tls"]) == 2
+    assert _trust.trusted_user_ca_ssh(lstate) == [_trust._ssh_line(k) for k in user_keys.trusted]
+    rotation = json.loads(base64.b64decode(json.loads(message)["cert_authorities"][1]))
+    assert rotation["spec"]["rotation"]["phase"] == "update_clients"
+
+
+@pytest.mark.parametrize("bad", [
+    b"not json",
+    b'{"cert_authorities": "x"}',
+    b'{"cert_authorities": []}',
+])
+def test_a_malformed_push_is_refused(root, bad: bytes) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(_trust.TrustError):
+        _trust._parse_cas_message(bad, "root.test", ("host", "user"))
+
+
+def test_a_push_must_be_the_senders_own_cas(root, leaf) -> None:  # type: ignore[no-untyped-def]
+    (_, rauth), (_, lauth) = root, leaf
+    with pytest.raises(_trust.TrustError, match="pushed by"):  # another cluster's CA
+        _trust._parse_cas_message(_trust._cas_message(lauth, ("host",)), "root.test", ("host",))
+    with pytest.raises(_trust.TrustError, match="expected the host CAs"):  # a user CA too
+        _trust._parse_cas_message(_trust._cas_message(rauth, ("host", "user")), "root.test",
+                                  ("host",))
+
+
+def test_the_auth_servers_tls_identity_follows_the_host_rotation(root) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import ssl
+    import threading
+
+    from tests.cluster import _authgrpc
+
+    state, authority = root
+
+    def issuer_of_served_cert() -> bytes:
+        ctx = _authgrpc.server_ssl_context(state, authority)
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+
+            def serve() -> None:
+                conn, _ = srv.accept()
+                try:
+                    ctx.wrap_socket(conn, server_side=True).recv(1)
+                except (OSError, ssl.SSLError):
+                    pass  # the client sends no certificate: the server gives up after hello
+                finally:
+                    conn.close()
+
+            t = threading.Thread(target=serve)
+            t.start()
+            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client.check_hostname = False
+            client.load_verify_locations(
+                cadata="".join(p.decode() for p in authority.keys("host").trusted_tls_pem))
+            with client.wrap_socket(socket.create_connection(srv.getsockname()),
+                                    server_hostname=_authgrpc.encode_cluster_name(state.name)) as s:
+                der = s.getpeercert(binary_form=True)
+            t.join(5)
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(der)
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        return bytes(aki.key_identifier or b"")
+
+    def ski(cert) -> bytes:  # type: ignore[no-untyped-def]
+        from cryptography import x509
+
+        return bytes(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
+
+    old = authority.keys("host").signing_tls_cert
+    authority.rotate("host", "init", "manual", 3600)
+    authority.rotate("host", "update_clients", "manual", 3600)
+    new = authority.keys("host").signing_tls_cert
+    assert issuer_of_served_cert() == ski(old)  # servers still present the old CA's
+    authority.rotate("host", "update_servers", "manual", 3600)
+    assert issuer_of_served_cert() == ski(new)  # verified against both, picked by its AKI
