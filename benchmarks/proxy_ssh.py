@@ -34,7 +34,8 @@ processes share 2 cores, so throughput follows the total. Measured here
 (profiles with py-spy and perf, docs/protocol.md §18), the TLS rows' extra
 is: on the client, the hop's TLS process (``openssl s_client``: 8 KiB reads,
 one 8 KiB record each; tsh's Python tunnel costs the same there) and behind
-an L7 load balancer tsh's tunnel (two TLS layers and WebSocket framing); on
+an L7 load balancer tsh's tunnel (two TLS layers and WebSocket framing,
+its masking in C since wsproto's Python masking was a third of it); on
 the server, asyncio's TLS in Python (a few percent of it is OpenSSL's
 crypto, the rest the interpreter per record), and behind the load balancer
 also the load balancer's own TLS and WebSocket termination and a socketpair
