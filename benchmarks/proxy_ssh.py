@@ -24,10 +24,25 @@ port) and one behind an L7 load balancer (``--behind-l7-lb``: the hop is
 tsh's WebSocket tunnel), each with its own node and profile, measured with
 the tsh form in the same turns. Targets against the separate-port tsh form:
 TLS routing set-up at most 1.15x and throughput at least 0.85x; the L7
-upgrade at most 1.30x and at least 0.75x. On a 2-core box the throughput of
-these rows is bounded by the test cluster, whose one event loop does the
-proxy's TLS (and WebSocket) and its SSH alike; ``openssl s_client`` alone
-moves several hundred MiB/s into an asyncio TLS sink here.
+upgrade at most 1.30x and at least 0.75x.
+
+Where the bytes cost: for the no-agent bulk runs, a second table gives the
+CPU seconds per 100 MiB of each side of each row (medians; the ssh client
+tree with its hop and ProxyCommand, the cluster process, the node's sshd;
+each run's connection set-up included, so use the default ``--mib``). All
+processes share 2 cores, so throughput follows the total. Measured here
+(profiles with py-spy and perf, docs/protocol.md §18), the TLS rows' extra
+is: on the client, the hop's TLS process (``openssl s_client``: 8 KiB reads,
+one 8 KiB record each; tsh's Python tunnel costs the same there) and behind
+an L7 load balancer tsh's tunnel (two TLS layers and WebSocket framing,
+its masking in C since wsproto's Python masking was a third of it); on
+the server, asyncio's TLS in Python (a few percent of it is OpenSSL's
+crypto, the rest the interpreter per record), and behind the load balancer
+also the load balancer's own TLS and WebSocket termination and a socketpair
+into the router, in the same event loop. A real deployment has neither: the
+load balancer is another machine, and Teleport's Go proxy hands the upgraded
+connection to its ALPN router in-process, on every core. The cluster column
+is that share, to read the throughput ratios against.
 
 The `tsh` measured is a regular (not editable) installation of this checkout
 in a scratch virtualenv that borrows this environment's dependencies: what a
@@ -40,8 +55,10 @@ user runs. An editable install adds an import hook to every Python start-up
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -122,15 +139,67 @@ def python_floor_config(openssh_cfg: str, python: Path) -> str:
     return openssh_cfg.replace(prefix, f'    ProxyCommand "{python}" -c "{start}" -c ')
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds of process ``pid``: its own, plus its reaped children's (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def adopt_orphans() -> None:
+    """Become the reaper of orphaned descendants (Linux), so that their CPU time is counted.
+
+    The hop's ssh does not wait for its ProxyCommand (``openssl s_client`` or
+    tsh's tunnel) when it ends: without this, their CPU time goes to init.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def settle(node: int, ours: set[int], timeout_s: float = 5.0) -> None:
+    """Wait until a transfer's processes are gone, so that their CPU is counted: the
+    node's session process (reaped by ``node``, its sshd) and the hop's ProxyCommand
+    (adopted here, reaped by client_cpu_s); ``ours``: this process's other children."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        client_cpu_s()
+        if not _children(node) and _children(os.getpid()) <= ours:
+            return
+        time.sleep(0.05)
+
+
+def client_cpu_s() -> float:
+    """CPU seconds of this process's reaped children: ssh with its ProxyCommand tree."""
+    while True:  # reap the adopted orphans that have ended (the clusters and nodes run on)
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib: int,
                      runs: int, extra: dict[str, tuple[Path, str, dict[str, str]]] | None = None,
-                     ) -> dict[str, float]:
-    """Median MiB/s of ``mib`` MiB through ``cat > /dev/null`` per form, taking turns."""
+                     servers: dict[str, tuple[int, int]] | None = None,
+                     ) -> tuple[dict[str, float], dict[str, tuple[float, float, float]]]:
+    """Median MiB/s of ``mib`` MiB through ``cat > /dev/null`` per form, taking turns;
+    and per form with ``servers`` (its cluster's and node sshd's pids) the median CPU
+    seconds per 100 MiB of (client tree, cluster, node): where the bytes cost."""
     chunk = b"\0" * (1 << 20)
     plan = {form: (cfg, dest, env) for form, cfg in cfgs.items()} | (extra or {})
     rates: dict[str, list[float]] = {form: [] for form in plan}
+    cpus: dict[str, list[tuple[float, float, float]]] = {form: [] for form in servers or {}}
     for _ in range(runs):
         for form, (cfg, form_dest, form_env) in plan.items():
+            pids = (servers or {}).get(form)
+            ours = _children(os.getpid())
+            before = (client_cpu_s(), *map(proc_cpu_s, pids)) if pids else ()
             t = time.perf_counter()
             proc = subprocess.Popen(ssh_argv(cfg, form_dest, "cat > /dev/null"), env=form_env,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -141,7 +210,14 @@ def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib:
             if proc.wait() != 0:
                 raise SystemExit("bulk transfer failed")
             rates[form].append(mib / (time.perf_counter() - t))
-    return {form: statistics.median(r) for form, r in rates.items()}
+            if pids:
+                settle(pids[1], ours)
+                after = (client_cpu_s(), *map(proc_cpu_s, pids))
+                client, cluster, node = ((a - b) * 100 / mib for a, b in zip(after, before, strict=True))
+                cpus[form].append((client, cluster, node))
+    cpu = {form: (statistics.median(c[0] for c in per_run), statistics.median(c[1] for c in per_run),
+                  statistics.median(c[2] for c in per_run)) for form, per_run in cpus.items()}  # fmt: skip
+    return {form: statistics.median(r) for form, r in rates.items()}, cpu
 
 
 def main() -> None:
@@ -151,10 +227,13 @@ def main() -> None:
     parser.add_argument("--bulk-runs", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tsh-bench-"))
+    adopt_orphans()
     os.environ["TELEPORT_HOME"] = str(work / "tsh")
     cluster = node = agent = None
     started: list = []  # TLS-routing clusters and nodes, stopped at the end
     tls_plan: dict[str, tuple[Path, str, dict[str, str]]] = {}
+    servers: dict[str, tuple[int, int]] = {}  # form -> (cluster pid, node sshd pid)
+    cpu: dict[str, tuple[float, float, float]] = {}
     results: dict[tuple[str, str], tuple[float, float]] = {}
     intervals: dict[str, tuple[float, float]] = {}
     floors: dict[str, float] = {}
@@ -191,6 +270,8 @@ def main() -> None:
             tls_cfg = work / f"config-{slug}"
             tls_cfg.write_bytes(r.stdout)
             tls_plan[form] = (tls_cfg, f"{LOGIN}@node1.{c.name}", tls_env)
+            servers[form] = (c.proc.pid, n.proc.pid)
+        servers["tsh"] = (cluster.proc.pid, node.proc.pid)
         os.environ["TELEPORT_HOME"] = str(work / "tsh")
         # The seed page's case: the user's ssh-agent holds key and certificate.
         store = ProfileStore(me.home)
@@ -202,7 +283,9 @@ def main() -> None:
             extra = tls_plan if case == "no agent" else {}
             setup_ms(setup_cfgs, dest, env, 2, extra)  # warm up caches (page cache, bytecode) first
             setup = setup_ms(setup_cfgs, dest, env, args.runs, extra)
-            rate = throughput_mib_s(cfgs, dest, env, args.mib, args.bulk_runs, extra)
+            rate, case_cpu = throughput_mib_s(cfgs, dest, env, args.mib, args.bulk_runs, extra,
+                                              servers if case == "no agent" else None)
+            cpu |= case_cpu
             for form in (*FORMS, *extra):
                 results[case, form] = (statistics.median(setup[form]), rate[form])
             for form in extra:
@@ -225,6 +308,11 @@ def main() -> None:
         print(f"{case:<10}{form:<14}{ms:>19.1f}{rate:>16.1f}")
         if form == FORMS[-1]:
             print(f"{case:<10}{FLOOR:<14}{floors[case]:>19.1f}{'-':>16}")
+    print("no agent: CPU seconds per 100 MiB of bulk transfer (median), by side")
+    print(f"{'ProxyCommand':<14}{'client tree':>12}{'cluster':>10}{'node sshd':>11}{'total':>8}")
+    for form, (client, server, node_s) in cpu.items():
+        print(f"{form:<14}{client:>12.2f}{server:>10.2f}{node_s:>11.2f}"
+              f"{client + server + node_s:>8.2f}")
     for form, (_, max_setup, min_rate) in TLS_FORMS.items():
         setup_ratio = results["no agent", form][0] / results["no agent", "tsh"][0]
         rate_ratio = results["no agent", form][1] / results["no agent", "tsh"][1]

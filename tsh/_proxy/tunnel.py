@@ -470,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{MESSAGE_PREFIX}usage: python -m tsh._proxy.tunnel "
                          "[--upgrade=websocket|legacy] HOST:PORT CA_FILE\n")
         return 2
+    if upgrade == "websocket":  # this process only: frames masked in C (tsh._proxy.wsmask)
+        from .wsmask import use_c_masker
+
+        use_c_masker()
     try:
         tunnel = open_tunnel(args[0], args[1], upgrade)
     except TunnelError as e:
