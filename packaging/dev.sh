@@ -28,6 +28,10 @@ make_venv() {
     local py=${PYTHON:-python3}
     [ -x .venv/bin/python ] || "$py" -m venv .venv
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    # Bytecode for the checkout, as pip writes it for installed packages: the
+    # tests start hundreds of tsh and cluster processes, and where
+    # PYTHONDONTWRITEBYTECODE is set each would compile every module again.
+    .venv/bin/python -m compileall -q -j 0 tsh tests benchmarks >/dev/null
 }
 
 case "${1:-}" in
