@@ -1,20 +1,16 @@
-"""Leaf clusters for the tests: joined by hand-written records, or trusted by hand.
-
-``seed_leaf`` records a leaf at the root as a trusted-cluster join does (no tunnel),
-for the auth API tests. ``trust_leaves`` puts real, joined leaves into a profile.
+"""Leaf clusters for the auth API tests, recorded at the root as a trusted-cluster join
+records them (no tunnel: such a leaf is offline). Real joined leaves: tests/cluster/launch.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 from tests.cluster._ca import Authority, public_line
 from tests.cluster._state import ClusterState
 from tests.cluster.launch import Cluster
-from tsh._core.knownhosts import cluster_trust_lines, merge_known_hosts
 
 
 def seed_leaf(root: Cluster, workdir: Path, name: str, *, online: bool, labels: dict[str, str]
@@ -32,26 +28,3 @@ def seed_leaf(root: Cluster, workdir: Path, name: str, *, online: bool, labels: 
     }
     path.write_text(json.dumps(data))
     return leaf
-
-
-
-def _host_ca_keys(cluster: Cluster) -> list[str]:
-    # `@cert-authority *.<cluster> <type> <base64> type=host`
-    return [" ".join(line.split()[2:4]) for line in cluster.admin(
-        "auth", "export", "--type=host").splitlines() if line.strip()]
-
-
-def trust_leaves(root: Cluster, leaves: list[Cluster]) -> None:
-    """Add ``leaves`` to the current profile (of ``root``) as a login would."""
-    home = Path(os.environ["TELEPORT_HOME"])
-    proxy_host = root.web_addr.rsplit(":", 1)[0]
-    host_cas = {root.name: _host_ca_keys(root)}
-    host_cas.update({leaf.name: _host_ca_keys(leaf) for leaf in leaves})
-    known_hosts = home / "known_hosts"
-    old = known_hosts.read_text() if known_hosts.exists() else ""
-    lines = cluster_trust_lines(proxy_host, root.name, host_cas)
-    known_hosts.write_text(merge_known_hosts(old, proxy_host, lines))
-    profile_path = home / f"{proxy_host}.yaml"
-    profile = json.loads(profile_path.read_text())
-    profile["clusters"] = list(host_cas)
-    profile_path.write_text(json.dumps(profile, indent=2) + "\n")
