@@ -118,6 +118,8 @@ def _check(p: SSHConfigParams) -> None:
         validate_path(path)
     if p.reuse_tag:
         validate_path(p.reuse_tag)
+    if p.tls_ca_file:  # an argument of the openssl hop's ProxyCommand
+        validate_path(p.tls_ca_file)
     if p.login is not None:
         validate_login(p.login)
     if p.proxy_command not in PROXY_COMMANDS:
