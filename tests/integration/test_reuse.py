@@ -258,6 +258,33 @@ def test_a_recording_proxy_gets_the_agent_on_every_reused_session(
         assert r.returncode == 0 and "-cert-v01@openssh.com" in r.stdout, r.stderr
 
 
+def test_an_old_masters_agent_exiting_leaves_the_new_masters_alone(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each master forwards its own agent socket: the previous master's agent, which its
+    guard stops up to 10 s after that master, removes only its own socket as it exits."""
+    cluster, node = rec
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+
+    def agents() -> set[Path]:
+        return {p for p in (me.home / "mux").iterdir() if p.name.endswith(".agent")}
+
+    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
+    (sock,) = _sockets(me)
+    (old_agent,) = agents()
+    subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True, timeout=10, check=False)
+    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0  # a new master
+    (new_agent,) = agents() - {old_agent}
+    old_pid = subprocess.run(["pgrep", "-f", f"ssh-agent -D -a {old_agent}$"], capture_output=True,
+                             text=True, check=False).stdout.split()
+    for pid in old_pid:  # what its guard does within 10 s
+        os.kill(int(pid), signal.SIGTERM)
+        assert _wait_gone(int(pid))
+    assert new_agent.is_socket()
+    r = _ssh(cfg, dest, "echo", "recorded", env=me.env())  # the recording proxy uses the agent
+    assert (r.returncode, r.stdout) == (0, "recorded\n"), r.stderr
+
+
 # --------------------------------------------------------------------------- login, logout
 def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path) -> None:
     from tests.integration._tsh import env_for, login, run_tsh

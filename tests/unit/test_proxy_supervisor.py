@@ -232,7 +232,7 @@ def test_the_fallback_replaces_a_child_that_refuses_an_option_once(hop: FakeHop,
     sign = 'unsupported option "/tmp/tsh-x/agent.sock"'
     primary = hop.child(role="primary", node="fail", err=f"command-line line 0: {sign}.\r\n")
     _send_and_end(hop, b"SSH-2.0-client\r\n")
-    sup = hop.supervisor(primary, fallback=hop.child(role="fallback"), fallback_sign=sign)
+    sup = hop.supervisor(primary, fallback=lambda: hop.child(role="fallback"), fallback_sign=sign)
     assert hop.run(sup) == 0
     assert hop.roles() == ["primary", "fallback"]
     assert hop.stdin_of(2) == b"SSH-2.0-client\r\n"  # the fallback got the replay
@@ -244,7 +244,7 @@ def test_the_fallback_is_used_only_once(hop: FakeHop) -> None:
     sign = 'unsupported option "/tmp/tsh-x/agent.sock"'
     refusing = hop.child(role="refusing", node="fail", err=f"command-line line 0: {sign}.\r\n")
     _send_and_end(hop, b"")
-    sup = hop.supervisor(refusing, fallback=hop.child(role="fallback", node="fail",
+    sup = hop.supervisor(refusing, fallback=lambda: hop.child(role="fallback", node="fail",
                                                       err=f"command-line line 0: {sign}.\r\n"),
                          fallback_sign=sign)  # fmt: skip
     with pytest.raises(SSHError) as e:
@@ -257,7 +257,8 @@ def test_drops_after_the_fallback_are_retried_with_the_fallback(hop: FakeHop) ->
     sign = 'unsupported option "/s"'
     _send_and_end(hop, b"SSH-2.0-client\r\n")
     sup = hop.supervisor(hop.child(role="primary", node="fail", err=sign),
-                         fallback=hop.child(role="fallback", drops=3), fallback_sign=sign)  # fmt: skip
+                         fallback=lambda: hop.child(role="fallback", drops=3),
+                         fallback_sign=sign)  # fmt: skip
     assert hop.run(sup) == 0
     assert hop.roles() == ["primary", "fallback", "fallback", "fallback"]
 

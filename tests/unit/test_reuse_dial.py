@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tsh._core.profile import Profile
+from tsh._openssh.reuse import PERSIST_SECONDS
 from tsh._proxy import command, mux
 from tsh._proxy.dial import dial_for
 from tsh._store.layout import ProfilePaths
@@ -61,31 +62,44 @@ def _tag(tmp_path: Path) -> str:
 def test_each_dial_has_its_own_master(short_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(mux, "_listening", lambda path: True)  # a master listens on every name
     tag = _tag(short_dir)
-    names = {
-        dial: Path(mux.master_for(tag, "root", ["ssh", "h"], {}, None, dial) or "").name
-        for dial in (("tcp", None), ("tls", None), ("upgrade", "websocket"), ("upgrade", "legacy"))
-    }  # fmt: skip
+
+    def name(dial: tuple[str, str | None]) -> str:
+        master = mux.master_for(tag, "root", {}, None, dial)
+        assert master is not None and master.persist is None  # to ride
+        return Path(master.path).name
+
+    names = {dial: name(dial) for dial in (("tcp", None), ("tls", None), ("upgrade", "websocket"),
+                                           ("upgrade", "legacy"))}  # fmt: skip
     assert names == {
         ("tcp", None): "0123456789abcdef+root",  # as before TLS routing
         ("tls", None): "0123456789abcdef+t+root",
         ("upgrade", "websocket"): "0123456789abcdef+w+root",
         ("upgrade", "legacy"): "0123456789abcdef+l+root",
     }
-    assert mux.master_for(tag, "root", ["ssh", "h"], {}, None, ("upgrade", "other")) is None
+    assert mux.master_for(tag, "root", {}, None, ("upgrade", "other")) is None
 
 
-def test_a_proxy_ignoring_the_alpn_stops_the_masters_retries(short_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    tries: list[list[str]] = []
+def test_a_hop_that_finds_no_master_becomes_it(short_dir) -> None:  # type: ignore[no-untyped-def]
+    tag = _tag(short_dir)
+    master = mux.master_for(tag, "root", {}, None, ("tcp", None))
+    assert master is not None and master.persist == PERSIST_SECONDS  # the certificate has an hour
+    hop = ["ssh", "-o", "ForwardAgent=yes", "-p", "3023", "-l", "root", "-s", "proxy", "proxy:n:22@c"]
+    argv = master.hop_argv(hop)
+    assert argv[argv.index("-S") + 1] == master.path
+    assert "ControlMaster=yes" in argv and f"ControlPersist={master.persist}" in argv
+    assert argv[-5:] == hop[-5:] and "ForwardAgent=yes" in argv  # `-k only`: the user's agent
+    # Another hop meanwhile waits for the lock (it would ride once the master listens).
+    import fcntl
+    import os
 
-    def dropped(argv: list[str], env: dict[str, str], path: str) -> tuple[bool, str]:
-        tries.append(argv)
-        return False, ""  # closed without a word: a drop
-
-    monkeypatch.setattr(mux, "_spawn_and_wait", dropped)
-    with pytest.raises(command.SSHError, match="^ignores the ALPN$"):
-        mux.master_for(_tag(short_dir), "root", ["ssh", "h"], {}, None, ("tls", None),
-                       lambda: "ignores the ALPN")  # fmt: skip
-    assert len(tries) == 1  # diagnosed at the first drop, not retried
+    fd = os.open(master.path + ".lock", os.O_WRONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        master.release()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go
+    finally:
+        os.close(fd)
 
 
 def test_the_ride_dials_as_the_hop_and_explains_tls_failures(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -103,10 +117,9 @@ def test_the_ride_dials_as_the_hop_and_explains_tls_failures(tmp_path, monkeypat
             return paths
 
     masters: list[tuple[object, ...]] = []
-
-    def master_for(*args: object) -> str:
-        masters.append(args)
-        return "/run/sock"
+    def master_for(*args: object) -> mux.Master:
+        masters.append(args)  # two rides, then two hops that become the master
+        return mux.Master("/run/sock", persist=600 if len(masters) > 2 else None)
 
     runs: list[tuple[list[str], dict[str, object]]] = []
 
@@ -118,20 +131,20 @@ def test_the_ride_dials_as_the_hop_and_explains_tls_failures(tmp_path, monkeypat
     monkeypatch.setattr(mux, "master_for", master_for)
     monkeypatch.setattr(command.HopSupervisor, "run", run)
     env = {"TELEPORT_TLS_ROUTING_CONN_UPGRADE": f"{WEB}=yes"}
-    for extra in ({}, env):
-        monkeypatch.delenv("TELEPORT_TLS_ROUTING_CONN_UPGRADE", raising=False)
-        for k, v in extra.items():
-            monkeypatch.setenv(k, v)
-        assert command.proxy_ssh("root@node1:22") == 0
-    dials = [dial_for(profile, paths, {}), dial_for(profile, paths, env)]
-    for (_tag_path, login, master_argv, _env, _agent, dial_key, diagnose), dial, mode in zip(
-        masters, dials, ("tls", "upgrade"), strict=True
+    for _ in range(2):
+        for extra in ({}, env):
+            monkeypatch.delenv("TELEPORT_TLS_ROUTING_CONN_UPGRADE", raising=False)
+            for k, v in extra.items():
+                monkeypatch.setenv(k, v)
+            assert command.proxy_ssh("root@node1:22") == 0
+    dials = [dial_for(profile, paths, {}), dial_for(profile, paths, env)] * 2
+    for (_tag_path, login, _env, _agent, dial_key), dial, mode in zip(
+        masters, dials, ("tls", "upgrade") * 2, strict=True
     ):
         assert login == "root" and dial_key == (mode, dial.upgrade)
-        assert master_argv[-1] == dial.host  # type: ignore[index]
-        assert " ".join(dial.options) in " ".join(master_argv)  # type: ignore[arg-type]
-        assert diagnose is not None  # a master's ProxyCommand says nothing
-    for (argv, kwargs), dial in zip(runs, dials, strict=True):
+    for i, ((argv, kwargs), dial) in enumerate(zip(runs, dials, strict=True)):
         assert argv[argv.index("-S") + 1] == "/run/sock" and " ".join(dial.options) in " ".join(argv)
         assert kwargs["proxy_addr"] == WEB and kwargs["ca_file"] == str(paths.tls_ca("example.test"))
-        assert (kwargs["diagnose"] is not None) is (dial.mode == "tls")
+        # A new master's ProxyCommand says nothing (OpenSSH sends its stderr to
+        # /dev/null with ControlPersist): its drops are diagnosed on every dial.
+        assert (kwargs["diagnose"] is not None) is (dial.mode == "tls" or i >= 2)

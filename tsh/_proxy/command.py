@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .._agent.private import LazyAgent
@@ -51,6 +51,10 @@ from .._store.store import ProfileStore
 from .dial import Dial, dial_for
 from .supervisor import HopSupervisor
 from .target import parse_target
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from .mux import Master
 
 __all__ = ["proxy_ssh"]
 
@@ -119,39 +123,55 @@ def proxy_ssh(
     # The same reading of failures whether the hop rides a master or not (a hop
     # whose master is gone dials by itself, and under TLS routing may meet a
     # TLS failure that needs the CA file and the diagnosis to explain).
-    def run(attempts: HopSupervisor) -> int:
+    # ``blind``: the hop's ProxyCommand says nothing (a new master's: OpenSSH
+    # sends its stderr to /dev/null with ControlPersist), so drops are diagnosed.
+    def run(attempts: HopSupervisor, blind: bool = False) -> int:
         return attempts.run(
             proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
             login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
-            diagnose=diagnose if dial.mode == "tls" else None,
+            diagnose=diagnose if dial.mode == "tls" or (blind and dial.mode != "tcp") else None,
         )  # fmt: skip
 
     with _hangup_raises():
-        if reuse:
-            try:
-                # A master's ProxyCommand cannot tell it why (OpenSSH sends its
-                # stderr to /dev/null): a TLS-routing master's first drop is diagnosed.
-                argv = _riding_master(profile, store, paths, login, hop(), env, dial,
-                                      diagnose if dial.mode != "tcp" else None)
-                if argv is not None:  # the master's agent serves the proxy: no agent of ours
-                    return run(HopSupervisor((argv, env), stdin, stdout, stderr))
-            except SSHError as e:
-                raise _explained(e, store, profile) from None
-            except _HangUp:
-                return 128 + signal.SIGHUP
-        agent = _agent_to_forward(profile, store, paths)
-        try:
+        master: Master | None = None
+        agent: LazyAgent | None = None
+
+        def alone_on_old_openssh() -> tuple[list[str], dict[str, str]]:
+            # OpenSSH before 8.2 cannot forward a new master's own agent: no
+            # master, and the lazy socket as SSH_AUTH_SOCK (see below).
+            nonlocal agent
+            assert master is not None
+            master.release()
+            agent = _agent_to_forward(profile, store, paths)
             if agent is None:
+                return hop(), env
+            agent.serve()
+            return hop(), {**env, "SSH_AUTH_SOCK": agent.sock}
+
+        try:
+            master = _master(profile, store, paths, login, env, dial) if reuse else None
+            if master is not None:  # the master's agent serves the proxy: no agent of ours
+                return run(
+                    HopSupervisor(
+                        (master.hop_argv(hop()), env), stdin, stdout, stderr,
+                        fallback=alone_on_old_openssh if master.agent_sock else None,
+                        fallback_sign=f'unsupported option "{master.agent_sock}"',
+                        spoke=master.release,  # waiting hops ride from now on
+                    ),
+                    blind=master.persist is not None,
+                )  # fmt: skip
+            agent = lazy = _agent_to_forward(profile, store, paths)
+            if lazy is None:
                 attempts = HopSupervisor((hop(), env), stdin, stdout, stderr)
             else:
                 attempts = HopSupervisor(
-                    (hop(agent.sock), {**env, "SSH_AUTH_SOCK": agent.presence_sock}),
+                    (hop(lazy.sock), {**env, "SSH_AUTH_SOCK": lazy.presence_sock}),
                     stdin, stdout, stderr,
                     # OpenSSH before 8.2 has no `ForwardAgent <path>`: forward the
                     # lazy socket as SSH_AUTH_SOCK (its login starts what is behind it).
-                    fallback=(hop(), {**env, "SSH_AUTH_SOCK": agent.sock}),
-                    fallback_sign=f'unsupported option "{agent.sock}"',
-                    started=agent.serve,  # the sockets listen already; answer from now on
+                    fallback=lambda: (hop(), {**env, "SSH_AUTH_SOCK": lazy.sock}),
+                    fallback_sign=f'unsupported option "{lazy.sock}"',
+                    started=lazy.serve,  # the sockets listen already; answer from now on
                 )  # fmt: skip
             return run(attempts)
         except SSHError as e:
@@ -159,22 +179,17 @@ def proxy_ssh(
         except _HangUp:
             return 128 + signal.SIGHUP
         finally:
+            if master is not None:
+                master.release()
             if agent is not None:
                 agent.close()
 
 
-def _riding_master(
-    profile: Profile, store: ProfileStore, paths: ProfilePaths, login: str, hop: list[str],
-    env: dict[str, str],
+def _master(
+    profile: Profile, store: ProfileStore, paths: ProfilePaths, login: str, env: dict[str, str],
     dial: Dial,
-    diagnose: Callable[[], str | None] | None,
-) -> list[str] | None:
-    """The hop as a session on the master connection (started if need be), or None.
-
-    ``hop`` ends ``-l LOGIN -s HOST SUBSYSTEM``; the master gets the words
-    before, ``-l LOGIN`` and HOST: the hop's own dial (``dial``: TCP, TLS
-    routing's ProxyCommand, or the upgrade tunnel), which also keys the socket.
-    """
+) -> Master | None:
+    """The master connection to ride or become (tsh._proxy.mux), or None to go alone."""
     from .mux import master_for
 
     if profile.key_storage == "agent":
@@ -182,11 +197,7 @@ def _riding_master(
         private_agent = None
     else:
         private_agent = (os.fspath(paths.private_key), os.fspath(paths.ssh_cert(profile.cluster)))
-    path = master_for(os.fspath(paths.reuse_tag), login, [*hop[:-3], hop[-2]], env, private_agent,
-                      (dial.mode, dial.upgrade), diagnose)
-    if path is None:
-        return None
-    return [*hop[:-5], "-S", path, "-o", "ControlMaster=no", *hop[-5:]]
+    return master_for(os.fspath(paths.reuse_tag), login, env, private_agent, (dial.mode, dial.upgrade))
 
 
 def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHError:

@@ -38,15 +38,17 @@ class HopSupervisor:
         stdin: int,
         stdout: int,
         stderr: int,
-        fallback: tuple[list[str], dict[str, str]] | None = None,
+        fallback: Callable[[], tuple[list[str], dict[str, str]]] | None = None,
         fallback_sign: str = "",
         started: Callable[[], None] | None = None,
+        spoke: Callable[[], None] | None = None,
     ) -> None:
-        # (argv, env) of the child; the fallback replaces it once if the
-        # child's stderr shows fallback_sign (an ssh refusing an option).
+        # (argv, env) of the child; the fallback makes the one that replaces
+        # it once if the child's stderr shows fallback_sign (an ssh refusing an option).
         (self.argv, self.env), self.fallback, self.fallback_sign = child, fallback, fallback_sign
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.started = started  # called once, after the first child started
+        self.spoke = spoke  # called once, when the node has spoken (no more retries)
         self.sent = bytearray()  # what ssh sent, kept for a replay until the node speaks
         self.stdin_eof = False
         self.child: Child | None = None
@@ -75,11 +77,13 @@ class HopSupervisor:
                     self.started = None
                 spoke, held, err = self._until_node_speaks(self.child)
                 if spoke:
+                    if self.spoke is not None:
+                        self.spoke()
                     return self._copy_both_ways(self.child, held, err)
                 err += self._finish(self.child)
                 text = err.decode(errors="replace")
                 if self.fallback is not None and self.fallback_sign in text:
-                    (self.argv, self.env), self.fallback = self.fallback, None
+                    (self.argv, self.env), self.fallback = self.fallback(), None
                     continue
                 if not is_drop(text) or len(self.sent) > REPLAY_LIMIT:
                     raise SSHError(failure_message(text, proxy_addr, login, known_hosts, ca_file))
