@@ -318,14 +318,15 @@ def test_recording_proxy(openssh, tmp_path_factory, tmp_path, mode) -> None:  # 
 def test_all_openssh_hop_explains_a_tls_failure_in_one_line(mode_cluster, mode_node, ssh_agent) -> None:  # type: ignore[no-untyped-def]
     me = log_in(mode_cluster, [LOGIN], agent_only_sock=ssh_agent.sock)
     me.paths.tls_ca(mode_cluster.name).write_bytes(mode_cluster.tls_ca.read_bytes())
-    # --no-reuse: tsh ssh's hop is OpenSSH's (with reuse it is `tsh proxy ssh`, which
-    # asks the master's first drop why: the same message, with the proxy's address).
-    for no_reuse, proxy in (["--no-reuse"], "the proxy"), ([], f"the proxy {mode_cluster.web_addr}"):
+    # --no-reuse: tsh ssh's hop is OpenSSH's with tsh's tunnel, which says why (with
+    # reuse it is `tsh proxy ssh`, which asks the master's first drop why: the same line).
+    for no_reuse in ["--no-reuse"], []:
         r = run_tsh("ssh", *no_reuse, f"--port={mode_node.port}", f"{LOGIN}@node1", "true",
                     env=me.env(SSH_AUTH_SOCK=ssh_agent.sock))  # fmt: skip
         assert r.returncode == 255
         last = r.stderr.splitlines()[-1]
-        assert last.startswith(f"error: {proxy} is not trusted: its TLS certificate"), r.stderr
+        assert last.startswith(f"error: the proxy {mode_cluster.web_addr} is not trusted: its TLS "
+                               "certificate"), r.stderr
         assert "is not signed by the cluster's host CA" in last
 
 

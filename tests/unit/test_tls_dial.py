@@ -63,25 +63,23 @@ def test_tls_route_follows_profile_then_environment() -> None:
 
 
 # --------------------------------------------------------------------------- the dial
-def test_dial_under_tls_routing_is_openssl_to_the_web_port(tmp_path: Path) -> None:
-    (tmp_path / "openssl").write_text("")
+def test_dial_under_tls_routing_is_tshs_tunnel_to_the_web_port(tmp_path: Path) -> None:
+    (tmp_path / "openssl").write_text("")  # even with openssl at hand: bigger TLS records
     (tmp_path / "openssl").chmod(0o755)
     dial = dial_for(_profile(), PATHS, {"PATH": str(tmp_path)})
     assert (dial.mode, dial.host, dial.port) == ("tls", "proxy.example.com", 443)
     opt, command = dial.options
-    assert opt == "-o" and command.startswith('ProxyCommand="openssl" "s_client" "-quiet"')
+    assert opt == "-o" and command.startswith("ProxyCommand=")
     words = [w.strip('"') for w in command.partition("=")[2].split(" ")]
-    assert words == openssl_words("proxy.example.com", 443, CA)
+    assert words[1:] == ["-m", "tsh._proxy.tunnel", "proxy.example.com:443", CA]  # the host CA
+
+
+def test_openssl_hop_checks_the_host_ca_with_the_alpn() -> None:
+    words = openssl_words("proxy.example.com", 443, CA)  # the all-OpenSSH form's hop
+    assert words[:3] == ["openssl", "s_client", "-quiet"]
     assert words[words.index("-alpn") + 1] == ALPN_PROXY_SSH
     assert words[words.index("-servername") + 1] == "proxy.example.com"
     assert words[words.index("-CAfile") + 1] == CA  # the host CA, not the web roots
-
-
-def test_dial_without_openssl_uses_tshs_tunnel(tmp_path: Path) -> None:
-    dial = dial_for(_profile(), PATHS, {"PATH": str(tmp_path)})
-    assert dial.mode == "tls"
-    assert '"-m" "tsh._proxy.tunnel" "proxy.example.com:443"' in dial.options[1]
-    assert "--upgrade" not in dial.options[1]
 
 
 def test_dial_behind_an_l7_load_balancer_upgrades() -> None:

@@ -115,7 +115,7 @@ def proxy_ssh(
     ca_file = os.fspath(paths.tls_ca(profile.root_cluster or profile.cluster))
     web_addr = profile.web_proxy_addr
 
-    def diagnose() -> str | None:  # openssl cannot tell a proxy that ignores the ALPN
+    def diagnose() -> str | None:  # why the tunnel of a master (which cannot say) failed
         from .tunnel import diagnose
 
         return diagnose(web_addr, ca_file, dial.upgrade)
@@ -129,7 +129,7 @@ def proxy_ssh(
         return attempts.run(
             proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
             login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
-            diagnose=diagnose if dial.mode == "tls" or (blind and dial.mode != "tcp") else None,
+            diagnose=diagnose if blind and dial.mode != "tcp" else None,
         )  # fmt: skip
 
     with _hangup_raises():

@@ -6,9 +6,13 @@ Three ways (a :data:`tsh._types.DialMode`, docs/protocol.md §18):
 - ``tls``: TLS routing (single-port proxies). TLS to the *web* port with ALPN
   ``teleport-proxy-ssh``, SNI the proxy host, the certificate checked against
   the cluster's host CA (``cas/<cluster>.pem``), not the web roots. OpenSSH
-  cannot speak TLS, so the hop's ssh gets a ProxyCommand: OpenSSL's
-  ``openssl s_client`` (a C program: milliseconds to start), or where there
-  is none, tsh's own tunnel (``python -m tsh._proxy.tunnel``);
+  cannot speak TLS, so the hop's ssh gets tsh's own tunnel as its
+  ProxyCommand (``python -m tsh._proxy.tunnel``). Not ``openssl s_client``
+  (which `tsh config`'s all-OpenSSH form uses, :func:`openssl_words`): that
+  sends one 8 KiB record per write, the tunnel up to sixteen 16 KiB records
+  in one, which the proxy decrypts in far fewer reads; it starts in parallel
+  with ssh, so the set-up is no slower (benchmarks/proxy_ssh.py), and it
+  names a proxy that ignores the ALPN itself;
 - ``upgrade``: TLS routing behind an L7 load balancer that terminates TLS
   and drops ALPN: the same inner TLS inside ``GET /webapi/connectionupgrade``
   (WebSocket, or the legacy ``Upgrade: alpn``), which only tsh's tunnel does.
@@ -138,14 +142,6 @@ def tunnel_words(
     return [python, "-m", "tsh._proxy.tunnel", *mode, addr, ca_file]
 
 
-def _on_path(name: str, environ: Mapping[str, str]) -> bool:
-    # shutil.which, without importing shutil (start-up time).
-    return any(
-        os.access(os.path.join(d, name), os.X_OK)
-        for d in environ.get("PATH", os.defpath).split(os.pathsep) if d
-    )  # fmt: skip
-
-
 def dial_for(
     profile: Profile, paths: ProfilePaths | None = None, environ: Mapping[str, str] | None = None
 ) -> Dial:
@@ -166,14 +162,9 @@ def dial_for(
     host, port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
     host = validate_host(host, "proxy host")
     ca_file = validate_path(str(paths.tls_ca(profile.root_cluster or profile.cluster)))
-    mode: DialMode
-    if route != "tls":
-        mode, words = "upgrade", tunnel_words(host, port, ca_file, route)
-    elif _on_path("openssl", environ):
-        mode, words = "tls", openssl_words(host, port, ca_file)
-    else:
-        mode, words = "tls", tunnel_words(host, port, ca_file, None)  # the same bytes as openssl
-    upgrade = route if mode == "upgrade" else None
+    mode: DialMode = "tls" if route == "tls" else "upgrade"
+    upgrade = None if route == "tls" else route
+    words = tunnel_words(host, port, ca_file, upgrade)
     return Dial(mode, host, port, ("-o", f"ProxyCommand={command_line(words)}"), upgrade)
 
 

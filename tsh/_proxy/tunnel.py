@@ -1,10 +1,10 @@
 """TLS routing in Python: the inner TLS to ``teleport-proxy-ssh``, directly or upgraded.
 
 Run as a ProxyCommand (``python -m tsh._proxy.tunnel [--upgrade=websocket|legacy]
-HOST:PORT CA_FILE``) by the hop's ssh when OpenSSH alone cannot get there:
-behind an L7 load balancer (TLS terminated before the proxy, ALPN lost), or
-under plain TLS routing where there is no ``openssl`` command
-(tsh._proxy.dial). tsh._connect uses it in-process for the same jobs.
+HOST:PORT CA_FILE``) by the hop's ssh, which cannot speak TLS itself: under
+TLS routing, directly or behind an L7 load balancer (TLS terminated before
+the proxy, ALPN lost) through the connection upgrade (tsh._proxy.dial).
+tsh._connect uses it in-process for the same jobs.
 
 The layers, outermost first (docs/protocol.md §18):
 
@@ -448,10 +448,8 @@ def conn_upgrade_required(addr: str, insecure: bool = False, timeout: float = 5.
 def diagnose(addr: str, ca_file: str, upgrade: str | None = None) -> str | None:
     """Why TLS routing to ``addr`` fails, found by trying it here; None if it works.
 
-    For the ``openssl s_client`` hop, which cannot tell a proxy that ignores
-    ALPN ``teleport-proxy-ssh`` (ssh then sees a web server, and a drop); and
-    for a hop master (``upgrade`` as its tunnel's), whose ProxyCommand's
-    stderr OpenSSH sends to /dev/null.
+    For a hop becoming the master (``upgrade`` as its tunnel's), whose
+    ProxyCommand's stderr OpenSSH sends to /dev/null.
     """
     try:
         open_tunnel(addr, ca_file, upgrade, timeout=5.0).close()
