@@ -204,7 +204,7 @@ class Router:
         host_identity: tuple[Path, Path],
         web_identity: tuple[Path, Path],
     ) -> None:
-        self._ssh_factory = ssh_factory
+        self.ssh_factory = ssh_factory  # (public: the upgrade serves this route in-process)
         self._web_factory = web_factory
         self._host_identity = host_identity
         self._web_identity = web_identity
@@ -223,7 +223,7 @@ class Router:
         web_identity = "host" if upgraded else "web"
         for proto in hello.alpn or ("http/1.1",):  # the client's order, first match wins
             if proto == ALPN_PROXY_SSH:
-                return self._ssh_factory, self._ctx("host", proto)
+                return self.ssh_factory, self._ctx("host", proto)
             if proto == ALPN_REVERSE_TUNNEL:
                 return _Refused, self._ctx("host", proto)
             if proto in _WEB_PROTOCOLS:
@@ -370,30 +370,23 @@ async def connection_upgrade(
         from ._web import ApiError, error_response
 
         return error_response(ApiError(404, f"unsupported upgrade types: {requested}"))
+    if kind == "websocket":
+        return await _websocket(request, router, ping_interval)
     inner, outer = socket.socketpair()
     task = asyncio.get_running_loop().create_task(router.handle(inner, upgraded=True))
     try:
-        if kind == "websocket":
-            return await _websocket(request, outer, ping_interval)
         return await _legacy(request, outer, kind, ping_interval)
     finally:
         outer.close()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _websocket(request: web.Request, outer: socket.socket, ping_interval: float) -> web.StreamResponse:
+async def _websocket(request: web.Request, router: Router, ping_interval: float) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=("alpn", "alpn-ping"), autoping=True, max_msg_size=0)
     await ws.prepare(request)
     if ws.ws_protocol not in ("alpn", "alpn-ping"):  # as gorilla's upgrader: close
         await ws.close()
         return ws
-    reader, writer = await asyncio.open_connection(sock=outer)
-
-    async def to_client() -> None:
-        while data := await reader.read(1 << 16):
-            await ws.send_bytes(data)
-        await ws.close()
-
     sent = 0
 
     async def pings() -> None:
@@ -403,25 +396,188 @@ async def _websocket(request: web.Request, outer: socket.socket, ping_interval: 
             await ws.ping(b"teleport")
             sent += 1
 
-    tasks = [asyncio.ensure_future(to_client())]
-    if ws.ws_protocol == "alpn-ping":
-        tasks.append(asyncio.ensure_future(pings()))
+    pinger = asyncio.ensure_future(pings()) if ws.ws_protocol == "alpn-ping" else None
     try:
-        async for msg in ws:
+        early, hello = bytearray(), None
+        async for msg in ws:  # the ClientHello first: it picks the route
             if msg.type == web.WSMsgType.BINARY:  # Teleport drops text frames
-                writer.write(msg.data)
-                await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+                early += msg.data
+                hello = parse_client_hello(bytes(early))
+                if hello is not None or len(early) > _HELLO_LIMIT:
+                    break
+        chosen = router.route(hello, upgraded=True) if hello is not None else None
+        if chosen is None:
+            log.info("no ALPN handler behind the upgrade for %s", hello and list(hello.alpn))
+        elif chosen[0] is router.ssh_factory:
+            await _ssh_in_process(request, ws, chosen[0], chosen[1], bytes(early))
+        else:
+            await _through_router(ws, router, bytes(early))
+    except (ConnectionError, OSError, ValueError) as e:
+        log.info("websocket upgrade: %s", e)
     finally:
         # Logged first: aiohttp may cancel this handler while it waits below.
         log.info("websocket upgrade (%s) ended after %d pings", ws.ws_protocol, sent)
-        for t in tasks:
-            t.cancel()
+        if pinger is not None:
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+        await ws.close()
+    return ws
+
+
+async def _ssh_in_process(
+    request: web.Request, ws: web.WebSocketResponse, factory: ProtocolFactory, ctx: ssl.SSLContext,
+    early: bytes,
+) -> None:
+    """The upgraded connection's TLS and SSH in this event loop, with no socket in between.
+
+    As Teleport's upgrade handler hands the connection to its ALPN router
+    in-process. asyncio's own TLS layer (what ``connect_accepted_socket``
+    builds) sits on the WebSocket through :class:`_UpgradedTransport`.
+    """
+    from asyncio.sslproto import SSLProtocol  # (not in asyncio's __all__; stable since 3.7)
+
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    transport = _UpgradedTransport(ws, peer)
+    tls = SSLProtocol(asyncio.get_running_loop(), factory(), ctx, None, server_side=True,
+                      ssl_handshake_timeout=_HELLO_TIMEOUT_S)  # fmt: skip
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    try:
+        transport.feed(early)
+        async for msg in ws:
+            if msg.type == web.WSMsgType.BINARY:
+                await transport.reading()
+                transport.feed(msg.data)
+    finally:
+        await transport.finish()
+
+
+class _UpgradedTransport(asyncio.Transport):
+    """A WebSocket as the transport under asyncio's TLS: what TLS writes goes out
+    in binary frames (what is queued at once in one frame), what arrives is fed in."""
+
+    _start_tls_compatible = True
+    _HIGH_WATER, _LOW_WATER = 1 << 20, 1 << 18
+
+    def __init__(self, ws: web.WebSocketResponse, peername: Any) -> None:
+        super().__init__({"peername": peername})
+        self._ws = ws
+        self._protocol: Any = None
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._closing = self._writing_paused = self._lost = False
+        self._sender = asyncio.ensure_future(self._send())
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    def is_reading(self) -> bool:
+        return self._reading.is_set()
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    async def reading(self) -> None:
+        await self._reading.wait()
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._lost:
+            buf = self._protocol.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self._protocol.buffer_updated(n)
+            view = view[n:]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        self._queue.append(bytes(data))
+        self._queued += len(data)
+        self._wake.set()
+        if self._queued > self._HIGH_WATER and not self._writing_paused:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    def abort(self) -> None:
+        self.close()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        break
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                await self._ws.send_bytes(data)
+                if self._writing_paused and self._queued < self._LOW_WATER:
+                    self._writing_paused = False
+                    self._protocol.resume_writing()
+        except (ConnectionError, OSError):
+            self._closing = True
+        finally:
+            await self._ws.close()  # the TLS layer closed: the client sees the WebSocket end
+
+    async def finish(self) -> None:
+        """The WebSocket ended (or the TLS layer closed it): end the TLS layer, once."""
+        self.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._sender
+        if not self._lost:
+            self._lost = True
+            self._protocol.connection_lost(None)
+
+
+async def _through_router(ws: web.WebSocketResponse, router: Router, early: bytes) -> None:
+    """Any other route: the bytes through a socketpair into the router."""
+    inner, outer = socket.socketpair()
+    task = asyncio.get_running_loop().create_task(router.handle(inner, upgraded=True))
+    reader, writer = await asyncio.open_connection(sock=outer)
+
+    async def to_client() -> None:
+        while data := await reader.read(1 << 16):
+            await ws.send_bytes(data)
+        await ws.close()
+
+    copier = asyncio.ensure_future(to_client())
+    try:
+        writer.write(early)
+        async for msg in ws:
+            if msg.type == web.WSMsgType.BINARY:
+                writer.write(msg.data)
+                await writer.drain()
+    finally:
+        copier.cancel()
         with contextlib.suppress(OSError):
             writer.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return ws
+        await asyncio.gather(copier, task, return_exceptions=True)
 
 
 class _RawProtocol(asyncio.Protocol):
