@@ -204,7 +204,9 @@ class Router:
         host_identity: tuple[Path, Path],
         web_identity: tuple[Path, Path],
     ) -> None:
-        self.ssh_factory = ssh_factory  # (public: the upgrade serves this route in-process)
+        # Public: the upgrade serves this route in-process. Buffered: asyncio's
+        # TLS then decrypts every waiting record into one buffer.
+        self.ssh_factory: ProtocolFactory = lambda: _Buffered(ssh_factory())
         self._web_factory = web_factory
         self._host_identity = host_identity
         self._web_identity = web_identity
@@ -247,6 +249,38 @@ class Router:
         except (OSError, ValueError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
             log.info("TLS routing: dropped a connection: %s", e)
             sock.close()
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    """A protocol as a BufferedProtocol: asyncio's TLS then decrypts every record
+    waiting into one buffer and hands the lot over in one call, instead of a new
+    256 KiB bytes object per record."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._protocol = protocol
+        self._view = memoryview(bytearray(1 << 18))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._protocol.data_received(bytes(self._view[:nbytes]))
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:
