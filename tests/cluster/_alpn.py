@@ -47,6 +47,7 @@ __all__ = [
     "ALPN_REVERSE_TUNNEL",
     "Hello",
     "Router",
+    "buffered",
     "connection_upgrade",
     "create_web_ca",
     "parse_client_hello",
@@ -204,9 +205,7 @@ class Router:
         host_identity: tuple[Path, Path],
         web_identity: tuple[Path, Path],
     ) -> None:
-        # Public: the upgrade serves this route in-process. Buffered: asyncio's
-        # TLS then decrypts every waiting record into one buffer.
-        self.ssh_factory: ProtocolFactory = lambda: _Buffered(ssh_factory())
+        self.ssh_factory = ssh_factory  # (public: the upgrade serves this route in-process)
         self._web_factory = web_factory
         self._host_identity = host_identity
         self._web_identity = web_identity
@@ -249,6 +248,11 @@ class Router:
         except (OSError, ValueError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
             log.info("TLS routing: dropped a connection: %s", e)
             sock.close()
+
+
+def buffered(factory: ProtocolFactory) -> ProtocolFactory:
+    """``factory``'s protocols as BufferedProtocols (for the SSH route: asyncssh's is not)."""
+    return lambda: _Buffered(factory())
 
 
 class _Buffered(asyncio.BufferedProtocol):

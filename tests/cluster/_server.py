@@ -145,7 +145,7 @@ async def _single_port(
 ) -> tuple[Any, Any, int]:
     """Multiplex: the ALPN router on the web port (or, behind an L7 load balancer,
     plain HTTPS there and the router behind ``/webapi/connectionupgrade``)."""
-    from ._alpn import CapturedSSHServer, Router, connection_upgrade, serve_router
+    from ._alpn import CapturedSSHServer, Router, buffered, connection_upgrade, serve_router
 
     captured = CapturedSSHServer()
     acceptor = await start_ssh_proxy(state, authority, config, 0, tunnel=captured)
@@ -155,7 +155,7 @@ async def _single_port(
         state.proxy_dir, name="proxy_host", issuer=(authority.tls_ca_key, authority.tls_ca_cert)
     )
     assert runner.server is not None
-    router = Router(captured.protocol, runner.server, host_identity, web_identity)
+    router = Router(buffered(captured.protocol), runner.server, host_identity, web_identity)
 
     async def upgrade(request: web.Request) -> web.StreamResponse:
         return await connection_upgrade(
