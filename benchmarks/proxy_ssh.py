@@ -19,7 +19,7 @@ Two cases: no ssh-agent (`tsh login -k no`, or no agent running), and the
 seed page's case, an ssh-agent holding the key and certificate.
 
 TLS routing (no-agent case): two more clusters, a single-port one
-(``--listener-mode=multiplex``: the hop is ``openssl s_client`` to the web
+(``--listener-mode=multiplex``: the hop is tsh's TLS tunnel to the web
 port) and one behind an L7 load balancer (``--behind-l7-lb``: the hop is
 tsh's WebSocket tunnel), each with its own node and profile, measured with
 the tsh form in the same turns. Targets against the separate-port tsh form:
@@ -32,17 +32,18 @@ tree with its hop and ProxyCommand, the cluster process, the node's sshd;
 each run's connection set-up included, so use the default ``--mib``). All
 processes share 2 cores, so throughput follows the total. Measured here
 (profiles with py-spy and perf, docs/protocol.md §18), the TLS rows' extra
-is: on the client, the hop's TLS process (``openssl s_client``: 8 KiB reads,
-one 8 KiB record each; tsh's Python tunnel costs the same there) and behind
-an L7 load balancer tsh's tunnel (two TLS layers and WebSocket framing,
-its masking in C since wsproto's Python masking was a third of it); on
-the server, asyncio's TLS in Python (a few percent of it is OpenSSL's
-crypto, the rest the interpreter per record), and behind the load balancer
-also the load balancer's own TLS and WebSocket termination and a socketpair
-into the router, in the same event loop. A real deployment has neither: the
-load balancer is another machine, and Teleport's Go proxy hands the upgraded
-connection to its ALPN router in-process, on every core. The cluster column
-is that share, to read the throughput ratios against.
+is: on the client, the hop's TLS tunnel (256 KiB reads, sixteen 16 KiB
+records per write; ``openssl s_client``, which it replaced, sends one 8 KiB
+record per read, and the cluster's CPU per byte was about 10 % higher with
+it) and behind an L7 load balancer the same tunnel with two TLS layers and
+WebSocket framing (its masking in C: wsproto's Python masking was a third
+of it); on the server, asyncio's TLS in Python (OpenSSL's crypto and the
+interpreter per read and record), and behind the load balancer also the
+load balancer's own TLS and the WebSocket, in the same event loop (the
+upgraded connection goes to the SSH route's TLS in-process, as in
+Teleport). A real deployment has neither: the load balancer is another
+machine, and Teleport's Go proxy runs on every core. The cluster column is
+that share, to read the throughput ratios against.
 
 The `tsh` measured is a regular (not editable) installation of this checkout
 in a scratch virtualenv that borrows this environment's dependencies: what a
