@@ -171,6 +171,26 @@ def test_a_dead_master_falls_back_transparently(cluster, node, tmp_path, form) -
     assert _master_pid(sock2) != pid  # and a new master took over
 
 
+def test_a_lock_left_by_a_zombie_is_taken_over(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`kill -0` succeeds on a zombie; where nothing reaps them (a container without an
+    init), the all-OpenSSH form's lock of a dead hop must not hold cold starts."""
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "openssh")
+    _, prefix = me.paths.reuse_tag.read_text().split()
+    lock = Path(f"{prefix}-{LOGIN}.lock")
+    zombie = subprocess.Popen(["true"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock.write_text(f"{zombie.pid}\n")
+        r = _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "ok", env=me.env())
+        assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+        assert lock.read_text().strip() != str(zombie.pid)  # taken over, not waited out
+        assert len(_sockets(me)) == 1
+    finally:
+        zombie.wait()
+
+
 def test_a_home_too_long_for_a_socket_means_no_reuse(cluster, node, tmp_path, monkeypatch) -> None:
     home = tmp_path / ("h" * 90)
     monkeypatch.setenv("TELEPORT_HOME", str(home))

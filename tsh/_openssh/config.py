@@ -203,7 +203,9 @@ _OPENSSH_HOP_SCRIPT = (
 #: (none, or a dead one's socket, which OpenSSH unlinks) logs in and becomes
 #: the master itself, which then forks to the background. Hops that find no
 #: socket first take a lock file holding the shell's pid (a dead holder's lock
-#: is removed), so that only one of many started together logs in: the others
+#: is removed; a zombie counts as dead: `kill -0` succeeds on one, and where
+#: no init reaps them, in some containers, a stale lock would hold every cold
+#: start for 15 s), so that only one of many started together logs in: the others
 #: wait for its socket. An expired certificate makes the master exit and the
 #: hop go alone.
 _OPENSSH_REUSE_SCRIPT = (
@@ -215,7 +217,8 @@ _OPENSSH_REUSE_SCRIPT = (
     'elif [ "$v" -gt "$n" ]; then p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; l=$c.lock; i=0; '
     'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
     '(set -C; echo $$ > "$l") && break; '
-    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" || { rm -f "$l"; continue; }; }; '
+    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" && case $(ps -o stat= -p "$o") in Z*) false;; esac '
+    '|| { rm -f "$l"; continue; }; }; '
     "sleep 0.05; done; "
     'else [ "$v" -le "$n" ] && ssh -S "$c" -O exit _; c=; fi; fi </dev/null >/dev/null 2>&1; '
     "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
