@@ -268,6 +268,51 @@ def test_proxy_that_ignores_the_alpn(openssh, cluster, node, tmp_path) -> None: 
 
 
 @pytest.mark.parametrize("mode_cluster", ["l7"], indirect=True)
+def test_the_web_route_behind_the_websocket_upgrade(mode_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Behind the upgrade every route is served (the SSH route in-process, others through
+    the router), each with the host certificate: here HTTP to the web API."""
+    import ssl
+
+    from tsh._proxy import tunnel
+
+    me = log_in(mode_cluster, [LOGIN])
+    addr = mode_cluster.web_addr
+    sock = tunnel._outer_tls(tunnel._tcp(addr, 10), addr, insecure=True)
+    try:
+        carrier = tunnel._upgrade_websocket(sock, addr)
+        ctx = ssl.create_default_context(cafile=str(me.paths.tls_ca(mode_cluster.name)))
+        ctx.set_alpn_protocols(["http/1.1"])
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        inner = ctx.wrap_bio(incoming, outgoing, server_hostname=addr.rsplit(":", 1)[0])
+
+        def pump() -> None:
+            if out := outgoing.read():
+                carrier.send(out)
+            data = carrier.recv()
+            if data == b"":
+                raise ConnectionError("closed")
+            incoming.write(data or b"")
+
+        while True:
+            try:
+                inner.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+        assert inner.selected_alpn_protocol() == "http/1.1"
+        inner.write(f"GET /webapi/ping HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                answer += inner.read(65536)
+            except ssl.SSLWantReadError:
+                pump()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode_cluster", ["l7"], indirect=True)
 def test_keepalive_pings_and_the_legacy_upgrade(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
     me = log_in(mode_cluster, [LOGIN])
     # Pings every 0.2 s arrive while the session sleeps; they must not disturb it.
