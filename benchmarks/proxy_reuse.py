@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_ssh import install_tsh  # noqa: E402  (the sibling benchmark's installer)
+from proxy_ssh import install_tsh, ratio_interval  # noqa: E402  (the sibling benchmark's)
 
 from tests.cluster import sshd as sshd_launcher  # noqa: E402
 from tests.conftest import LOGIN, exit_masters, launch_cluster  # noqa: E402
@@ -48,16 +48,6 @@ from tsh import ProfileStore  # noqa: E402
 from tsh._agent.private import PrivateAgent  # noqa: E402
 
 FORMS = ("openssh", "tsh")
-
-
-def _pairs(num: list[float], den: list[float], rounds: int = 2000) -> tuple[float, float]:
-    """95% bootstrap interval of median(num) / median(den) over the paired rounds."""
-    pairs = list(zip(num, den, strict=True))
-    ratios = sorted(
-        statistics.median(a for a, _ in s) / statistics.median(b for _, b in s)
-        for s in (random.choices(pairs, k=len(pairs)) for _ in range(rounds))
-    )
-    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
 def main() -> None:
@@ -154,7 +144,7 @@ def main() -> None:
                 ]
                 for label, num, den, target, _ in checks:
                     ratio = med[num] / med[den]
-                    low, high = _pairs(times[num], times[den])
+                    low, high = ratio_interval(times[num], times[den])
                     verdict = "ok" if ratio <= target else "MISSED"
                     report.append(f"  {label:<22}{ratio:.2f}x [{low:.2f}-{high:.2f}] "
                                   f"(target <= {target:.2f}x) {verdict}")

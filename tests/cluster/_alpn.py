@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import socket
 import ssl
@@ -38,9 +37,8 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 __all__ = [
     "ALPN_PROXY_SSH",
@@ -138,41 +136,14 @@ def create_web_ca(out_dir: Path, cluster: str) -> tuple[ec.EllipticCurvePrivateK
     come from different CAs, so a client that verifies the SSH route against
     the web roots (or the web API against the host CA) fails.
     """
-    from tests.cluster._files import atomic_write
+    from ._ca import create_tls_ca
 
     key_path, cert_path = out_dir / "web_ca.key", out_dir / "web_ca.pem"
-    if cert_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return key, x509.load_pem_x509_certificate(cert_path.read_bytes()), cert_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"public web CA for {cluster}")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    atomic_write(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return key, cert, cert_path
+    if not cert_path.exists():
+        create_tls_ca(out_dir, cluster, "web_ca", common_name=f"public web CA for {cluster}")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key, x509.load_pem_x509_certificate(cert_path.read_bytes()), cert_path
 
 
 def _context(cert_path: Path, key_path: Path, alpn: str | None) -> ssl.SSLContext:

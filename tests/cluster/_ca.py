@@ -141,7 +141,7 @@ class Authority:
                     key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{name}")
                     atomic_write(ca / name, key.export_private_key("openssh"), 0o600)
             if not (ca / "tls_ca.pem").exists():
-                _create_tls_ca(ca, state.name)
+                create_tls_ca(ca, state.name)
         authority = cls(state)
         authority.keys("host")  # fail early on unreadable keys
         return authority
@@ -217,7 +217,7 @@ class Authority:
         ssh_stem, tls_stem = f"{ca_type}_ca.{rotation_id[:8]}", f"tls_{ca_type}_ca.{rotation_id[:8]}"
         key = asyncssh.generate_private_key("ssh-ed25519", comment=ssh_stem)
         atomic_write(self._state.ca_dir / ssh_stem, key.export_private_key("openssh"), 0o600)
-        _create_tls_ca(self._state.ca_dir, self.cluster, tls_stem)
+        create_tls_ca(self._state.ca_dir, self.cluster, tls_stem)
         return rotation_id, {"ssh": ssh_stem, "tls": tls_stem}
 
     def _ssh(self, stem: str) -> asyncssh.SSHKey:
@@ -412,10 +412,14 @@ def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
-def _create_tls_ca(ca_dir: Path, cluster: str, stem: str = "tls_ca") -> None:
+def create_tls_ca(ca_dir: Path, cluster: str, stem: str = "tls_ca", common_name: str | None = None) -> None:
+    """A self-signed TLS CA as ``<stem>.key``/``<stem>.pem`` in ``ca_dir``; named as the
+    cluster (what Teleport's TLS CAs are), or ``common_name`` (another CA's stand-in)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
-    name = _cluster_name(cluster)
+    name = _cluster_name(cluster) if common_name is None else x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -83,3 +83,22 @@ def login(  # type: ignore[no-untyped-def]
     return run_tsh(
         "login", f"--proxy={cluster.web_addr}", f"--user={user}", *extra, env=env, input=stdin
     )
+
+
+def ssh_dropping_the_first_master(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An ``ssh`` on PATH that fails the first master's start as sshd's MaxStartups would
+    (a reset before the banner), then runs the real one: (environment to add, mark file
+    that exists once the drop happened)."""
+    import shutil
+
+    bin_dir, mark = tmp_path / "bin", tmp_path / "dropped"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
+        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
+        f'exec {shutil.which("ssh")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MARK": str(mark)}, mark

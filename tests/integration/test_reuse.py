@@ -64,6 +64,18 @@ def _ssh(cfg: Path, dest: str, *cmd: str, env: dict[str, str]) -> subprocess.Com
     return ssh_with_config("ssh", cfg, dest, *cmd, env=env)
 
 
+def _with_a_master(  # type: ignore[no-untyped-def]
+    tmp_path: Path, cluster: Cluster, node, form: str
+) -> tuple[LoggedIn, Path, str, Path, int]:
+    """A new login whose first hop started a master: (login, config, destination, socket, pid)."""
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, form)
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
+    (sock,) = _sockets(me)
+    return me, cfg, dest, sock, _master_pid(sock)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_hops_share_one_authenticated_connection(cluster, node, tmp_path, form) -> None:
     me = log_in(cluster, [LOGIN])
@@ -136,12 +148,7 @@ def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
 
 @pytest.mark.parametrize("form", FORMS)
 def test_an_expired_certificate_never_rides_an_old_master(cluster, node, tmp_path, form) -> None:
-    me = log_in(cluster, [LOGIN])
-    cfg = _config(tmp_path, me, node.port, form)
-    dest = f"{LOGIN}@{node.name}.{cluster.name}"
-    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
-    (sock,) = _sockets(me)
-    pid = _master_pid(sock)
+    me, cfg, dest, sock, pid = _with_a_master(tmp_path, cluster, node, form)
     # The certificate "expires" (its tag says so; the proxy would still take it).
     tag = me.paths.reuse_tag
     _, prefix = tag.read_text().split()
@@ -156,12 +163,7 @@ def test_an_expired_certificate_never_rides_an_old_master(cluster, node, tmp_pat
 
 @pytest.mark.parametrize("form", FORMS)
 def test_a_dead_master_falls_back_transparently(cluster, node, tmp_path, form) -> None:
-    me = log_in(cluster, [LOGIN])
-    cfg = _config(tmp_path, me, node.port, form)
-    dest = f"{LOGIN}@{node.name}.{cluster.name}"
-    assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
-    (sock,) = _sockets(me)
-    pid = _master_pid(sock)
+    me, cfg, dest, sock, pid = _with_a_master(tmp_path, cluster, node, form)
     os.kill(pid, signal.SIGKILL)
     assert _wait_gone(pid)
     assert sock.is_socket()  # stale: nobody listens
@@ -360,22 +362,12 @@ def test_tsh_ssh_and_scp_ride_one_master(cluster, node, tmp_path) -> None:
 
 def test_a_dropped_first_master_connection_is_retried(cluster, node, tmp_path) -> None:
     """sshd's MaxStartups drops the master's first connection: `tsh proxy ssh` tries again."""
-    import shutil
+    from tests.integration._tsh import ssh_dropping_the_first_master
 
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    mark = tmp_path / "dropped"
-    fake = bin_dir / "ssh"
-    fake.write_text(
-        "#!/bin/sh\n"
-        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
-        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
-        f'exec {shutil.which("ssh")} "$@"\n'
-    )
-    fake.chmod(0o755)
-    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}", MARK=str(mark))
+    dropping, mark = ssh_dropping_the_first_master(tmp_path)
+    env = me.env(**dropping)
     before = cluster.proxy_authentications()
     r = _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "echo", "retried", env=env)
     assert (r.returncode, r.stdout, r.stderr) == (0, "retried\n", "")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +26,14 @@ from tests.cluster import sshd as sshd_launcher
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
 from tests.integration._profiles import log_in, tsh
-from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
+from tests.integration._tsh import (
+    env_for,
+    login,
+    run_tsh,
+    ssh_dropping_the_first_master,
+    ssh_with_config,
+    tsh_config_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -398,23 +404,10 @@ def test_reuse_one_login_under_tls_routing(openssh, mode_cluster, mode_node, tmp
 def test_reuse_first_drop_retried_under_tls_routing(openssh, mode_cluster, mode_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # The master's first connection is dropped (as sshd's MaxStartups would): tsh proxy ssh
     # starts it again, dialled the same way.
-    import shutil
-
     me = log_in(mode_cluster, [LOGIN])
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    mark = tmp_path / "dropped"
-    fake = bin_dir / "ssh"
-    fake.write_text(
-        "#!/bin/sh\n"
-        'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
-        'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
-        f'exec {shutil.which("ssh")} "$@"\n'
-    )
-    fake.chmod(0o755)
+    dropping, mark = ssh_dropping_the_first_master(tmp_path)
     before = mode_cluster.proxy_authentications()
-    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "retried",
-                        PATH=f"{bin_dir}:{os.environ['PATH']}", MARK=str(mark))  # fmt: skip
+    r = _ssh_via_config(openssh, mode_cluster, mode_node, tmp_path, me, "echo", "retried", **dropping)
     assert (r.returncode, r.stdout, r.stderr) == (0, "retried\n", "")
     assert mark.exists()  # the first master was dropped
     assert len(_masters(me)) == 1  # the second one listens
