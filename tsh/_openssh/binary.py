@@ -210,8 +210,8 @@ def run_explained(argv: Sequence[str]) -> int:
     if said:
         from .._proxy.retry import tls_failure
 
-        # Under TLS routing the hop's own hop (openssl, tsh's tunnel) may be what failed.
-        why = tls_failure(said.decode(errors="replace"), "", "")
+        # Under TLS routing the hop's own hop (tsh's tunnel) may be what failed.
+        why = tls_failure(said.decode(errors="replace"))
         if why is not None:
             said = f"error: {why}".encode()
         os.write(2, said if said.endswith(b"\n") else said + b"\n")

@@ -121,14 +121,14 @@ def proxy_ssh(
         return diagnose(web_addr, ca_file, dial.upgrade)
 
     # The same reading of failures whether the hop rides a master or not (a hop
-    # whose master is gone dials by itself, and under TLS routing may meet a
-    # TLS failure that needs the CA file and the diagnosis to explain).
+    # whose master is gone dials by itself; under TLS routing its tunnel says
+    # what failed, CA file included).
     # ``blind``: the hop's ProxyCommand says nothing (a new master's: OpenSSH
     # sends its stderr to /dev/null with ControlPersist), so drops are diagnosed.
     def run(attempts: HopSupervisor, blind: bool = False) -> int:
         return attempts.run(
             proxy_addr=web_addr if dial.mode != "tcp" else profile.ssh_proxy_addr,
-            login=login, known_hosts=os.fspath(paths.known_hosts), ca_file=ca_file,
+            login=login, known_hosts=os.fspath(paths.known_hosts),
             diagnose=diagnose if blind and dial.mode != "tcp" else None,
         )  # fmt: skip
 

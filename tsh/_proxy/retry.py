@@ -62,7 +62,7 @@ def is_drop(stderr_text: str) -> bool:
     """
     if not stderr_text.strip():
         return True
-    if tls_failure(stderr_text, "", "") is not None:
+    if tls_failure(stderr_text) is not None:
         return False
     return any(
         sign in stderr_text
@@ -78,48 +78,20 @@ def is_drop(stderr_text: str) -> bool:
     )
 
 
-def tls_failure(stderr_text: str, proxy_addr: str, ca_file: str) -> str | None:
-    """One line for a TLS-routing failure on the hop's stderr, or None if there is none.
-
-    The signs are those of ``openssl s_client`` and of tsh's tunnel; none of
-    them is a drop (a wrong certificate stays wrong).
-    """
+def tls_failure(stderr_text: str) -> str | None:
+    """The one-line reason tsh's TLS tunnel (TLS routing's ProxyCommand) gave on the
+    hop's stderr, or None. Never a drop: a wrong certificate stays wrong."""
     for line in stderr_text.splitlines():
         if line.startswith(TUNNEL_PREFIX):
             return line[len(TUNNEL_PREFIX) :].strip()
-    text = stderr_text.lower()
-    proxy = f"the proxy {proxy_addr}" if proxy_addr else "the proxy"
-    if "hostname mismatch" in text or "ip address mismatch" in text:
-        return (
-            f"{proxy} is not trusted: its TLS certificate for SSH does not name it; "
-            "run tsh login again"
-        )
-    if "verify error" in text or "certificate verify failed" in text:
-        where = f" in {ca_file}" if ca_file else ""
-        return (
-            f"{proxy} is not trusted: its TLS certificate for SSH is not signed by the cluster's "
-            f"host CA{where} (a TLS-terminating load balancer in front of it? then set "
-            "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true; else run tsh login again)"
-        )
-    if "no application protocol" in text:
-        return f"{proxy} claims TLS routing but refused ALPN teleport-proxy-ssh"
-    if "connect:errno=" in text:
-        import os
-
-        errno_text = text.split("connect:errno=", 1)[1].split()[0]
-        why = os.strerror(int(errno_text)) if errno_text.isdigit() else "no connection"
-        return f"cannot connect to {proxy}: {why}"
-    if "could not open file or uri for loading ca" in text or "error loading ca" in text:
-        named = f" {ca_file}" if ca_file else ""
-        return f"cannot read the cluster's host CA{named}; run tsh login again"
     return None
 
 
 def failure_message(
-    stderr_text: str, proxy_addr: str, login: str, known_hosts: str, ca_file: str = ""
+    stderr_text: str, proxy_addr: str, login: str, known_hosts: str
 ) -> str:
     """One line for an attempt that failed before the node spoke (and is not a drop)."""
-    tls = tls_failure(stderr_text, proxy_addr, ca_file)
+    tls = tls_failure(stderr_text)
     if tls is not None:
         return tls
     if "Permission denied" in stderr_text:

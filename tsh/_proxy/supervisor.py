@@ -59,7 +59,6 @@ class HopSupervisor:
         proxy_addr: str,
         login: str,
         known_hosts: str,
-        ca_file: str = "",
         diagnose: Callable[[], str | None] | None = None,
     ) -> int:
         """Run attempts until the node speaks, then relay; the exit status.
@@ -86,7 +85,7 @@ class HopSupervisor:
                     (self.argv, self.env), self.fallback = self.fallback(), None
                     continue
                 if not is_drop(text) or len(self.sent) > REPLAY_LIMIT:
-                    raise SSHError(failure_message(text, proxy_addr, login, known_hosts, ca_file))
+                    raise SSHError(failure_message(text, proxy_addr, login, known_hosts))
                 if diagnose is not None:
                     why, diagnose = diagnose(), None
                     if why:
