@@ -496,7 +496,7 @@ class _TLSRoute:
         import ssl
 
         from ._proxy.dial import ALPN_PROXY_SSH
-        from ._proxy.tunnel import TunnelError, open_tunnel
+        from ._proxy.tunnel import TunnelError, alpn_refused_message, open_tunnel, untrusted_message
 
         loop = asyncio.get_running_loop()
         if self._upgrade is not None:
@@ -525,18 +525,11 @@ class _TLSRoute:
                 protocol_factory, host, port, ssl=ctx, server_hostname=host
             )
         except ssl.SSLCertVerificationError as e:
-            raise SSHError(
-                f"the proxy {self._addr} is not trusted: its TLS certificate is not signed by "
-                f"the cluster's host CA in {self._ca_file} ({e.verify_message}); log in again"
-            ) from None
+            raise SSHError(untrusted_message(self._addr, self._ca_file, e.verify_message)) from None
         tls = transport.get_extra_info("ssl_object")
         if tls is None or tls.selected_alpn_protocol() != ALPN_PROXY_SSH:
             transport.abort()
-            raise SSHError(
-                f"the proxy {self._addr} claims TLS routing but did not accept ALPN "
-                f"{ALPN_PROXY_SSH} (a TLS-terminating load balancer in front of it? then set "
-                "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true)"
-            )
+            raise SSHError(alpn_refused_message(self._addr))
         return transport, protocol
 
 

@@ -41,9 +41,11 @@ __all__ = [
     "UPGRADE_PATH",
     "TunnelError",
     "Tunnel",
+    "alpn_refused_message",
     "conn_upgrade_required",
     "main",
     "open_tunnel",
+    "untrusted_message",
 ]
 
 UPGRADE_PATH = "/webapi/connectionupgrade"
@@ -56,6 +58,23 @@ _HEADER_LIMIT = 16384
 
 class TunnelError(Exception):
     """The tunnel could not be opened (the message is one line for the user)."""
+
+
+def untrusted_message(addr: str, ca_file: str, why: str) -> str:
+    """The one line for an SSH route whose TLS certificate the host CA did not sign."""
+    return (
+        f"the proxy {addr} is not trusted: its TLS certificate is not signed by the "
+        f"cluster's host CA in {ca_file} ({why}); run tsh login again"
+    )
+
+
+def alpn_refused_message(addr: str) -> str:
+    """The one line for a proxy that claims TLS routing but negotiated no ``teleport-proxy-ssh``."""
+    return (
+        f"the proxy {addr} claims TLS routing but did not accept ALPN {ALPN_PROXY_SSH} "
+        "(a TLS-terminating load balancer in front of it? then set "
+        "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true)"
+    )
 
 
 # ----------------------------------------------------------------------------- carriers
@@ -307,19 +326,12 @@ class Tunnel:
                         f"the proxy {addr} closed the connection during the TLS handshake"
                     ) from None
             except ssl.SSLCertVerificationError as e:
-                raise TunnelError(
-                    f"the proxy {addr} is not trusted: its TLS certificate is not signed by the "
-                    f"cluster's host CA in {ca_file} ({e.verify_message}); run tsh login again"
-                ) from None
+                raise TunnelError(untrusted_message(addr, ca_file, e.verify_message)) from None
             except (OSError, ssl.SSLError) as e:
                 raise TunnelError(f"TLS with the proxy {addr} failed: {e}") from None
         self._flush()
         if self._tls.selected_alpn_protocol() != ALPN_PROXY_SSH:
-            raise TunnelError(
-                f"the proxy {addr} claims TLS routing but did not accept ALPN {ALPN_PROXY_SSH} "
-                "(a TLS-terminating load balancer in front of it? then set "
-                "TELEPORT_TLS_ROUTING_CONN_UPGRADE=true)"
-            )
+            raise TunnelError(alpn_refused_message(addr))
 
     def _plain_out(self, write: Callable[[bytes], None]) -> None:
         out = bytearray()  # one write for all the records that arrived
