@@ -25,11 +25,13 @@ from .config import SSHConfigParams, merge, parse_openssh_version, render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .._auth.login import LoginResult
     from .config_record import ConfigUpdate
 
 __all__ = [
     "openssh_version",
     "record_update",
+    "refresh_after_login",
     "refresh_ssh_configs",
     "ssh_config",
     "tsh_executable",
@@ -225,6 +227,31 @@ def _read_records(record_file: Path) -> list[ConfigUpdate]:
         return parse_records(_fs.read_text(record_file))
     except FileNotFoundError:
         return []
+
+
+def refresh_after_login(
+    result: LoginResult, wanted: bool | None = None, store: ProfileStore | None = None
+) -> tuple[list[Path], list[str]]:
+    """After a login: :func:`refresh_ssh_configs`, unless it is unwanted or cannot know.
+
+    ``wanted`` (the login flag) or ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off.
+    Only a login that learnt the cluster list from the auth API counts: after
+    ``-k only``, or when that step failed, the profile names the root only, and
+    no leaf must leave a block. A refresh that fails is a problem, not an error:
+    the login stands. Returns the files changed and the problems (one line each).
+    """
+    from .._exceptions import TshError
+    from .config_record import UPDATE_ENV, refresh_wanted
+
+    profile = result.profile
+    if not refresh_wanted(wanted, os.environ.get(UPDATE_ENV)):
+        return [], []
+    if profile.key_storage == "agent" or any(w.code == "leaf-cas-unavailable" for w in result.warnings):
+        return [], []
+    try:
+        return refresh_ssh_configs(store or ProfileStore(), profile)
+    except (OSError, TshError) as e:
+        return [], [f"the ssh_config blocks of tsh config --update were not refreshed: {e}"]
 
 
 def refresh_ssh_configs(store: ProfileStore, profile: Profile) -> tuple[list[Path], list[str]]:

@@ -134,31 +134,12 @@ def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
 
 
 def refresh_ssh_config(result: LoginResult, wanted: bool | None = None) -> None:
-    """After a login: refresh the blocks `tsh config --update` wrote, if the clusters changed.
+    """After a login: refresh the blocks `tsh config --update` wrote, if the clusters
+    changed (tsh._openssh.config_file.refresh_after_login); one stderr line per file."""
+    from .._openssh.config_file import refresh_after_login
 
-    One stderr line per file changed; ``wanted`` (the login flag) or
-    ``TELEPORT_UPDATE_SSH_CONFIG`` turns it off. Only a login that learnt the
-    cluster list from the auth API counts: after ``-k only``, or when that
-    step failed, the profile names the root only, and no leaf must leave a block.
-    A refresh that fails is a warning: the login stands.
-    """
-    from .._openssh.config_record import UPDATE_ENV, refresh_wanted
-
+    changed, problems = refresh_after_login(result, wanted)
     profile = result.profile
-    if not refresh_wanted(wanted, os.environ.get(UPDATE_ENV)):
-        return
-    if profile.key_storage == "agent" or any(
-        w.code == "leaf-cas-unavailable" for w in result.warnings
-    ):
-        return
-    from .._exceptions import TshError
-    from .._openssh.config_file import refresh_ssh_configs
-    from .._store.store import ProfileStore
-
-    try:
-        changed, problems = refresh_ssh_configs(ProfileStore(), profile)
-    except (OSError, TshError) as e:
-        changed, problems = [], [f"the ssh_config blocks of tsh config --update were not refreshed: {e}"]
     for path in changed:
         print(
             f"Updated the Teleport block in {path}: the clusters of {profile.name} changed "
