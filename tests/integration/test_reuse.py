@@ -41,11 +41,12 @@ def _master_pid(sock: Path) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Is ``pid`` running (a zombie, which init may reap late, is not)?"""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> bool:
@@ -280,31 +281,98 @@ def test_a_recording_proxy_gets_the_agent_on_every_reused_session(
         assert r.returncode == 0 and "-cert-v01@openssh.com" in r.stdout, r.stderr
 
 
+def _agents(me: LoggedIn) -> set[Path]:
+    return {p for p in (me.home / "mux").iterdir() if p.name.endswith(".agent")}
+
+
+def _guard_of(agent_sock: Path) -> int:
+    """The pid of the guard shell of the master's agent at ``agent_sock``."""
+    import re
+
+    r = subprocess.run(["pgrep", "-f", f"^sh -c .* tsh-agent-guard .* {re.escape(str(agent_sock))} "],
+                       capture_output=True, text=True, check=False)
+    (pid,) = r.stdout.split()
+    return int(pid)
+
+
 def test_an_old_masters_agent_exiting_leaves_the_new_masters_alone(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Each master forwards its own agent socket: the previous master's agent, which its
-    guard stops up to 10 s after that master, removes only its own socket as it exits."""
+    """Each master forwards its own agent socket: the previous master's guard,
+    which stops its agent up to 10 s after that master ends, removes only its own."""
     cluster, node = rec
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
-
-    def agents() -> set[Path]:
-        return {p for p in (me.home / "mux").iterdir() if p.name.endswith(".agent")}
-
     assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
     (sock,) = _sockets(me)
-    (old_agent,) = agents()
+    (old_agent,) = _agents(me)
+    old_guard = _guard_of(old_agent)
     subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True, timeout=10, check=False)
     assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0  # a new master
-    (new_agent,) = agents() - {old_agent}
-    old_pid = subprocess.run(["pgrep", "-f", f"ssh-agent -D -a {old_agent}$"], capture_output=True,
-                             text=True, check=False).stdout.split()
-    for pid in old_pid:  # what its guard does within 10 s
-        os.kill(int(pid), signal.SIGTERM)
-        assert _wait_gone(int(pid))
-    assert new_agent.is_socket()
+    (new_agent,) = _agents(me) - {old_agent}
+    os.kill(old_guard, signal.SIGTERM)  # what it does within 10 s
+    assert _wait_gone(old_guard)
+    assert not old_agent.exists() and new_agent.is_socket()
     r = _ssh(cfg, dest, "echo", "recorded", env=me.env())  # the recording proxy uses the agent
     assert (r.returncode, r.stdout) == (0, "recorded\n"), r.stderr
+
+
+def _ssh_add_once_the_master_is_up(tmp_path: Path, *, fails: bool = False) -> dict[str, str]:
+    """PATH with an ``ssh-add`` that waits until the hop has logged in (the master's
+    socket, named by the key's link ``<socket>.<random>.id``, listens) and half a
+    second more; then fails, or adds the key. Were the agent loaded before the hop
+    started, it would wait in vain (and fail)."""
+    import shutil
+
+    real = shutil.which("ssh-add")
+    assert real is not None
+    bin_dir = tmp_path / "slow-bin"
+    bin_dir.mkdir()
+    then = "exit 1" if fails else f'exec {real} "$@"'
+    (bin_dir / "ssh-add").write_text(
+        "#!/bin/sh\n"
+        'eval link=\\${$#}; master=${link%.*.id}; i=0\n'
+        'until [ -S "$master" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.05; done\n'
+        f"sleep 0.5\n{then}\n"
+    )
+    (bin_dir / "ssh-add").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_new_masters_agent_is_loaded_while_the_hop_logs_in(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ssh-add runs once the hop has logged in; the recording proxy asks for the
+    agent before it is done: the gate holds the request until the agent is in
+    place, and the hops waiting for the master ride it only then."""
+    cluster, node = rec
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    env = me.env(**_ssh_add_once_the_master_is_up(tmp_path))
+    before = cluster.proxy_authentications()
+    with ThreadPoolExecutor(3) as pool:  # the first becomes the master, two wait for it
+        outs = list(pool.map(lambda _: _ssh(cfg, dest, "echo", "recorded", env=env), range(3)))
+    assert [(r.returncode, r.stdout) for r in outs] == [(0, "recorded\n")] * 3, outs[0].stderr
+    assert cluster.proxy_authentications() - before == 1
+    (agent,) = _agents(me)
+    r = subprocess.run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": str(agent)}, capture_output=True,
+                       text=True, check=False)
+    assert "-cert-v01@openssh.com" in r.stdout  # the agent itself, not the gate
+    assert not list((me.home / "mux").glob("*.id*"))  # the key's links are gone
+
+
+def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster, node = rec
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    env = me.env(**_ssh_add_once_the_master_is_up(tmp_path, fails=True))
+    before = cluster.proxy_authentications()
+    first = _ssh(cfg, dest, "echo", "recorded", env=env)
+    assert first.returncode != 0  # the recording proxy found no agent
+    assert not _agents(me) and not list((me.home / "mux").glob("*.id*"))
+    (tmp_path / "slow-bin" / "ssh-add").unlink()  # ssh-add works again
+    r = _ssh(cfg, dest, "echo", "recorded", env=env)
+    assert (r.returncode, r.stdout) == (0, "recorded\n"), r.stderr
+    assert cluster.proxy_authentications() - before == 2  # a new master: none to ride
 
 
 # --------------------------------------------------------------------------- login, logout

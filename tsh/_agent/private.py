@@ -11,6 +11,8 @@ lazy ones in their 0700 temporary directory, with the key and certificate
 loaded by ``ssh-add`` (lifetime: the certificate's). Only a recording proxy
 ever asks, so a connection through a proxy that does not record runs no agent
 process and no ``ssh-add``. Everything is stopped when the connection ends.
+(:class:`AgentGate` is the socket a new master connection forwards while
+its own agent is being loaded: tsh._proxy.mux.)
 
 Even if `tsh proxy ssh` is killed outright (SIGKILL runs no ``finally``), a
 :class:`_Reaper` started with the sockets kills the private agent and removes
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
 
-__all__ = ["LazyAgent", "PrivateAgent"]
+__all__ = ["AgentGate", "LazyAgent", "PrivateAgent"]
 
 #: Seconds to wait for the private agent to accept connections.
 START_TIMEOUT = 5.0
@@ -290,27 +292,17 @@ class LazyAgent:
         threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, conn: socket.socket) -> None:
-        import socket
-        import threading
-
         assert self._starting is not None
-        upstream = socket.socket(socket.AF_UNIX)
         try:
             with self._starting:
                 if self._closed:  # a connection accepted just before close()
                     raise OSError("closed")
                 if self._upstream is None:
                     self._upstream = self._choose_upstream()
-            upstream.connect(self._upstream)
         except OSError:
             conn.close()  # the proxy sees a failed agent request
-            upstream.close()
             return
-        with conn, upstream:
-            back = threading.Thread(target=_copy, args=(upstream, conn), daemon=True)
-            back.start()
-            _copy(conn, upstream)
-            back.join()
+        _relay_to(conn, self._upstream)
 
     def _choose_upstream(self) -> str:
         from .probe import agent_holds_certificate
@@ -349,6 +341,90 @@ class LazyAgent:
         if self._reaper is not None:
             self._reaper.release()
             self._reaper = None
+
+
+class AgentGate:
+    """The socket a new master forwards while its agent is still being loaded.
+
+    Bound at ``path`` before the hop starts, so that the proxy's first agent
+    request (a recording proxy's, as soon as the first session opens) finds
+    a socket. The master's guard (tsh._proxy.mux) renames the loaded
+    agent's socket over ``path``: rename(2) is atomic, so from then on every
+    connection reaches the agent itself. The few that came here before are
+    held in the listen queue, then relayed to the agent once it is in its
+    place (:meth:`serve`). This lets the hop log in while ``ssh-agent`` and
+    ``ssh-add`` run, instead of after them.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            self._listener.bind(path)
+            self._listener.listen(8)
+            self._inode = os.lstat(path).st_ino
+        except OSError:
+            self._listener.close()
+            raise
+
+    def replaced(self) -> bool | None:
+        """True: the agent's socket is at :attr:`path` now; False: still this
+        gate; None: nothing is (the guard gave up and removed the name)."""
+        try:
+            return os.lstat(self.path).st_ino != self._inode
+        except OSError:
+            return None
+
+    def serve(self, timeout: float) -> None:
+        """Answer connections from now on (daemon threads): each waits up to
+        ``timeout`` seconds for the agent to take this gate's place, then is
+        relayed to it (or, if it never does, hung up on)."""
+        import socket
+        import threading
+
+        listener = socket.socket(fileno=self._listener.detach())
+        self._listener = listener
+
+        def relay(conn: socket.socket) -> None:
+            deadline = time.monotonic() + timeout
+            while (in_place := self.replaced()) is False and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if in_place:
+                _relay_to(conn, self.path)
+            else:
+                conn.close()  # the proxy sees a failed agent request
+
+        def handle(conn: socket.socket) -> None:
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=_accept, args=(listener, handle), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening (the path is the guard's to remove: it may be the agent's by now)."""
+        try:
+            self._listener.shutdown(_socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self._listener.close()
+
+
+def _relay_to(conn: socket.socket, upstream_path: str) -> None:
+    """Copy ``conn`` to and from a new connection to ``upstream_path`` until both end."""
+    import socket
+    import threading
+
+    upstream = socket.socket(socket.AF_UNIX)
+    try:
+        upstream.connect(upstream_path)
+    except OSError:
+        conn.close()  # the proxy sees a failed agent request
+        upstream.close()
+        return
+    with conn, upstream:
+        back = threading.Thread(target=_copy, args=(upstream, conn), daemon=True)
+        back.start()
+        _copy(conn, upstream)
+        back.join()
 
 
 def _accept(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:

@@ -156,6 +156,7 @@ def proxy_ssh(
                         (master.hop_argv(hop()), env), stdin, stdout, stderr,
                         fallback=alone_on_old_openssh if master.agent_sock else None,
                         fallback_sign=f'unsupported option "{master.agent_sock}"',
+                        started=master.serve_agent,  # its agent loads while the hop logs in
                         spoke=master.release,  # waiting hops ride from now on
                     ),
                     blind=master.persist is not None,

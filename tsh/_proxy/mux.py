@@ -16,12 +16,16 @@ from the all-OpenSSH form of `tsh config`:
   client (one login, one ssh process, as without reuse). Its drops are
   retried by the hop's supervisor like any hop's.
 - The master forwards an agent that lives as long as it does: with the key on
-  disk, a private ``ssh-agent`` on ``<socket>.<pid>.agent`` holding key and
-  certificate for the certificate's remaining validity (each master its own
-  name: an old master's agent removes its socket as it exits), loaded *before* the
-  hop starts (a recording proxy asks for it as soon as the first session
-  opens) and stopped by a small guard shell once the master is gone; after
-  ``-k only``, the user's agent, which holds the key.
+  disk, a private ``ssh-agent`` holding key and certificate for the
+  certificate's remaining validity, on ``<socket>.<random>.agent`` (each
+  master its own name); after ``-k only``, the user's agent, which holds the
+  key. A small guard shell, in a session of its own, loads the key with
+  ``ssh-add`` while the hop logs in, renames the agent's socket into place,
+  and stops the agent once the master is gone. Until the rename a gate
+  socket of ours (tsh._agent.private.AgentGate) stands at that name and
+  holds what comes early (a recording proxy asks for the agent as soon as
+  the first session opens); hops waiting for the master are let in only
+  once the agent is in place.
 - Hops that find no master wait on an ``flock`` of ``<socket>.lock`` while one
   becomes it, and ride as soon as it listens.
 - A hop riding a master runs with ``ControlMaster no``: it must never become a
@@ -36,6 +40,7 @@ from __future__ import annotations
 import os
 import time
 
+from .._agent.private import AgentGate
 from .._openssh.reuse import control_path, persist_seconds, read_tag
 
 __all__ = ["Master", "master_for"]
@@ -56,14 +61,17 @@ class Master:
     :meth:`release`, which also stops the master's agent if no master came of it.
     """
 
-    __slots__ = ("path", "persist", "agent_sock", "_lock_fd", "_guard")
+    __slots__ = ("path", "persist", "agent", "_lock_fd")
 
     def __init__(self, path: str, persist: int | None = None, lock_fd: int = -1,
-                 agent: tuple[str, int] | None = None) -> None:  # fmt: skip
+                 agent: _Agent | None = None) -> None:  # fmt: skip
         self.path, self.persist, self._lock_fd = path, persist, lock_fd
         #: The new master's own agent, which it forwards; None: riding, or ``$SSH_AUTH_SOCK``.
-        self.agent_sock: str | None = agent[0] if agent is not None else None
-        self._guard: int | None = agent[1] if agent is not None else None
+        self.agent = agent
+
+    @property
+    def agent_sock(self) -> str | None:
+        return self.agent.sock if self.agent is not None else None
 
     def hop_argv(self, hop: list[str]) -> list[str]:
         """``hop`` (ending ``-l LOGIN -s HOST SUBSYSTEM``) on this master's socket."""
@@ -71,19 +79,27 @@ class Master:
             return [*hop[:-5], "-S", self.path, "-o", "ControlMaster=no", *hop[-5:]]
         argv = [*hop[:-5], "-S", self.path, "-o", "ControlMaster=yes",
                 "-o", f"ControlPersist={self.persist}", *hop[-5:]]  # fmt: skip
-        return argv if self.agent_sock is None else _with_forward_agent(argv, self.agent_sock)
+        return argv if self.agent is None else _with_forward_agent(argv, self.agent.sock)
+
+    def serve_agent(self) -> None:
+        """The hop has started: answer the agent requests that come before the key is loaded."""
+        if self.agent is not None:
+            self.agent.gate.serve(_AGENT_TIMEOUT)
 
     def release(self) -> None:
-        """Let waiting hops go on (once): they ride the master, or, if none listens, try themselves."""
+        """Let waiting hops go on (once): they ride the master, or, if none listens, try themselves.
+
+        A new master's agent is in place first; if it cannot be, no hop rides
+        this master (``ssh -O stop``: its own session goes on, new hops start
+        another)."""
         if self._lock_fd < 0:
             return
-        if self._guard is not None and not _listening(self.path):
-            import signal
-
-            try:  # the guard stops the agent as it exits
-                os.kill(self._guard, signal.SIGTERM)
-            except OSError:
-                pass
+        if self.agent is not None:
+            if not _listening(self.path):
+                self.agent.stop()  # no master came of it
+            elif not self.agent.wait_in_place(_AGENT_TIMEOUT):
+                _control(self.path, "stop")
+                self.agent.stop()
         os.close(self._lock_fd)
         self._lock_fd = -1
 
@@ -142,7 +158,7 @@ def master_for(
             os.unlink(path)  # a dead master's socket
         agent = None
         if private_agent is not None:
-            agent = _start_agent(path, private_agent, valid_before, env)
+            agent = _Agent.start(path, private_agent, valid_before, env)
             if agent is None:
                 os.close(fd)
                 return None
@@ -179,67 +195,91 @@ def _control(path: str, command: str) -> None:
         os.close(devnull)
 
 
-#: Stops the master's own agent ($1, its pid) once the master is gone: waits
-#: for the master's socket $2, then asks the master every 10 s whether it still
-#: runs (a killed master fails the check too). In its own session, so no
-#: terminal signal reaches it; SIGTERM (the hop's master did not come up) stops it too.
+#: The master's own agent's guard, the command ``ssh-agent`` runs once it
+#: listens (on $2, as $SSH_AUTH_SOCK; pid $SSH_AGENT_PID): loads the key and
+#: certificate ($4, and "$4-cert.pub") for $5 seconds, renames $2 to $3 (the
+#: socket the master forwards, till then a gate), then asks the master ($1)
+#: every 10 s whether it still runs (a killed one fails the check too). On its
+#: way out it stops the agent and removes what it named. In its own session,
+#: so no terminal signal reaches it; SIGTERM (the hop's master did not come
+#: up) stops it at once (``wait`` is interrupted, ``sleep`` would not be).
 _AGENT_GUARD = (
-    "trap 'kill $1 2>/dev/null' EXIT; trap 'exit' HUP TERM; i=0; "
-    'until [ -S "$2" ]; do i=$((i+1)); [ $i -gt 200 ] && exit; sleep 0.1; done; '
-    'while ssh -S "$2" -O check _ 2>/dev/null; do sleep 10; done'
+    """trap 'kill $SSH_AGENT_PID $! 2>/dev/null; rm -f "$2" "$3" "$4" "$4-cert.pub"' EXIT; """
+    "trap 'exit' HUP TERM; "
+    'ssh-add -q -t "$5" "$4" || exit; rm -f "$4" "$4-cert.pub"; mv -f "$2" "$3" || exit; '
+    'while sleep 10 & wait $!; ssh -S "$1" -O check _ 2>/dev/null; do :; done'
 )
 
 
-def _start_agent(path: str, key_and_cert: tuple[str, str], valid_before: int,
-                 env: dict[str, str]) -> tuple[str, int] | None:  # fmt: skip
-    """Start the new master's agent on ``<path>.<pid>.agent`` and load key and certificate.
+class _Agent:
+    """A new master's own agent: the gate at :attr:`sock`, the agent and its guard."""
 
-    Returns the agent's socket and its guard's pid, or None if the agent did
-    not start or took no key. Before the hop starts: a recording proxy asks
-    the master for the agent as soon as its first session opens.
-    """
-    import signal
+    __slots__ = ("sock", "gate", "guard")
 
-    sock = f"{path}.{os.getpid()}.agent"
-    if os.path.lexists(sock):
-        os.unlink(sock)
-    agent = _spawn(["ssh-agent", "-D", "-a", sock], env)
-    if agent is None:
-        return None
-    guard = _spawn(["sh", "-c", _AGENT_GUARD, "tsh-agent-guard", str(agent), path], env)
-    key, cert = key_and_cert
-    link = path + ".id"  # ssh-add reads the certificate from "<key>-cert.pub"
-    try:
-        if guard is None:
-            raise OSError("cannot start the agent's guard")
-        for target, name in ((key, link), (cert, link + "-cert.pub")):
-            if os.path.lexists(name):
-                os.unlink(name)
-            os.symlink(target, name)
-        deadline = time.monotonic() + _AGENT_TIMEOUT
-        while not _listening(sock):
-            if time.monotonic() > deadline:
-                raise OSError("the master's agent did not start")
-            time.sleep(0.001)
+    def __init__(self, sock: str, gate: AgentGate, guard: int) -> None:
+        self.sock, self.gate, self.guard = sock, gate, guard
+
+    @classmethod
+    def start(cls, path: str, key_and_cert: tuple[str, str], valid_before: int,
+              env: dict[str, str]) -> _Agent | None:  # fmt: skip
+        """Start the agent and its guard, which loads it while the hop logs in.
+
+        None if the gate or the agent could not be started.
+        """
+        name = f"{path}.{os.urandom(4).hex()}"
+        sock, loading, link = f"{name}.agent", f"{name}.n.agent", f"{name}.id"
+        links = ((key_and_cert[0], link), (key_and_cert[1], link + "-cert.pub"))
+        try:
+            for target, at in links:  # ssh-add reads the certificate from "<key>-cert.pub"
+                os.symlink(target, at)
+            gate = AgentGate(sock)
+        except OSError:
+            _remove(link, link + "-cert.pub")
+            return None
         lifetime = str(max(1, int(valid_before - time.time())))
-        pid = _spawn(["ssh-add", "-q", "-t", lifetime, link], {**env, "SSH_AUTH_SOCK": sock})
-        if pid is None or os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
-            raise OSError("ssh-add failed")
-        return sock, guard
-    except OSError:
-        for pid in (agent, guard):
-            if pid is not None:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except OSError:
-                    pass
-        return None
-    finally:
-        for name in (link, link + "-cert.pub"):
+        guard = _spawn(["ssh-agent", "-a", loading, "sh", "-c", _AGENT_GUARD, "tsh-agent-guard",
+                        path, loading, sock, link, lifetime], env)  # fmt: skip
+        if guard is None:
+            gate.close()
+            _remove(sock, link, link + "-cert.pub")
+            return None
+        return cls(sock, gate, guard)
+
+    def wait_in_place(self, timeout: float) -> bool:
+        """Wait until the loaded agent is at :attr:`sock`; False if it never will be."""
+        deadline = time.monotonic() + timeout
+        while (in_place := self.gate.replaced()) is not True:
+            if in_place is None:
+                return False  # the guard gave up (and stopped the agent)
             try:
-                os.unlink(name)
-            except OSError:
-                pass
+                if os.waitpid(self.guard, os.WNOHANG) != (0, 0):
+                    return False  # the guard gave up (and stopped the agent)
+            except ChildProcessError:
+                return False
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def stop(self) -> None:
+        """Stop the agent (its guard does, as it exits) and the gate."""
+        import signal
+
+        try:
+            os.kill(self.guard, signal.SIGTERM)
+        except OSError:
+            pass
+        if self.gate.replaced() is False:  # no guard ran to remove the gate's name
+            _remove(self.sock)
+        self.gate.close()
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> int | None:
