@@ -282,7 +282,9 @@ def test_a_recording_proxy_gets_the_agent_on_every_reused_session(
 
 
 def _agents(me: LoggedIn) -> set[Path]:
-    return {p for p in (me.home / "mux").iterdir() if p.name.endswith(".agent")}
+    """The agent sockets the masters forward (not one still loading, ``.n.agent``)."""
+    return {p for p in (me.home / "mux").iterdir()
+            if p.name.endswith(".agent") and not p.name.endswith(".n.agent")}
 
 
 def _guard_of(agent_sock: Path) -> int:
@@ -357,6 +359,42 @@ def test_a_new_masters_agent_is_loaded_while_the_hop_logs_in(rec, tmp_path) -> N
                        text=True, check=False)
     assert "-cert-v01@openssh.com" in r.stdout  # the agent itself, not the gate
     assert not list((me.home / "mux").glob("*.id*"))  # the key's links are gone
+
+
+def test_a_new_masters_agent_starts_after_a_session_that_did_not_need_it(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A proxy that does not record never asks: ssh-agent and ssh-add run after the
+    first session (not in its set-up), and the agent is in place for the next."""
+    import shutil
+
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    ended, mark = tmp_path / "session-ended", tmp_path / "ssh-add-ran"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh-add").write_text(
+        f'#!/bin/sh\n[ -e {ended} ] && echo after > {mark} || echo during > {mark}\n'
+        f'exec {shutil.which("ssh-add")} "$@"\n'
+    )
+    (bin_dir / "ssh-add").chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    before = cluster.proxy_authentications()
+    r = _ssh(cfg, dest, "touch", str(ended), env=env)  # the node is this machine
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 10
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mark.read_text() == "after\n"
+    (agent,) = _agents(me)
+    while time.monotonic() < deadline:
+        r = subprocess.run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": str(agent)},
+                           capture_output=True, text=True, check=False)
+        if "-cert-v01@openssh.com" in r.stdout:
+            break
+        time.sleep(0.02)
+    assert "-cert-v01@openssh.com" in r.stdout
+    assert _ssh(cfg, dest, "true", env=env).returncode == 0
+    assert cluster.proxy_authentications() - before == 1
 
 
 def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -350,10 +350,11 @@ class AgentGate:
     request (a recording proxy's, as soon as the first session opens) finds
     a socket. The master's guard (tsh._proxy.mux) renames the loaded
     agent's socket over ``path``: rename(2) is atomic, so from then on every
-    connection reaches the agent itself. The few that came here before are
+    connection reaches the agent itself. The ones that came here before are
     held in the listen queue, then relayed to the agent once it is in its
-    place (:meth:`serve`). This lets the hop log in while ``ssh-agent`` and
-    ``ssh-add`` run, instead of after them.
+    place (:meth:`serve`). This keeps ``ssh-agent`` and ``ssh-add`` out of
+    the connection's set-up: they run when the proxy first asks, or after
+    the first session.
     """
 
     def __init__(self, path: str) -> None:
@@ -375,10 +376,11 @@ class AgentGate:
         except OSError:
             return None
 
-    def serve(self, timeout: float) -> None:
-        """Answer connections from now on (daemon threads): each waits up to
-        ``timeout`` seconds for the agent to take this gate's place, then is
-        relayed to it (or, if it never does, hung up on)."""
+    def serve(self, timeout: float, wanted: Callable[[], None]) -> None:
+        """Answer connections from now on (daemon threads): each calls ``wanted``
+        (the agent is needed), waits up to ``timeout`` seconds for the agent to
+        take this gate's place, then is relayed to it (or, if it never does,
+        hung up on)."""
         import socket
         import threading
 
@@ -386,6 +388,7 @@ class AgentGate:
         self._listener = listener
 
         def relay(conn: socket.socket) -> None:
+            wanted()
             deadline = time.monotonic() + timeout
             while (in_place := self.replaced()) is False and time.monotonic() < deadline:
                 time.sleep(0.002)

@@ -205,7 +205,8 @@ _OPENSSH_HOP_SCRIPT = (
 #: socket first take a lock file holding the shell's pid (a dead holder's lock
 #: is removed; a zombie counts as dead: `kill -0` succeeds on one, and where
 #: no init reaps them, in some containers, a stale lock would hold every cold
-#: start for 15 s), so that only one of many started together logs in: the others
+#: start for 15 s; its state is read from /proc with `read`, or where there is
+#: none from `ps`, 5 ms), so that only one of many started together logs in: the others
 #: wait for its socket. An expired certificate makes the master exit and the
 #: hop go alone.
 _OPENSSH_REUSE_SCRIPT = (
@@ -217,7 +218,8 @@ _OPENSSH_REUSE_SCRIPT = (
     'elif [ "$v" -gt "$n" ]; then p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; l=$c.lock; i=0; '
     'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
     '(set -C; echo $$ > "$l") && break; '
-    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" && case $(ps -o stat= -p "$o") in Z*) false;; esac '
+    'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" && { read -r _ _ s _ < "/proc/$o/stat" '
+    '|| s=$(ps -o stat= -p "$o"); case $s in Z*) false;; esac; } '
     '|| { rm -f "$l"; continue; }; }; '
     "sleep 0.05; done; "
     'else [ "$v" -le "$n" ] && ssh -S "$c" -O exit _; c=; fi; fi </dev/null >/dev/null 2>&1; '

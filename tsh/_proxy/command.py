@@ -135,6 +135,7 @@ def proxy_ssh(
     with _hangup_raises():
         master: Master | None = None
         agent: LazyAgent | None = None
+        over = False  # the session ran (or ssh hung up on us): nothing left to say
 
         def alone_on_old_openssh() -> tuple[list[str], dict[str, str]]:
             # OpenSSH before 8.2 cannot forward a new master's own agent: no
@@ -151,16 +152,18 @@ def proxy_ssh(
         try:
             master = _master(profile, store, paths, login, env, dial) if reuse else None
             if master is not None:  # the master's agent serves the proxy: no agent of ours
-                return run(
+                status = run(
                     HopSupervisor(
                         (master.hop_argv(hop()), env), stdin, stdout, stderr,
                         fallback=alone_on_old_openssh if master.agent_sock else None,
                         fallback_sign=f'unsupported option "{master.agent_sock}"',
-                        started=master.serve_agent,  # its agent loads while the hop logs in
+                        started=master.serve_agent,  # the proxy's agent requests, from now on
                         spoke=master.release,  # waiting hops ride from now on
                     ),
                     blind=master.persist is not None,
                 )  # fmt: skip
+                over = True
+                return status
             agent = lazy = _agent_to_forward(profile, store, paths)
             if lazy is None:
                 attempts = HopSupervisor((hop(), env), stdin, stdout, stderr)
@@ -178,10 +181,15 @@ def proxy_ssh(
         except SSHError as e:
             raise _explained(e, store, profile) from None
         except _HangUp:
+            over = True
             return 128 + signal.SIGHUP
         finally:
             if master is not None:
                 master.release()
+                if master.agent is not None:  # a new master is up: its agent goes in place
+                    if over:  # (an error to print keeps our stderr)
+                        _detach(stdin, stdout, stderr)  # before, so that nobody waits for it
+                    master.finish()
             if agent is not None:
                 agent.close()
 
@@ -211,6 +219,20 @@ def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHErr
 
     explanation = explain_proxy_failure(store, profile, untrusted, denied)
     return SSHError(explanation.message) if explanation is not None else error
+
+
+def _detach(*fds: int) -> None:
+    """Let go of our stdio (to /dev/null) and ignore the hang-up that ssh sends as it
+    ends: what is left to do (tsh._proxy.mux.Master.finish) is nobody's wait."""
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        try:
+            os.dup2(devnull, fd)
+        except OSError:
+            pass
+    os.close(devnull)
 
 
 @contextmanager

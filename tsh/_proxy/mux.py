@@ -82,26 +82,33 @@ class Master:
         return argv if self.agent is None else _with_forward_agent(argv, self.agent.sock)
 
     def serve_agent(self) -> None:
-        """The hop has started: answer the agent requests that come before the key is loaded."""
+        """The hop has started: answer the proxy's agent requests (the first one
+        has the agent started and loaded; each waits until it is in place)."""
         if self.agent is not None:
-            self.agent.gate.serve(_AGENT_TIMEOUT)
+            self.agent.gate.serve(_AGENT_TIMEOUT, self.agent.wanted)
 
     def release(self) -> None:
-        """Let waiting hops go on (once): they ride the master, or, if none listens, try themselves.
-
-        A new master's agent is in place first; if it cannot be, no hop rides
-        this master (``ssh -O stop``: its own session goes on, new hops start
-        another)."""
+        """Let waiting hops go on (once): they ride the master, or, if none listens, try themselves."""
         if self._lock_fd < 0:
             return
-        if self.agent is not None:
-            if not _listening(self.path):
-                self.agent.stop()  # no master came of it
-            elif not self.agent.wait_in_place(_AGENT_TIMEOUT):
-                _control(self.path, "stop")
-                self.agent.stop()
+        if self.agent is not None and not _listening(self.path):
+            self.agent.stop()  # no master came of it
+            self.agent = None
         os.close(self._lock_fd)
         self._lock_fd = -1
+
+    def finish(self) -> None:
+        """The first session is over: put the new master's agent in place
+        before we go (until then our gate serves the hops riding the master),
+        or, if it cannot be, let no more hops ride it (``ssh -O stop``)."""
+        self.release()
+        if self.agent is None:
+            return
+        self.agent.wanted()
+        if not self.agent.wait_in_place(_AGENT_TIMEOUT):
+            _control(self.path, "stop")
+            self.agent.stop()
+        self.agent = None
 
 
 def master_for(
@@ -195,37 +202,43 @@ def _control(path: str, command: str) -> None:
         os.close(devnull)
 
 
-#: The master's own agent's guard, the command ``ssh-agent`` runs once it
-#: listens (on $2, as $SSH_AUTH_SOCK; pid $SSH_AGENT_PID): loads the key and
-#: certificate ($4, and "$4-cert.pub") for $5 seconds, renames $2 to $3 (the
-#: socket the master forwards, till then a gate), then asks the master ($1)
-#: every 10 s whether it still runs (a killed one fails the check too). On its
-#: way out it stops the agent and removes what it named. In its own session,
-#: so no terminal signal reaches it; SIGTERM (the hop's master did not come
-#: up) stops it at once (``wait`` is interrupted, ``sleep`` would not be).
+#: The master's own agent's guard, in two steps. It waits for EOF on its stdin
+#: (a pipe only tsh holds: closed when the proxy first asks for the agent, when
+#: the first session is over, or when tsh dies, however), then runs ssh-agent,
+#: which runs the second step once it listens (on $2, as $SSH_AUTH_SOCK; pid
+#: $SSH_AGENT_PID): load the key and certificate ($4, and "$4-cert.pub") for $5
+#: seconds, rename $2 to $3 (the socket the master forwards, till then a
+#: gate), then ask the master ($1) every 10 s whether it still runs (a killed
+#: one fails the check too). On its way out it stops the agent and removes
+#: what it named. In its own session, so no terminal signal reaches it;
+#: SIGTERM (the hop's master did not come up) stops it at once (``wait`` is
+#: interrupted, ``sleep`` would not be).
 _AGENT_GUARD = (
     """trap 'kill $SSH_AGENT_PID $! 2>/dev/null; rm -f "$2" "$3" "$4" "$4-cert.pub"' EXIT; """
     "trap 'exit' HUP TERM; "
     'ssh-add -q -t "$5" "$4" || exit; rm -f "$4" "$4-cert.pub"; mv -f "$2" "$3" || exit; '
     'while sleep 10 & wait $!; ssh -S "$1" -O check _ 2>/dev/null; do :; done'
 )
+#: The first step ($0: the second step's script).
+_AGENT_GUARD_WAIT = 'read -r _; exec ssh-agent -a "$2" sh -c "$0" tsh-agent-guard "$@"'
 
 
 class _Agent:
-    """A new master's own agent: the gate at :attr:`sock`, the agent and its guard."""
+    """A new master's own agent: the gate at :attr:`sock`, and the guard that
+    starts and loads the agent once :meth:`wanted` (or once we are gone)."""
 
-    __slots__ = ("sock", "gate", "guard")
+    __slots__ = ("sock", "gate", "guard", "_go", "_go_lock")
 
-    def __init__(self, sock: str, gate: AgentGate, guard: int) -> None:
-        self.sock, self.gate, self.guard = sock, gate, guard
+    def __init__(self, sock: str, gate: AgentGate, guard: int, go: int) -> None:
+        import _thread
+
+        self.sock, self.gate, self.guard, self._go = sock, gate, guard, go
+        self._go_lock = _thread.allocate_lock()  # the gate's threads call wanted() too
 
     @classmethod
     def start(cls, path: str, key_and_cert: tuple[str, str], valid_before: int,
               env: dict[str, str]) -> _Agent | None:  # fmt: skip
-        """Start the agent and its guard, which loads it while the hop logs in.
-
-        None if the gate or the agent could not be started.
-        """
+        """Bind the gate and start the guard (waiting). None if either could not be."""
         name = f"{path}.{os.urandom(4).hex()}"
         sock, loading, link = f"{name}.agent", f"{name}.n.agent", f"{name}.id"
         links = ((key_and_cert[0], link), (key_and_cert[1], link + "-cert.pub"))
@@ -237,13 +250,23 @@ class _Agent:
             _remove(link, link + "-cert.pub")
             return None
         lifetime = str(max(1, int(valid_before - time.time())))
-        guard = _spawn(["ssh-agent", "-a", loading, "sh", "-c", _AGENT_GUARD, "tsh-agent-guard",
-                        path, loading, sock, link, lifetime], env)  # fmt: skip
+        wait_end, go = os.pipe()  # close-on-exec: no other child holds ``go``
+        guard = _spawn(["sh", "-c", _AGENT_GUARD_WAIT, _AGENT_GUARD, path, loading, sock, link,
+                        lifetime], env, stdin=wait_end)  # fmt: skip
+        os.close(wait_end)
         if guard is None:
+            os.close(go)
             gate.close()
             _remove(sock, link, link + "-cert.pub")
             return None
-        return cls(sock, gate, guard)
+        return cls(sock, gate, guard, go)
+
+    def wanted(self) -> None:
+        """Have the guard start and load the agent now (once)."""
+        with self._go_lock:
+            go, self._go = self._go, -1
+        if go >= 0:
+            os.close(go)
 
     def wait_in_place(self, timeout: float) -> bool:
         """Wait until the loaded agent is at :attr:`sock`; False if it never will be."""
@@ -262,14 +285,15 @@ class _Agent:
         return True
 
     def stop(self) -> None:
-        """Stop the agent (its guard does, as it exits) and the gate."""
+        """Stop the guard (which stops the agent, if it ran) and the gate."""
         import signal
 
         try:
             os.kill(self.guard, signal.SIGTERM)
         except OSError:
             pass
-        if self.gate.replaced() is False:  # no guard ran to remove the gate's name
+        self.wanted()  # nothing to wait for any more (the guard is gone or going)
+        if self.gate.replaced() is False:  # no guard came to remove the gate's name
             _remove(self.sock)
         self.gate.close()
 
@@ -282,12 +306,13 @@ def _remove(*paths: str) -> None:
             pass
 
 
-def _spawn(argv: list[str], env: dict[str, str]) -> int | None:
-    """Spawn ``argv`` in its own session, stdio on /dev/null."""
+def _spawn(argv: list[str], env: dict[str, str], stdin: int = -1) -> int | None:
+    """Spawn ``argv`` in its own session, stdio on /dev/null (or stdin on ``stdin``)."""
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
+        fds = [stdin if stdin >= 0 else devnull, devnull, devnull]
         return os.posix_spawnp(argv[0], argv, env, setsid=True,
-                               file_actions=[(os.POSIX_SPAWN_DUP2, devnull, n) for n in range(3)])
+                               file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(fds)])
     except OSError:
         return None
     finally:
