@@ -397,6 +397,18 @@ def test_a_new_masters_agent_starts_after_a_session_that_did_not_need_it(cluster
     assert cluster.proxy_authentications() - before == 1
 
 
+def test_a_master_that_never_came_up_leaves_no_agent_behind(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    r = _ssh(cfg, f"not-a-login@{node.name}.{cluster.name}", "true", env=me.env())
+    assert r.returncode != 0  # the proxy refuses a login the certificate does not allow
+    deadline = time.monotonic() + 5  # the guard exits at once (SIGTERM while it waits)
+    while (left := [p.name for p in (me.home / "mux").iterdir() if not p.name.endswith(".lock")]):
+        assert time.monotonic() < deadline, left
+        time.sleep(0.02)
+    assert not _sockets(me)
+
+
 def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster, node = rec
     me = log_in(cluster, [LOGIN])

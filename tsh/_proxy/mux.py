@@ -19,13 +19,14 @@ from the all-OpenSSH form of `tsh config`:
   disk, a private ``ssh-agent`` holding key and certificate for the
   certificate's remaining validity, on ``<socket>.<random>.agent`` (each
   master its own name); after ``-k only``, the user's agent, which holds the
-  key. A small guard shell, in a session of its own, loads the key with
-  ``ssh-add`` while the hop logs in, renames the agent's socket into place,
-  and stops the agent once the master is gone. Until the rename a gate
-  socket of ours (tsh._agent.private.AgentGate) stands at that name and
-  holds what comes early (a recording proxy asks for the agent as soon as
-  the first session opens); hops waiting for the master are let in only
-  once the agent is in place.
+  key. It is not set up before the hop starts (that cost every cold start
+  ~15 ms, and only a recording proxy ever asks): a gate socket of ours
+  (tsh._agent.private.AgentGate) stands at that name, and a guard shell in
+  a session of its own waits. When the proxy first asks, or else once the
+  first session is over (or once we die), the guard starts the agent, loads
+  it with ``ssh-add``, renames its socket over the gate's name, and later
+  stops the agent once the master is gone. What came to the gate before
+  waits and is relayed; we leave only once the agent is in place.
 - Hops that find no master wait on an ``flock`` of ``<socket>.lock`` while one
   becomes it, and ride as soon as it listens.
 - A hop riding a master runs with ``ControlMaster no``: it must never become a
@@ -227,12 +228,13 @@ class _Agent:
     """A new master's own agent: the gate at :attr:`sock`, and the guard that
     starts and loads the agent once :meth:`wanted` (or once we are gone)."""
 
-    __slots__ = ("sock", "gate", "guard", "_go", "_go_lock")
+    __slots__ = ("sock", "gate", "guard", "_links", "_go", "_go_lock")
 
-    def __init__(self, sock: str, gate: AgentGate, guard: int, go: int) -> None:
+    def __init__(self, sock: str, gate: AgentGate, guard: int, links: tuple[str, str],
+                 go: int) -> None:  # fmt: skip
         import _thread
 
-        self.sock, self.gate, self.guard, self._go = sock, gate, guard, go
+        self.sock, self.gate, self.guard, self._links, self._go = sock, gate, guard, links, go
         self._go_lock = _thread.allocate_lock()  # the gate's threads call wanted() too
 
     @classmethod
@@ -259,7 +261,7 @@ class _Agent:
             gate.close()
             _remove(sock, link, link + "-cert.pub")
             return None
-        return cls(sock, gate, guard, go)
+        return cls(sock, gate, guard, (link, link + "-cert.pub"), go)
 
     def wanted(self) -> None:
         """Have the guard start and load the agent now (once)."""
@@ -295,6 +297,7 @@ class _Agent:
         self.wanted()  # nothing to wait for any more (the guard is gone or going)
         if self.gate.replaced() is False:  # no guard came to remove the gate's name
             _remove(self.sock)
+        _remove(*self._links)  # (a guard stopped while it waited never loaded the key)
         self.gate.close()
 
 
