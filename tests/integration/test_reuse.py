@@ -409,6 +409,41 @@ def test_a_master_that_never_came_up_leaves_no_agent_behind(cluster, node, tmp_p
     assert not _sockets(me)
 
 
+def test_a_new_masters_agent_is_set_up_even_if_tsh_is_killed(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`kill -9` of the first hop's tsh during a session that never needed the agent:
+    the guard's pipe closes with it (nothing else holds it), so the guard still puts
+    the agent in place for the hops to come."""
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    env = me.env()
+    first = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, "sleep 30"],
+                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _sockets(me):  # the master is up
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        (hop,) = subprocess.run(["pgrep", "-f", f"tsh proxy ssh .*{node.name}"], capture_output=True,
+                                text=True, check=False).stdout.split()
+        os.kill(int(hop), signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    (agent,) = _agents(me)
+    while time.monotonic() < deadline:
+        r = subprocess.run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": str(agent)}, capture_output=True,
+                           text=True, check=False)
+        if "-cert-v01@openssh.com" in r.stdout:
+            break
+        time.sleep(0.05)
+    assert "-cert-v01@openssh.com" in r.stdout
+    before = cluster.proxy_authentications()
+    assert _ssh(cfg, dest, "true", env=env).returncode == 0
+    assert cluster.proxy_authentications() == before  # it rode the master
+
+
 def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster, node = rec
     me = log_in(cluster, [LOGIN])
