@@ -228,14 +228,18 @@ class _Agent:
     """A new master's own agent: the gate at :attr:`sock`, and the guard that
     starts and loads the agent once :meth:`wanted` (or once we are gone)."""
 
-    __slots__ = ("sock", "gate", "guard", "_links", "_go", "_go_lock")
+    __slots__ = ("gate", "guard", "_links", "_go", "_go_lock")
 
-    def __init__(self, sock: str, gate: AgentGate, guard: int, links: tuple[str, str],
-                 go: int) -> None:  # fmt: skip
+    def __init__(self, gate: AgentGate, guard: int, links: tuple[str, str], go: int) -> None:
         import _thread
 
-        self.sock, self.gate, self.guard, self._links, self._go = sock, gate, guard, links, go
+        self.gate, self.guard, self._links, self._go = gate, guard, links, go
         self._go_lock = _thread.allocate_lock()  # the gate's threads call wanted() too
+
+    @property
+    def sock(self) -> str:
+        """The socket the master forwards: the gate's, then the agent's."""
+        return self.gate.path
 
     @classmethod
     def start(cls, path: str, key_and_cert: tuple[str, str], valid_before: int,
@@ -243,13 +247,13 @@ class _Agent:
         """Bind the gate and start the guard (waiting). None if either could not be."""
         name = f"{path}.{os.urandom(4).hex()}"
         sock, loading, link = f"{name}.agent", f"{name}.n.agent", f"{name}.id"
-        links = ((key_and_cert[0], link), (key_and_cert[1], link + "-cert.pub"))
+        links = (link, link + "-cert.pub")  # ssh-add reads the certificate from "<key>-cert.pub"
         try:
-            for target, at in links:  # ssh-add reads the certificate from "<key>-cert.pub"
+            for target, at in zip(key_and_cert, links, strict=True):
                 os.symlink(target, at)
             gate = AgentGate(sock)
         except OSError:
-            _remove(link, link + "-cert.pub")
+            _remove(*links)
             return None
         lifetime = str(max(1, int(valid_before - time.time())))
         wait_end, go = os.pipe()  # close-on-exec: no other child holds ``go``
@@ -259,9 +263,9 @@ class _Agent:
         if guard is None:
             os.close(go)
             gate.close()
-            _remove(sock, link, link + "-cert.pub")
+            _remove(sock, *links)
             return None
-        return cls(sock, gate, guard, (link, link + "-cert.pub"), go)
+        return cls(gate, guard, links, go)
 
     def wanted(self) -> None:
         """Have the guard start and load the agent now (once)."""
@@ -274,17 +278,16 @@ class _Agent:
         """Wait until the loaded agent is at :attr:`sock`; False if it never will be."""
         deadline = time.monotonic() + timeout
         while (in_place := self.gate.replaced()) is not True:
-            if in_place is None:
-                return False  # the guard gave up (and stopped the agent)
-            try:
-                if os.waitpid(self.guard, os.WNOHANG) != (0, 0):
-                    return False  # the guard gave up (and stopped the agent)
-            except ChildProcessError:
-                return False
-            if time.monotonic() > deadline:
-                return False
+            if in_place is None or not self._guard_runs() or time.monotonic() > deadline:
+                return False  # the guard gave up (and stopped the agent), or hangs
             time.sleep(0.001)
         return True
+
+    def _guard_runs(self) -> bool:
+        try:
+            return os.waitpid(self.guard, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
 
     def stop(self) -> None:
         """Stop the guard (which stops the agent, if it ran) and the gate."""
