@@ -172,3 +172,27 @@ def test_child_missing_program_leaves_no_descriptors() -> None:
         Child(["tsh-no-such-program"], dict(os.environ))
     if before is not None:
         assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_hang_up_is_raised_once_and_only_where_the_hop_can_clean_up() -> None:
+    """`tsh proxy ssh`'s SIGHUP guard: ssh hangs up on its ProxyCommand as the
+    session ends, while tsh may be in its cleanup (which must not be cut short)."""
+    from tsh._proxy.command import _HangUp, _HangUpGuard
+
+    early = _HangUpGuard()
+    early.handler(signal.SIGHUP, None)  # before the hop's `try`: kept
+    with pytest.raises(_HangUp):
+        early.arm()
+
+    armed = _HangUpGuard()
+    armed.arm()
+    with pytest.raises(_HangUp):
+        armed.handler(signal.SIGHUP, None)
+    armed.handler(signal.SIGTERM, None)  # once only: the `finally` runs in peace
+
+    done = _HangUpGuard()
+    done.arm()
+    done.disarm()  # the session is over
+    done.handler(signal.SIGHUP, None)
+    done.arm()  # (nothing was kept)
+    done.disarm()

@@ -63,6 +63,34 @@ class _HangUp(Exception):
     """SIGHUP or SIGTERM: OpenSSH ends its ProxyCommand with SIGHUP."""
 
 
+class _HangUpGuard:
+    """SIGHUP/SIGTERM as one :class:`_HangUp`, raised only while armed: inside the
+    hop's ``try``, whose ``finally`` stops the child ssh and a private agent. One
+    that comes earlier waits for :meth:`arm`; once disarmed (the session is over,
+    or cleaning up), they change nothing. Raised anywhere else, it would end
+    tsh as an "internal error" just as ssh closes the session."""
+
+    def __init__(self) -> None:
+        self._armed = False
+        self._pending = False
+        self._done = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self._armed:
+            self._armed = False
+            raise _HangUp()
+        self._pending = not self._done
+
+    def arm(self) -> None:
+        if self._pending:
+            self._pending = False
+            raise _HangUp()
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed, self._pending, self._done = False, False, True
+
+
 def proxy_ssh(
     target: str,
     *,
@@ -132,7 +160,7 @@ def proxy_ssh(
             diagnose=diagnose if blind and dial.mode != "tcp" else None,
         )  # fmt: skip
 
-    with _hangup_raises():
+    with _hangup_raises() as hangup:
         master: Master | None = None
         agent: LazyAgent | None = None
         over = False  # the session ran (or ssh hung up on us): nothing left to say
@@ -150,6 +178,7 @@ def proxy_ssh(
             return hop(), {**env, "SSH_AUTH_SOCK": agent.sock}
 
         try:
+            hangup.arm()
             master = _master(profile, store, paths, login, env, dial) if reuse else None
             if master is not None:  # the master's agent serves the proxy: no agent of ours
                 status = run(
@@ -162,6 +191,7 @@ def proxy_ssh(
                     ),
                     blind=master.persist is not None,
                 )  # fmt: skip
+                hangup.disarm()
                 over = True
                 return status
             agent = lazy = _agent_to_forward(profile, store, paths)
@@ -179,11 +209,13 @@ def proxy_ssh(
                 )  # fmt: skip
             return run(attempts)
         except SSHError as e:
+            hangup.disarm()  # (what is left is to say why)
             raise _explained(e, store, profile) from None
         except _HangUp:
             over = True
             return 128 + signal.SIGHUP
         finally:
+            hangup.disarm()
             if master is not None:
                 master.release()
                 if master.agent is not None:  # a new master is up: its agent goes in place
@@ -236,15 +268,13 @@ def _detach(*fds: int) -> None:
 
 
 @contextmanager
-def _hangup_raises() -> Iterator[None]:
-    # Turn SIGHUP/SIGTERM into an exception, so that `finally` blocks stop the
-    # child ssh and a private agent instead of leaving them behind.
-    def handler(signum: int, frame: object) -> None:
-        raise _HangUp()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+def _hangup_raises() -> Iterator[_HangUpGuard]:
+    # SIGHUP/SIGTERM as an exception (see _HangUpGuard), so that `finally` blocks
+    # stop the child ssh and a private agent instead of leaving them behind.
+    guard = _HangUpGuard()
+    previous = {sig: signal.signal(sig, guard.handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
     try:
-        yield
+        yield guard
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
