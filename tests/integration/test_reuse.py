@@ -126,6 +126,33 @@ def test_profiles_logins_and_certificates_never_share_a_master(cluster, node, tm
     assert len(tags) == 2
 
 
+def test_login_stamps_the_tag_so_that_the_openssh_form_needs_no_clock(cluster, node, tmp_path) -> None:
+    from tsh._openssh.reuse import PERSIST_SECONDS, fresh_until
+
+    me = log_in(cluster, [LOGIN])
+    valid_before = int(me.paths.reuse_tag.read_text().split()[0])
+    assert me.paths.reuse_tag.stat().st_mtime == fresh_until(valid_before)
+    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
+    bin_dir.mkdir()
+    (bin_dir / "date").write_text("#!/bin/sh\nexit 1\n")  # a clock that would spoil the hop
+    (bin_dir / "date").chmod(0o755)
+    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    cfg = _config(tmp_path, me, node.port, "openssh")
+    assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
+    assert len(_sockets(me)) == 1
+    assert f"-oControlPersist={PERSIST_SECONDS}" in log.read_text().split()
+
+
+def _real(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name)
+    assert found is not None
+    return found
+
+
 def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
     import shutil
 

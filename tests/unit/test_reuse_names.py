@@ -10,6 +10,7 @@ from tsh._openssh.reuse import (
     CONTROL_PATH_MAX,
     PERSIST_SECONDS,
     control_path,
+    fresh_until,
     persist_seconds,
     read_tag,
     tag_text,
@@ -74,3 +75,9 @@ def test_persist_is_capped_by_the_certificate() -> None:
     assert persist_seconds(1000 + 10 * PERSIST_SECONDS, 1000) == PERSIST_SECONDS
     assert persist_seconds(1042, 1000) == 42
     assert persist_seconds(900, 1000) == 0
+
+
+def test_a_fresh_stamp_leaves_a_full_persist_and_the_clock_margin() -> None:
+    stamp = fresh_until(100_000)
+    assert persist_seconds(100_000, stamp) == PERSIST_SECONDS
+    assert 100_000 - stamp >= PERSIST_SECONDS + 60  # a network file system's clock may lag

@@ -275,3 +275,64 @@ def test_openssh_form_script_builds_the_subsystem(tmp_path: Path, host: str, sub
     argv = log.read_text().split("\0")[:-1]
     assert argv[-4:] == ["alice", "-s", "proxy.example.com", subsystem]
     assert argv[argv.index("-p") + 1] == "3023"
+
+
+#: A fixed "now" for the fake `date` in the reuse script's tests.
+NOW = 2_000_000_000
+
+
+@pytest.mark.parametrize("case", ["fresh", "old stamp", "expired", "unwritable", "odd validity"])
+def test_openssh_reuse_script_decides_from_the_tag(
+    tmp_path: Path, request: pytest.FixtureRequest, case: str
+) -> None:
+    """The reuse hop, run by sh as ssh runs it, with fake ``ssh`` and ``date`` logging their argv.
+
+    A tag stamped by tsh (mtime: tsh._openssh.reuse.fresh_until) spares `date`;
+    without the stamp (a tag written by an older tsh), `date` caps the persist.
+    """
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from tsh._openssh.reuse import PERSIST_SECONDS, fresh_until
+
+    mux = Path(tempfile.mkdtemp(prefix="mux", dir="/tmp"))  # short: a socket path must fit
+    request.addfinalizer(lambda: shutil.rmtree(mux))
+    prefix, tag = mux / "0123456789abcdef", tmp_path / "reuse"
+    valid = {"fresh": int(time.time()) + 86400, "old stamp": NOW + 42, "expired": NOW - 1}
+    tag.write_text(f"{valid.get(case, '12x')} {prefix}\n")
+    if case == "fresh":
+        stamp = fresh_until(valid[case])
+        os.utime(tag, (stamp, stamp))
+    if case == "unwritable":
+        (mux / "0123456789abcdef-alice.now").mkdir()  # (root writes anywhere, but not that)
+    text = render(dataclasses.replace(BASE, clusters=("root",), proxy_command="openssh",
+                                      reuse_tag=str(tag)))  # fmt: skip
+    command = next(ln for ln in text.splitlines() if "ProxyCommand" in ln).split("ProxyCommand ", 1)[1]
+    tokens = {"r": "alice", "h": "node1.root", "p": "22", "%": "%"}
+    line = re.sub(r"%(.)", lambda m: tokens[m.group(1)], command)
+    log = tmp_path / "calls"
+    (tmp_path / "ssh").write_text('#!/bin/sh\n{ printf "ssh"; printf " %s" "$@"; echo; } >> "$LOG"\n')
+    (tmp_path / "date").write_text(f'#!/bin/sh\necho date >> "$LOG"\necho {NOW}\n')
+    for fake in ("ssh", "date"):
+        (tmp_path / fake).chmod(0o755)
+    subprocess.run(["/bin/sh", "-c", f"exec {line}"], check=True, timeout=10,
+                   env={"PATH": f"{tmp_path}:/usr/bin:/bin", "LOG": str(log)})  # fmt: skip
+    calls = log.read_text().splitlines()
+    hop = calls[-1].split()
+    socket = f"{prefix}-alice"
+    if case in ("fresh", "old stamp"):
+        assert hop[hop.index("-S") + 1] == socket
+        persist = {"fresh": PERSIST_SECONDS, "old stamp": 42}[case]
+        assert f"-oControlPersist={persist}" in hop
+        assert ("date" in calls) == (case == "old stamp")
+        assert (mux / "0123456789abcdef-alice.lock").read_text().strip().isdigit()
+    else:
+        assert "-S" not in hop and not any("ControlPersist" in w for w in hop)
+        assert (mux / "0123456789abcdef-alice.lock").exists() is False
+    if case == "expired":  # the master, if any, is told to exit
+        assert calls[:-1] == ["date", f"ssh -S {socket} -O exit _"]
+    if case in ("unwritable", "odd validity"):
+        assert calls == [calls[-1]]  # neither `date` nor a word to a master

@@ -201,8 +201,15 @@ _OPENSSH_HOP_SCRIPT = (
 #: and the hop runs with "ControlMaster auto" and ControlPersist at most the
 #: certificate's remaining validity: it rides the master listening there, or
 #: (none, or a dead one's socket, which OpenSSH unlinks) logs in and becomes
-#: the master itself, which then forks to the background. Hops that find no
-#: socket first take a lock file holding the shell's pid (a dead holder's lock
+#: the master itself, which then forks to the background. The remaining
+#: validity comes from `date` only in a certificate's last quarter hour: until
+#: then the tag file's mtime (tsh._openssh.reuse.fresh_until) is newer than
+#: the "<socket>.now" file the hop has just written (a hop that cannot write
+#: it goes alone: it could not take the lock either; written by `true`, as a
+#: failed redirection on the special built-in `:` ends the shell). Hops that find no
+#: socket first take a lock file holding the shell's pid (``set -C``: created
+#: only if it does not exist, with no subshell: a failed redirection does not
+#: end the shell for a regular built-in like echo; a dead holder's lock
 #: is removed; a zombie counts as dead: `kill -0` succeeds on one, and where
 #: no init reaps them, in some containers, a stale lock would hold every cold
 #: start for 15 s; its state is read from /proc with `read`, or where there is
@@ -213,16 +220,18 @@ _OPENSSH_REUSE_SCRIPT = (
     'h=${2%%."$7"}; h=${h%%."$8"}; case $h in *:*) h="[$h]";; esac; c=; p=0; '
     'if [ -n "${12}" ] && read -r v c < "${12}"; then '
     'case $c in /*) ;; *) c=;; esac; case $1 in ""|*[/%%$]*) c=;; esac; '
-    '[ -n "$c" ] && c="$c-$1"; n=$(date +%%s); '
+    '[ "$v" -ge 0 ] || c=; [ -n "$c" ] && c="$c-$1"; '
     'if [ -z "$c" ] || [ ${#c} -gt MAX_PATH ]; then c=; '
-    'elif [ "$v" -gt "$n" ]; then p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; l=$c.lock; i=0; '
+    'elif true > "$c.now"; then if [ "${12}" -nt "$c.now" ]; then p=PERSIST; '
+    'else n=$(date +%%s); p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; fi; else c=; fi; '
+    'if [ $p -le 0 ]; then [ -n "$c" ] && ssh -S "$c" -O exit _; c=; '
+    'else l=$c.lock; i=0; set -C; '
     'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
-    '(set -C; echo $$ > "$l") && break; '
+    'echo $$ > "$l" && break; '
     'read -r o < "$l" && [ -n "$o" ] && { kill -0 "$o" && { read -r _ _ s _ < "/proc/$o/stat" '
     '|| s=$(ps -o stat= -p "$o"); case $s in Z*) false;; esac; } '
     '|| { rm -f "$l"; continue; }; }; '
-    "sleep 0.05; done; "
-    'else [ "$v" -le "$n" ] && ssh -S "$c" -O exit _; c=; fi; fi </dev/null >/dev/null 2>&1; '
+    "sleep 0.05; done; fi; fi </dev/null >/dev/null 2>&1; "
     "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
     '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
     '${c:+-S} ${c:+"$c"} ${c:+-oControlMaster=auto} ${c:+-oControlPersist=$p} '

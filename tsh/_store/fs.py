@@ -127,8 +127,8 @@ class StagedFiles:
     def __init__(self) -> None:
         self._staged: list[tuple[str, Path]] = []
 
-    def stage(self, path: Path, data: bytes | str, mode: int = 0o600) -> None:
-        """Write ``data`` (fsynced, ``mode``) to a temporary file beside ``path``."""
+    def stage(self, path: Path, data: bytes | str, mode: int = 0o600, mtime: int | None = None) -> None:
+        """Write ``data`` (fsynced, ``mode``; ``mtime`` if given) to a temporary file beside ``path``."""
         if isinstance(data, str):
             data = data.encode()
         _refuse_symlink(path)
@@ -140,6 +140,8 @@ class StagedFiles:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if mtime is not None:
+                os.utime(f.fileno(), (mtime, mtime))
             os.fsync(f.fileno())
 
     def commit(self) -> None:

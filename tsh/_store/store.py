@@ -239,6 +239,7 @@ class ProfileStore:
     ) -> None:
         """save_login's staging and commit, with the lock held and the directories made."""
         from .._core.knownhosts import merge_known_hosts
+        from .._openssh.reuse import fresh_until
 
         try:
             known_hosts = _fs.read_text(paths.known_hosts)
@@ -256,7 +257,7 @@ class ProfileStore:
             for name in dict.fromkeys((profile.cluster, profile.root_cluster)):
                 staged.stage(paths.ssh_cert(name), files.ssh_cert)
             if reuse_tag is not None:
-                staged.stage(paths.reuse_tag, reuse_tag)
+                staged.stage(paths.reuse_tag, reuse_tag, mtime=fresh_until(profile.valid_before))
             for signer in files.host_signers:
                 if signer.tls_certs:
                     staged.stage(paths.tls_ca(signer.domain_name), "".join(signer.tls_certs))
