@@ -3,6 +3,12 @@
 ``launch_cluster`` runs ``python -m tests.cluster start``, waits for the one
 JSON readiness line and returns a :class:`Cluster`; ``Cluster.stop`` sends
 SIGTERM. ``run_cluster_cli`` runs the admin CLI in this process.
+
+Each cluster gets a temporary directory of its own as ``TMPDIR`` (short: the
+SSH proxy's forwarded-agent sockets, asyncssh's ``asyncssh-*/agent``, are
+made there and a socket's name has room for 104 bytes), removed once the
+process is gone, however it ended: a cluster killed with connections open
+leaves none of them in /tmp.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import selectors
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +76,7 @@ class Cluster:
     log_path: Path
     proc: subprocess.Popen[str] = field(repr=False)
     info: dict[str, object] = field(default_factory=dict, repr=False)
+    tmp_dir: Path | None = field(default=None, repr=False)
 
     @property
     def web_url(self) -> str:
@@ -122,6 +132,8 @@ class Cluster:
         stop_process(self.proc, 10)
         if self.proc.stdout:
             self.proc.stdout.close()
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -136,6 +148,7 @@ def launch_cluster(
     """Start a cluster subprocess and wait for its JSON readiness line."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}-cluster.log"
+    tmp_dir = Path(tempfile.mkdtemp(prefix="tc-"))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [
@@ -147,6 +160,7 @@ def launch_cluster(
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             text=True, cwd=REPO_ROOT, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(tmp_dir)},
         )
     assert proc.stdout is not None
     line = ""
@@ -158,6 +172,7 @@ def launch_cluster(
         proc.kill()
         proc.wait()
         proc.stdout.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         raise RuntimeError(
             f"test cluster did not start (exit {proc.returncode}):\n"
             f"{log_path.read_text(errors='replace')[-3000:]}"
@@ -175,6 +190,7 @@ def launch_cluster(
         log_path=log_path,
         proc=proc,
         info=info,
+        tmp_dir=tmp_dir,
     )
 
 
