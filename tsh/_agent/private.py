@@ -376,6 +376,16 @@ class AgentGate:
         except OSError:
             return None
 
+    def wait_replaced(self, timeout: float, going: Callable[[], bool] = lambda: True) -> bool:
+        """Wait up to ``timeout`` seconds, while ``going()``, for the agent to take the
+        gate's place; False if it did not (or nothing is at :attr:`path` any more)."""
+        deadline = time.monotonic() + timeout
+        while (in_place := self.replaced()) is False:
+            if not going() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return bool(in_place)
+
     def serve(self, timeout: float, wanted: Callable[[], None]) -> None:
         """Answer connections from now on (daemon threads): each calls ``wanted``
         (the agent is needed), waits up to ``timeout`` seconds for the agent to
@@ -389,10 +399,7 @@ class AgentGate:
 
         def relay(conn: socket.socket) -> None:
             wanted()
-            deadline = time.monotonic() + timeout
-            while (in_place := self.replaced()) is False and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if in_place:
+            if self.wait_replaced(timeout):
                 _relay_to(conn, self.path)
             else:
                 conn.close()  # the proxy sees a failed agent request

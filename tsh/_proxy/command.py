@@ -254,10 +254,8 @@ def _explained(error: SSHError, store: ProfileStore, profile: Profile) -> SSHErr
 
 
 def _detach(*fds: int) -> None:
-    """Let go of our stdio (to /dev/null) and ignore the hang-up that ssh sends as it
-    ends: what is left to do (tsh._proxy.mux.Master.finish) is nobody's wait."""
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    """Let go of our stdio (to /dev/null): what is left to do (tsh._proxy.mux.Master.finish)
+    is nobody's wait. (The hang-up ssh sends as it ends: the disarmed guard ignores it.)"""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in fds:
         try:

@@ -275,13 +275,9 @@ class _Agent:
             os.close(go)
 
     def wait_in_place(self, timeout: float) -> bool:
-        """Wait until the loaded agent is at :attr:`sock`; False if it never will be."""
-        deadline = time.monotonic() + timeout
-        while (in_place := self.gate.replaced()) is not True:
-            if in_place is None or not self._guard_runs() or time.monotonic() > deadline:
-                return False  # the guard gave up (and stopped the agent), or hangs
-            time.sleep(0.001)
-        return True
+        """Wait until the loaded agent is at :attr:`sock`; False if it never will be
+        (the guard gave up, and stopped the agent, or hangs)."""
+        return self.gate.wait_replaced(timeout, self._guard_runs)
 
     def _guard_runs(self) -> bool:
         try:
