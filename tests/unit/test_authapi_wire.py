@@ -213,3 +213,35 @@ def test_an_auth_stream_that_ends_reports_what_the_proxy_said(tmp_path) -> None:
                                   "failed connecting to the auth server: connection refused")  # fmt: skip
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("ending", ["eof-and-close", "close"])
+def test_a_proxy_that_ends_the_stream_before_the_bridge_has_a_writer_still_ends_it(ending: str) -> None:
+    """The proxy can refuse (stderr, EOF, close) while the socketpair is still being set up:
+    the socket's peer must still see the end, not wait for the call's 30 s timeout
+    (it did, intermittently, for an unknown cluster)."""
+    import asyncio
+    import socket
+
+    from tsh._asyncssh import asyncssh
+    from tsh._authapi.stream import _Bridge
+
+    async def main() -> bytes:
+        bridge = _Bridge()
+        bridge.data_received(b"unknown cluster \"ghost\"\n", asyncssh.EXTENDED_DATA_STDERR)
+        bridge.data_received(b"early", None)
+        if ending == "eof-and-close":
+            bridge.eof_received()
+        bridge.connection_lost(None)
+        ours, theirs = socket.socketpair()
+        _, writer = await asyncio.open_connection(sock=ours)
+        bridge.attach(writer)
+        theirs.setblocking(False)
+        loop = asyncio.get_running_loop()
+        got = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(theirs, 100), 5):
+            got += chunk
+        theirs.close()
+        return got
+
+    assert asyncio.run(main()) == b"early"

@@ -51,12 +51,29 @@ class _Bridge(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.writer: asyncio.StreamWriter | None = None
         self.pending: list[bytes] = []
         self.stderr = bytearray()
+        self.eof = False  # the proxy's EOF, kept for a writer attached later
         self.closed = asyncio.Event()
         self.can_write = asyncio.Event()  # the channel's window is open (asyncssh's flow control)
         self.can_write.set()
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
+
+    def attach(self, writer: asyncio.StreamWriter) -> None:
+        """Start writing to our end of the socketpair: what came before, then as it comes.
+
+        The proxy may answer (a refusal on stderr, then EOF and close) before
+        there is a writer: its EOF and close must reach the socket too, or the
+        TLS handshake on it waits for bytes that never come.
+        """
+        self.writer = writer
+        for data in self.pending:
+            writer.write(data)
+        self.pending.clear()
+        if self.eof and writer.can_write_eof():
+            writer.write_eof()
+        if self.closed.is_set():
+            writer.close()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
@@ -84,6 +101,7 @@ class _Bridge(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.can_write.set()
 
     def eof_received(self) -> bool:
+        self.eof = True
         if self.writer is not None and self.writer.can_write_eof():
             self.writer.write_eof()
         return False
@@ -119,10 +137,7 @@ async def subsystem_stream(conn: asyncssh.SSHClientConnection, subsystem: str) -
         raise AuthStreamError(said or f"the proxy refused {subsystem}: {e}") from None
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=ours)
-    bridge.writer = writer
-    for data in bridge.pending:
-        writer.write(data)
-    bridge.pending.clear()
+    bridge.attach(writer)
     task = asyncio.ensure_future(_pump(reader, chan, bridge))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
