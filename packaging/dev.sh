@@ -41,7 +41,10 @@ case "${1:-}" in
         make_venv
         .venv/bin/ruff check tsh tests benchmarks packaging
         .venv/bin/mypy --strict tsh
-        exec .venv/bin/python -m pytest "$@"
+        # Whole modules per worker (--dist loadfile): their clusters and nodes
+        # are module fixtures. At most 4 workers: the suite's busiest tests run
+        # a hundred ssh at once.
+        exec .venv/bin/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile "$@"
         ;;
     demo)
         shift

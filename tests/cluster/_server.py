@@ -49,7 +49,9 @@ async def serve(
         cert_path, key_path = authority.https_identity(state.proxy_dir)
 
     api = WebAPI(state, authority, config)
-    runner = web.AppRunner(make_app(api), access_log=None)
+    # Upgraded connections (WebSocket tunnels of long-lived hop masters) are
+    # handlers that never end by themselves: give them 1 s at a stop, not 60.
+    runner = web.AppRunner(make_app(api), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     listener = None
     try:

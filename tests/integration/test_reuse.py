@@ -7,6 +7,7 @@ logs each proxy authentication, so tests count them) and real sshd nodes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -316,8 +317,6 @@ def _agents(me: LoggedIn) -> set[Path]:
 
 def _guard_of(agent_sock: Path) -> int:
     """The pid of the guard shell of the master's agent at ``agent_sock``."""
-    import re
-
     r = subprocess.run(["pgrep", "-f", f"^sh -c .* tsh-agent-guard .* {re.escape(str(agent_sock))} "],
                        capture_output=True, text=True, check=False)
     (pid,) = r.stdout.split()
@@ -452,7 +451,8 @@ def test_a_new_masters_agent_is_set_up_even_if_tsh_is_killed(cluster, node, tmp_
         while not _sockets(me):  # the master is up
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.02)
-        (hop,) = subprocess.run(["pgrep", "-f", f"tsh proxy ssh .*{node.name}"], capture_output=True,
+        hop_argv = f"tsh proxy ssh .*--proxy={re.escape(cluster.web_addr)} .*{node.name}"
+        (hop,) = subprocess.run(["pgrep", "-f", hop_argv], capture_output=True,
                                 text=True, check=False).stdout.split()
         os.kill(int(hop), signal.SIGKILL)
         first.wait(10)

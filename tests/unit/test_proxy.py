@@ -109,13 +109,20 @@ def test_pump_copies_where_splice_cannot() -> None:
     assert _through_pump(_socket_pair(), _socket_pair(), DATA) == DATA
 
 
-def test_private_dir_is_new_and_private(tmp_path, monkeypatch) -> None:
+def test_private_dir_is_new_and_private(monkeypatch) -> None:
+    import shutil
+    import tempfile
+
     from tsh._agent.private import _private_dir
 
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    a, b = _private_dir("tsh-agent-"), _private_dir("tsh-agent-")
-    assert a != b and os.path.dirname(a) == str(tmp_path)
-    assert os.stat(a).st_mode & 0o777 == 0o700
+    short = tempfile.mkdtemp(prefix="pd-")  # a TMPDIR short enough for sockets (<= 64)
+    try:
+        monkeypatch.setenv("TMPDIR", short)
+        a, b = _private_dir("tsh-agent-"), _private_dir("tsh-agent-")
+        assert a != b and os.path.dirname(a) == short
+        assert os.stat(a).st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(short)
 
 
 def test_private_dir_avoids_a_tmpdir_openssh_would_expand(tmp_path, monkeypatch) -> None:
