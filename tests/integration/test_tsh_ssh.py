@@ -342,3 +342,26 @@ def test_proxy_refusal_is_the_last_thing_said(cluster, ssh_user, ssh_agent, hop)
     lines = r.stderr.splitlines()
     assert "no-such-node" in lines[-1] and "Connection closed" not in lines[-1], lines
     assert any("Connection closed" in ln for ln in lines[:-1]), lines
+
+
+@pytest.mark.parametrize("hop", ["openssh", "tsh-proxy-ssh"])
+def test_no_port_reaches_the_node_at_its_registered_port(cluster, node, ssh_user, ssh_agent, hop,
+                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without --port the proxy is asked for port 0 and dials the node where it registered
+    (this node's sshd is on a random port, not 3022 or 22), as with real tsh."""
+    if hop == "openssh":
+        env = env_for(cluster, ssh_agent.sock)
+        assert login(cluster, ssh_user, env).returncode == 0
+    else:
+        env = env_for(cluster)
+        assert login(cluster, ssh_user, env, "--add-keys-to-agent=no").returncode == 0
+    assert node.port not in (22, 3022)
+    r = run_tsh("ssh", f"{LOGIN}@{node.name}", "echo registered", env=env)
+    assert (r.returncode, r.stdout) == (0, "registered\n"), r.stderr
+    (tmp_path / "f").write_text("copied")
+    r = run_tsh("scp", str(tmp_path / "f"), f"{LOGIN}@{node.name}:{tmp_path}/g", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g").read_text() == "copied"
+    # A port that is not the registered one is refused by the proxy, by name.
+    r = run_tsh("ssh", "--port=1", f"{LOGIN}@{node.name}", "true", env=env)
+    assert r.returncode == 255

@@ -78,6 +78,8 @@ def test_host_cert(ca, key: str) -> None:  # type: ignore[no-untyped-def]
         (NOW + CLOCK_SKEW - 5, NOW + 3600, True),  # starts within the skew
         (NOW + CLOCK_SKEW + 5, NOW + 3600, False),  # starts later: our clock is behind
     ],
+    # Names, not the times: each pytest-xdist worker collects at its own NOW.
+    ids=["expired-beyond-skew", "expired-within-skew", "starts-within-skew", "starts-later"],
 )
 def test_validity_window(ca, key: str, after: int, before: int, ok: bool) -> None:  # type: ignore[no-untyped-def]
     cert = sign_user_cert(ca, key, "alice", ["root"], after, before)

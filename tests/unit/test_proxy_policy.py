@@ -136,6 +136,7 @@ def test_backoff_default_jitter_is_within_bounds() -> None:
         ("[::1]:22", Target(None, "::1", "22")),
         ("[fe80::1]:", Target(None, "fe80::1", "")),
         ("root@node1:65535", Target("root", "node1", "65535")),
+        ("root@node1:0", Target("root", "node1", "0")),  # the registered port (tsh ssh, no --port)
     ],
 )
 def test_parse_target(text: str, target: Target) -> None:
@@ -144,8 +145,8 @@ def test_parse_target(text: str, target: Target) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["node1", ":22", "root@:22", "node1:0", "node1:x", "node1:70000", "node1:-1", "node1: 22",
-     "[::1]", "[::1]22", "[]:22", "[::1"],
+    ["node1", ":22", "root@:22", "node1:x", "node1:70000", "node1:-1", "node1: 22", "node1:\u00b2",
+     "node1:\u0663", "[::1]", "[::1]22", "[]:22", "[::1"],
 )  # fmt: skip
 def test_parse_target_refuses(bad: str) -> None:
     with pytest.raises(UsageError):

@@ -59,8 +59,10 @@ def test_fqdn_destination_is_not_suffixed_twice(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(), "node1.example.com")
     cfg = ssh_G(*argv[1:])
     assert cfg["hostkeyalias"] == "node1.example.com"
-    assert cfg["port"] == "3022"
-    assert shlex.split(cfg["proxycommand"])[-1] == "proxy:node1:%p@example.com"
+    # No port given: no -p, and the proxy is asked for port 0 (the node's registered
+    # one, whatever it is), as real tsh asks; %p could not carry it (ssh refuses -p 0).
+    assert "-p" not in argv
+    assert shlex.split(cfg["proxycommand"])[-1] == "proxy:node1:0@example.com"
 
 
 def test_flags_pass_through_and_user_options_win(paths, ssh_G):
@@ -101,7 +103,7 @@ def test_leaf_cluster(paths, ssh_G):
     argv = ssh_argv(PROFILE, paths, SSHRequest(cluster="leaf"), "node2")
     cfg = ssh_G(*argv[1:])
     assert cfg["hostkeyalias"] == "node2.leaf"
-    assert shlex.split(cfg["proxycommand"])[-1] == "proxy:node2:%p@leaf"
+    assert shlex.split(cfg["proxycommand"])[-1] == "proxy:node2:0@leaf"
 
 
 @pytest.mark.parametrize(
@@ -180,9 +182,11 @@ def test_via_tsh_uses_tsh_proxy_ssh(paths, ssh_G):
     cfg = ssh_G(*argv[1:])
     assert shlex.split(cfg["proxycommand"]) == [
         "/opt/tsh dir/tsh", "proxy", "ssh", "--cluster=example.com",
-        "--proxy=proxy.example.com:3080", "%r@%h:%p",
+        "--proxy=proxy.example.com:3080", "%r@%h:0",
     ]  # fmt: skip
     assert cfg["hostkeyalias"] == "node1.example.com"
+    argv = ssh_argv(PROFILE, paths, SSHRequest(port=22), "node1", via_tsh=("/opt/tsh dir/tsh",))
+    assert shlex.split(ssh_G(*argv[1:])["proxycommand"])[-1] == "%r@%h:%p"
 
 
 def test_via_tsh_refuses_an_unsafe_executable(paths):

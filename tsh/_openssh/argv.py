@@ -10,7 +10,8 @@ stays in the data path. What they hand OpenSSH:
 - the profile's key and certificate (``IdentitiesOnly`` with the public key
   when the private key lives only in the agent, ``-k only``);
 - a ProxyCommand that is plain OpenSSH again: ``ssh -s`` to the proxy's SSH
-  port opening ``proxy:<host>:%p@<cluster>``, with the agent forwarded to the
+  port opening ``proxy:<host>:%p@<cluster>`` (port ``0`` when none is given:
+  the node's registered port, as for real tsh), with the agent forwarded to the
   proxy (a recording proxy logs in to the node with it). When the user's agent
   does not hold the profile's certificate, that forwarded agent would be
   useless to a recording proxy, so the caller passes ``via_tsh`` and the
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._core.addr import DEFAULT_NODE_PORT, FALLBACK_WEB_PORT, split_host_port
+from .._core.addr import FALLBACK_WEB_PORT, split_host_port
 from .._core.names import shell_word, validate_cluster_name, validate_host, validate_login
 from .._core.profile import Profile
 from .._exceptions import UsageError
@@ -125,15 +126,19 @@ def _remote_colon(text: str) -> int | None:
     return None
 
 
-def proxy_command(profile: Profile, paths: ProfilePaths, host: str, cluster: str) -> str:
+def proxy_command(
+    profile: Profile, paths: ProfilePaths, host: str, cluster: str, registered_port: bool = False
+) -> str:
     """The ProxyCommand line reaching ``host`` through the proxy's ``proxy:`` subsystem.
 
     ``%r`` (the node login) and ``%p`` (the node port) are left for OpenSSH to
-    fill in; everything else is literal and shell-quoted.
+    fill in; everything else is literal and shell-quoted. ``registered_port``:
+    port ``0`` instead of ``%p`` (the node's registered port, docs/protocol.md §17.3).
     """
     # OpenSSH expands %r and %p before the user's shell (maybe fish or csh)
     # reads the line; every word, those tokens included, is single-quoted.
-    return " ".join(map(shell_word, proxy_hop_argv(profile, paths, host, cluster)))
+    port = "0" if registered_port else "%p"
+    return " ".join(map(shell_word, proxy_hop_argv(profile, paths, host, cluster, port=port)))
 
 
 #: The environment variable naming the file the hop's messages go to, so that
@@ -151,15 +156,19 @@ def _common(
     via_tsh: Sequence[str],
     hop_errors: bool = False,
     reuse: bool = True,
+    port: int | None = None,
 ) -> list[str]:
     # The cluster (--cluster) ends up in HostKeyAlias and in the ProxyCommand shell line.
     validate_cluster_name(cluster)
     alias = host if host.lower().endswith("." + cluster.lower()) else f"{host}.{cluster}"
+    # No port: the ProxyCommand asks for port 0, the node's registered port, as
+    # real tsh does (OpenSSH refuses `-p 0`, so it cannot come through %p).
+    registered = port is None
     if via_tsh:
         proxy_host, proxy_port = split_host_port(profile.web_proxy_addr, FALLBACK_WEB_PORT)
-        command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port, reuse)
+        command = tsh_proxy_command(via_tsh, cluster, proxy_host, proxy_port, reuse, registered)
     else:
-        command = proxy_command(profile, paths, host, cluster)
+        command = proxy_command(profile, paths, host, cluster, registered)
         if hop_errors:  # `tsh proxy ssh` reads $TSH_HOP_ERRORS itself
             command = " ".join([*map(shell_word, _HOP_ERRORS_WRAPPER), command])
     return [
@@ -198,8 +207,9 @@ def ssh_argv(
     argv = [ssh]
     for option in request.options:
         argv += ["-o", option]
-    argv += _common(profile, paths, host, cluster, via_tsh, hop_errors, reuse)
-    argv += ["-p", str(request.port or DEFAULT_NODE_PORT)]
+    argv += _common(profile, paths, host, cluster, via_tsh, hop_errors, reuse, request.port)
+    if request.port is not None:
+        argv += ["-p", str(request.port)]
     if login:
         argv += ["-l", login]
     argv.append("-A" if request.forward_agent else "-a")
@@ -260,6 +270,8 @@ def scp_argv(
         argv.append("-r")
     if preserve:
         argv.append("-p")
-    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh, hop_errors, reuse)
-    argv += ["-P", str(port or DEFAULT_NODE_PORT), "--", *args]
+    argv += _common(profile, paths, host, cluster or profile.cluster, via_tsh, hop_errors, reuse, port)
+    if port is not None:
+        argv += ["-P", str(port)]
+    argv += ["--", *args]
     return argv

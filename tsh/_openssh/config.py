@@ -158,11 +158,14 @@ def _executable_words(executable: Sequence[str]) -> list[str]:
 
 
 def tsh_proxy_command(
-    executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int, reuse: bool = True
+    executable: Sequence[str], cluster: str, proxy_host: str, proxy_port: int, reuse: bool = True,
+    registered_port: bool = False,
 ) -> str:
     """``'<tsh>' proxy ssh --cluster='C' --proxy='HOST:PORT' '%r@%h:%p'``.
 
     ``reuse`` False adds ``--no-reuse`` (every hop logs in to the proxy itself).
+    ``registered_port``: the target's port is ``0`` instead of ``%p``: the proxy
+    dials the node's registered port, as for real tsh without ``--port``.
 
     ``executable`` is how to start tsh (see SSHConfigParams). OpenSSH hands
     this line to the user's shell, so every word is validated and then
@@ -178,7 +181,7 @@ def tsh_proxy_command(
     no_reuse = "" if reuse else "--no-reuse "
     return (
         f"{exe} proxy ssh --cluster={shell_word(cluster)} --proxy={shell_word(proxy)} "
-        f"{no_reuse}{shell_word('%r@%h:%p')}"
+        f"{no_reuse}{shell_word('%r@%h:0' if registered_port else '%r@%h:%p')}"
     )
 
 

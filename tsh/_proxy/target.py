@@ -19,7 +19,8 @@ class Target(namedtuple("_TargetFields", ["login", "host", "port"])):
 def parse_target(text: str) -> Target:
     """Parse ``[USER@]HOST:PORT`` (the ``%r@%h:%p`` of ssh_config).
 
-    The port may be empty (``host:``), which the proxy reads as its default.
+    The port may be empty (``host:``) or ``0``, which the proxy reads as the
+    node's registered port (`tsh ssh` without ``--port`` asks for ``0``).
 
     Raises:
         UsageError: no ``:PORT`` part, or a bad login, host or port.
@@ -37,6 +38,6 @@ def parse_target(text: str) -> Target:
             port = None
     if port is None or not host:
         raise UsageError(f"invalid target {text!r}: expected [USER@]HOST:PORT")
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
+    if port and not (port.isascii() and port.isdigit() and int(port) < 65536):
         raise UsageError(f"invalid port {port!r} in {text!r}")
     return Target(login, validate_host(host, "node host"), port)
