@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_identit
 
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.integration._leaves import seed_leaf
-from tests.integration._tsh import env_for, login
+from tests.integration._tsh import agent_lines, env_for, login
 from tests.integration._tsh import run_tsh as tsh
 from tsh._store.store import ProfileStore
 
@@ -97,6 +97,36 @@ def test_login_leaf_reissues_without_a_password(root: Cluster, env: dict[str, st
                    if line.startswith("leaf-a.test")]  # fmt: skip
     back = tsh("login", "root.test", env=env)
     assert back.returncode == 0 and store.current().cluster == "root.test"  # type: ignore[union-attr]
+
+
+def test_login_leaf_loads_its_certificate_into_the_agent(root: Cluster, openssh, ssh_agent) -> None:  # type: ignore[no-untyped-def]
+    """As real tsh (LocalKeyAgent.AddKey on reissue): the leaf's certificate joins the
+    root's in the agent, each under its cluster's comment; -k no leaves the agent alone;
+    logout takes both."""
+    env = env_for(root, ssh_agent.sock)
+    assert login(root, "alice", env).returncode == 0
+    host = ProfileStore(env["TELEPORT_HOME"]).current().proxy_host  # type: ignore[union-attr]
+
+    def certs() -> dict[str, bytes]:  # agent comment -> the certificate's route
+        out = {}
+        for line in agent_lines(openssh, ssh_agent.sock):
+            if "-cert-v01@" in line:
+                cert = load_ssh_public_identity(" ".join(line.split()[:2]).encode())
+                out[line.split()[2]] = cert.extensions[b"teleport-route-to-cluster"]
+        return out
+
+    assert certs() == {f"teleport:{host}:root.test:alice": b"root.test"}
+    r = tsh("login", "leaf-a.test", env=env, input="")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" not in r.stderr
+    assert certs() == {f"teleport:{host}:root.test:alice": b"root.test",
+                       f"teleport:{host}:leaf-a.test:alice": b"leaf-a.test"}  # fmt: skip
+    r = tsh("login", "-k", "no", "leaf-b.test", env=env, input="")
+    assert r.returncode == 0, r.stderr
+    assert f"teleport:{host}:leaf-b.test:alice" not in certs()
+    r = tsh("logout", env=env)
+    assert r.returncode == 0, r.stderr
+    assert certs() == {}
 
 
 def test_login_leaf_from_the_environment(env: dict[str, str]) -> None:

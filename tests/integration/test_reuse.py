@@ -506,15 +506,24 @@ def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_p
         assert len(found) == 2  # one per form
         return found
 
+    def hop_files() -> set[str]:  # the hops' start-up locks and "now" stamps
+        mux = me.home / "mux"
+        return {p.name for p in mux.iterdir() if p.name.endswith((".lock", ".now"))} if mux.is_dir() else set()
+
     first = masters()
+    old_files = hop_files()
+    assert {n.rsplit(".", 1)[1] for n in old_files} == {"lock", "now"}  # (both forms' kinds)
     r = login(cluster, "reuser", env)  # a new certificate
     assert r.returncode == 0, r.stderr
     assert all(_wait_gone(pid) for pid in first.values())
+    assert not hop_files()  # the old certificate's went with its masters
     second = masters()
     assert set(second).isdisjoint(first)  # the new certificate's own masters
+    assert hop_files() and hop_files().isdisjoint(old_files)
     r = run_tsh("logout", env=env)
     assert r.returncode == 0, r.stderr
     assert all(_wait_gone(pid) for pid in second.values())
+    assert not hop_files()
 
 
 # --------------------------------------------------------------------------- tsh ssh, tsh scp

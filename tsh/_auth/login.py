@@ -300,7 +300,7 @@ def _save(
     profile: Profile,
     keys: _Keys,
     response: LoginResponse,
-    mode: str,
+    mode: AgentMode,
     environ: Mapping[str, str],
     warnings: list[TshWarning],
     now: float,
@@ -346,26 +346,36 @@ def _save(
                 TshWarning("agent-failed", f"{e}; the previous key stays until it expires")
             )
     if mode in ("auto", "yes"):
-        if mode == "auto" and not sock:
-            return
-        if not sock:
-            warnings.append(
-                TshWarning(
-                    "no-agent",
-                    "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
-                    "the certificate was not loaded into an agent",
-                )
+        load_key(mode, sock, keys.ssh_private, response.cert, comment, profile.valid_before, now,
+                 warnings)  # fmt: skip
+
+
+def load_key(
+    mode: AgentMode, sock: str, private_key_pem: str, cert: str, comment: str, valid_before: int,
+    now: float, warnings: list[TshWarning],
+) -> None:  # fmt: skip
+    """Load a key kept on disk and its certificate into the agent at ``sock``, as
+    ``mode`` (``auto``, ``yes``) says; what went wrong becomes a warning, never an error."""
+    from .._agent import agent as _agent
+
+    if mode == "auto" and not sock:
+        return
+    if not sock:
+        warnings.append(
+            TshWarning(
+                "no-agent",
+                "no ssh-agent is running (SSH_AUTH_SOCK is not set); "
+                "the certificate was not loaded into an agent",
             )
-            return
-        if mode == "auto" and _agent.suspect_agent(sock):
-            warnings.append(GPG_WARNING)
-            return
-        try:
-            _agent.load_into_agent(
-                sock, keys.ssh_private, response.cert, comment, profile.valid_before, now
-            )
-        except AgentError as e:
-            warnings.append(TshWarning("agent-failed", f"{e}; the keys stay on disk"))
+        )
+        return
+    if mode == "auto" and _agent.suspect_agent(sock):
+        warnings.append(GPG_WARNING)
+        return
+    try:
+        _agent.load_into_agent(sock, private_key_pem, cert, comment, valid_before, now)
+    except AgentError as e:
+        warnings.append(TshWarning("agent-failed", f"{e}; the keys stay on disk"))
 
 
 def _place_agent_only_key(

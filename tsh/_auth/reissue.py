@@ -5,6 +5,8 @@ the proxy, tsh._authapi) signs the profile's existing keys again with
 ``RouteToCluster=<cluster>``, expiring with the current login. The SSH
 certificate is filed as ``<user>-ssh/<cluster>-cert.pub`` and the profile's
 selected cluster becomes ``cluster``; the host CAs are refreshed on the way.
+As real tsh's (its LocalKeyAgent.AddKey), the new certificate then goes into
+the ssh-agent with the cluster's comment, beside the root's.
 """
 
 from __future__ import annotations
@@ -13,21 +15,29 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._exceptions import AuthAPIError, NotLoggedInError
+from .._exceptions import AuthAPIError, NotLoggedInError, TshWarning
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .._authapi.client import AuthClient
     from .._connect import ProxyConnection
     from .._core.profile import Profile
     from .._store.store import ProfileStore
+    from .._types import AgentMode
 
 __all__ = ["switch_cluster", "reissue_for_cluster"]
 
 
 def switch_cluster(
-    store: ProfileStore, profile: Profile, cluster: str, clock: Callable[[], float] = time.time
-) -> Profile:
-    """Select ``cluster`` (a leaf, or the root) for ``profile`` without a password; the new profile.
+    store: ProfileStore, profile: Profile, cluster: str, clock: Callable[[], float] = time.time,
+    agent_mode: AgentMode = "no", environ: Mapping[str, str] | None = None,
+) -> tuple[Profile, list[TshWarning]]:
+    """Select ``cluster`` (a leaf, or the root) for ``profile`` without a password.
+
+    Returns the new profile and the warnings of loading its certificate into
+    the agent at ``$SSH_AUTH_SOCK`` (``agent_mode`` ``auto`` or ``yes``; as
+    at login, the agent never makes it fail).
 
     Raises:
         NotLoggedInError: the login expired, or its keys are not on disk;
@@ -49,7 +59,24 @@ def switch_cluster(
         async with AuthClient.for_profile(pc, store.paths_for(profile), profile.root_cluster) as c:
             return await reissue_for_cluster(c, store, profile, cluster, clock())
 
-    return asyncio.run(with_proxy(store, profile, go))
+    new = asyncio.run(with_proxy(store, profile, go))
+    warnings: list[TshWarning] = []
+    if agent_mode in ("auto", "yes"):
+        import os
+
+        from .._agent.agent import agent_comment
+        from .login import load_key
+
+        paths = store.paths_for(new)
+        comment = agent_comment(new.proxy_host, cluster, new.user)
+        sock = (os.environ if environ is None else environ).get("SSH_AUTH_SOCK", "")
+        try:
+            key_pem, cert = paths.private_key.read_text(), paths.ssh_cert(cluster).read_text()
+        except OSError as e:
+            warnings.append(TshWarning("agent-failed", f"cannot read the key for the ssh-agent: {e}"))
+        else:
+            load_key(agent_mode, sock, key_pem, cert, comment, new.valid_before, clock(), warnings)
+    return new, warnings
 
 
 def _public_pem(path: object) -> str:

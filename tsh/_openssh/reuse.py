@@ -129,7 +129,9 @@ def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
     ``command``: ``"stop"`` (a re-login: running sessions finish, no new one
     joins, then the master exits) or ``"exit"`` (logout: the master ends now).
     ``tag``: the certificate's tag file text; None for every master in
-    ``mux_dir``. Returns how many were told.
+    ``mux_dir``. Returns how many were told. The hops' ``.lock`` and ``.now``
+    files of those masters go too: no hop of that certificate comes any more
+    (one already on its way at worst starts a master of its own).
     """
     import subprocess
 
@@ -145,9 +147,17 @@ def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
         return 0
     told = 0
     for name in names:
-        if not name.startswith(prefix) or name.endswith((".agent", ".lock", ".now", ".id", ".id-cert.pub")):
+        if not name.startswith(prefix):
             continue
         path = os.path.join(mux_dir, name)
+        if name.endswith((".lock", ".now")):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            continue
+        if name.endswith((".agent", ".id", ".id-cert.pub")):  # (the agent's guard removes those)
+            continue
         try:
             subprocess.run(["ssh", "-S", path, "-O", command, "_"], capture_output=True,
                            timeout=10, check=False)

@@ -17,6 +17,7 @@ from ._output import print_warnings
 if TYPE_CHECKING:
     from .._auth.authenticators import ByAuthType
     from .._auth.login import LoginResult
+    from .._types import AgentMode
 
 #: What to do about a login warning, in flags (the library's messages name none).
 _HINTS = {
@@ -103,11 +104,11 @@ def _default_proxy() -> str:
     return profile.web_proxy_addr
 
 
-def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
+def _switch_cluster(cluster: str, proxy: str | None, user: str | None, mode: AgentMode) -> bool:
     """`tsh login <cluster>` on a valid login of the same proxy and user: reissue, no password.
 
     Returns False when a full login is needed (no such login, it expired, or
-    it keeps its key in the agent only).
+    it keeps its key in the agent only, or is to: ``-k only``).
     """
     from .._auth.reissue import switch_cluster
     from .._core.status import render_status
@@ -125,10 +126,12 @@ def _switch_cluster(cluster: str, proxy: str | None, user: str | None) -> bool:
         or profile.valid_before <= now
         or (user and user != profile.user)
         or profile.key_storage == "agent"
+        or mode == "only"
     ):
         return False
     if cluster != profile.cluster:
-        profile = switch_cluster(store, profile, cluster)
+        profile, warnings = switch_cluster(store, profile, cluster, agent_mode=mode)
+        print_warnings(login_warnings(warnings, mode))
     sys.stdout.write(render_status([profile], profile.name, time.time()))
     return True
 
@@ -233,7 +236,7 @@ def login(
             file=sys.stderr,
         )
     cluster = cluster_arg or cluster or os.environ.get("TELEPORT_CLUSTER") or None
-    if cluster and _switch_cluster(cluster, proxy, user):
+    if cluster and _switch_cluster(cluster, proxy, user, mode):
         return
     request = LoginRequest(
         proxy=proxy or _default_proxy(),
