@@ -28,7 +28,8 @@ upgrade at most 1.30x and at least 0.75x.
 
 Where the bytes cost: for the no-agent bulk runs, a second table gives the
 CPU seconds per 100 MiB of each side of each row (medians; the ssh client
-tree with its hop and ProxyCommand, the cluster process, the node's sshd;
+tree with its hop and ProxyCommand, and the hop masters and tunnels it rode,
+the cluster process, the node's sshd;
 each run's connection set-up included, so use the default ``--mib``). All
 processes share 2 cores, so throughput follows the total. Measured here
 (profiles with py-spy and perf, docs/protocol.md §18), the TLS rows' extra
@@ -173,6 +174,25 @@ def settle(node: int, ours: set[int], timeout_s: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def hop_daemons_cpu_s() -> dict[int, float]:
+    """CPU seconds of each live hop master (``ssh``) and TLS tunnel, by pid.
+
+    With hop reuse they outlive the ssh that started them: orphans adopted
+    here (adopt_orphans), living on between transfers, so that neither the
+    reaped-children count nor a transfer's own tree sees their CPU.
+    """
+    out = {}
+    for pid in _children(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv[0] == b"ssh" or b"tsh._proxy.tunnel" in argv:
+                out[pid] = proc_cpu_s(pid)
+        except OSError:
+            continue  # gone meanwhile: reaped, and counted, by client_cpu_s
+    return out
+
+
 def client_cpu_s() -> float:
     """CPU seconds of this process's reaped children: ssh with its ProxyCommand tree."""
     while True:  # reap the adopted orphans that have ended (the clusters and nodes run on)
@@ -200,7 +220,10 @@ def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib:
         for form, (cfg, form_dest, form_env) in plan.items():
             pids = (servers or {}).get(form)
             ours = _children(os.getpid())
-            before = (client_cpu_s(), *map(proc_cpu_s, pids)) if pids else ()
+            # The client's share: the transfer's tree (reaped) plus the masters and
+            # tunnels it rode (alive); one that ends meanwhile moves from one to the other.
+            before = (client_cpu_s() + sum(hop_daemons_cpu_s().values()), *map(proc_cpu_s, pids)
+                      ) if pids else ()  # fmt: skip
             t = time.perf_counter()
             proc = subprocess.Popen(ssh_argv(cfg, form_dest, "cat > /dev/null"), env=form_env,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -213,7 +236,7 @@ def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib:
             rates[form].append(mib / (time.perf_counter() - t))
             if pids:
                 settle(pids[1], ours)
-                after = (client_cpu_s(), *map(proc_cpu_s, pids))
+                after = (client_cpu_s() + sum(hop_daemons_cpu_s().values()), *map(proc_cpu_s, pids))
                 client, cluster, node = ((a - b) * 100 / mib for a, b in zip(after, before, strict=True))
                 cpus[form].append((client, cluster, node))
     cpu = {form: (statistics.median(c[0] for c in per_run), statistics.median(c[1] for c in per_run),
