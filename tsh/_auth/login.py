@@ -345,20 +345,18 @@ def _save(
             warnings.append(
                 TshWarning("agent-failed", f"{e}; the previous key stays until it expires")
             )
-    if mode in ("auto", "yes"):
-        load_key(mode, sock, keys.ssh_private, response.cert, comment, profile.valid_before, now,
-                 warnings)  # fmt: skip
+    load_key(mode, sock, keys.ssh_private, response.cert, comment, profile.valid_before, now, warnings)
 
 
 def load_key(
     mode: AgentMode, sock: str, private_key_pem: str, cert: str, comment: str, valid_before: int,
     now: float, warnings: list[TshWarning],
 ) -> None:  # fmt: skip
-    """Load a key kept on disk and its certificate into the agent at ``sock``, as
-    ``mode`` (``auto``, ``yes``) says; what went wrong becomes a warning, never an error."""
+    """Load a key kept on disk and its certificate into the agent at ``sock`` if
+    ``mode`` is ``auto`` or ``yes``; what went wrong becomes a warning, never an error."""
     from .._agent import agent as _agent
 
-    if mode == "auto" and not sock:
+    if mode not in ("auto", "yes") or (mode == "auto" and not sock):
         return
     if not sock:
         warnings.append(

@@ -11,6 +11,7 @@ the ssh-agent with the cluster's comment, beside the root's.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -61,9 +62,7 @@ def switch_cluster(
 
     new = asyncio.run(with_proxy(store, profile, go))
     warnings: list[TshWarning] = []
-    if agent_mode in ("auto", "yes"):
-        import os
-
+    if agent_mode in ("auto", "yes"):  # (else no key to read)
         from .._agent.agent import agent_comment
         from .login import load_key
 
