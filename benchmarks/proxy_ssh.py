@@ -193,6 +193,12 @@ def hop_daemons_cpu_s() -> dict[int, float]:
     return out
 
 
+def client_side_cpu_s() -> float:
+    """The client's share: the transfers' trees (reaped) plus the masters and tunnels
+    they rode (alive); one that ends meanwhile moves from one count to the other."""
+    return client_cpu_s() + sum(hop_daemons_cpu_s().values())
+
+
 def client_cpu_s() -> float:
     """CPU seconds of this process's reaped children: ssh with its ProxyCommand tree."""
     while True:  # reap the adopted orphans that have ended (the clusters and nodes run on)
@@ -220,10 +226,7 @@ def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib:
         for form, (cfg, form_dest, form_env) in plan.items():
             pids = (servers or {}).get(form)
             ours = _children(os.getpid())
-            # The client's share: the transfer's tree (reaped) plus the masters and
-            # tunnels it rode (alive); one that ends meanwhile moves from one to the other.
-            before = (client_cpu_s() + sum(hop_daemons_cpu_s().values()), *map(proc_cpu_s, pids)
-                      ) if pids else ()  # fmt: skip
+            before = (client_side_cpu_s(), *map(proc_cpu_s, pids)) if pids else ()
             t = time.perf_counter()
             proc = subprocess.Popen(ssh_argv(cfg, form_dest, "cat > /dev/null"), env=form_env,
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -236,7 +239,7 @@ def throughput_mib_s(cfgs: dict[str, Path], dest: str, env: dict[str, str], mib:
             rates[form].append(mib / (time.perf_counter() - t))
             if pids:
                 settle(pids[1], ours)
-                after = (client_cpu_s() + sum(hop_daemons_cpu_s().values()), *map(proc_cpu_s, pids))
+                after = (client_side_cpu_s(), *map(proc_cpu_s, pids))
                 client, cluster, node = ((a - b) * 100 / mib for a, b in zip(after, before, strict=True))
                 cpus[form].append((client, cluster, node))
     cpu = {form: (statistics.median(c[0] for c in per_run), statistics.median(c[1] for c in per_run),
