@@ -324,8 +324,9 @@ def _guard_of(agent_sock: Path) -> int:
 
 
 def test_an_old_masters_agent_exiting_leaves_the_new_masters_alone(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Each master forwards its own agent socket: the previous master's guard,
-    which stops its agent up to 10 s after that master ends, removes only its own."""
+    """Each master forwards its own agent socket: the previous master's guard
+    stops its agent within 10 s of that master's end, although a new master
+    listens on the same socket by then, and removes only its own."""
     cluster, node = rec
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
@@ -337,8 +338,7 @@ def test_an_old_masters_agent_exiting_leaves_the_new_masters_alone(rec, tmp_path
     subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True, timeout=10, check=False)
     assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0  # a new master
     (new_agent,) = _agents(me) - {old_agent}
-    os.kill(old_guard, signal.SIGTERM)  # what it does within 10 s
-    assert _wait_gone(old_guard)
+    assert _wait_gone(old_guard, timeout=15)  # its check every 10 s sees another master
     assert not old_agent.exists() and new_agent.is_socket()
     r = _ssh(cfg, dest, "echo", "recorded", env=me.env())  # the recording proxy uses the agent
     assert (r.returncode, r.stdout) == (0, "recorded\n"), r.stderr
@@ -469,6 +469,57 @@ def test_a_new_masters_agent_is_set_up_even_if_tsh_is_killed(cluster, node, tmp_
     before = cluster.proxy_authentications()
     assert _ssh(cfg, dest, "true", env=env).returncode == 0
     assert cluster.proxy_authentications() == before  # it rode the master
+
+
+def test_a_master_that_comes_up_after_tsh_was_killed_keeps_its_agent(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`kill -9` of the first hop's tsh before its ssh has logged in: the master
+    comes up all the same, so the guard, which finds no master yet when it starts,
+    must not take that for the master's end; it stops the agent only once the
+    master it first sees is gone."""
+    import shutil
+
+    me = log_in(cluster, [LOGIN])
+    cfg = _config(tmp_path, me, node.port, "tsh")
+    dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    real = shutil.which("ssh")
+    assert real is not None
+    bin_dir = tmp_path / "slow-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(  # the hop that becomes the master starts a second late
+        f'#!/bin/sh\ncase "$*" in *ControlMaster=yes*) sleep 1;; esac\nexec {real} "$@"\n')
+    (bin_dir / "ssh").chmod(0o755)
+    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    first = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, "true"], env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        hop_argv = f"tsh proxy ssh .*--proxy={re.escape(cluster.web_addr)} .*{node.name}"
+        deadline = time.monotonic() + 20
+        guard_argv = f"^sh -c read -r _; exec ssh-agent .* {re.escape(str(me.home))}/"  # waiting
+        while not (guards := subprocess.run(["pgrep", "-f", guard_argv], capture_output=True,
+                                            text=True, check=False).stdout.split()):  # fmt: skip
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        (hop,) = subprocess.run(["pgrep", "-f", hop_argv], capture_output=True,
+                                text=True, check=False).stdout.split()
+        assert not _sockets(me)  # still sleeping: no master yet
+        os.kill(int(hop), signal.SIGKILL)
+        while not _sockets(me):  # the master comes up without its tsh
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait(10)
+    (guard,) = guards
+    assert not _wait_gone(int(guard), timeout=12)  # past its first check: it keeps the agent
+    (agent,) = _agents(me)
+    r = subprocess.run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": str(agent)}, capture_output=True,
+                       text=True, check=False)
+    assert "-cert-v01@openssh.com" in r.stdout
+    (sock,) = _sockets(me)
+    subprocess.run(["ssh", "-S", str(sock), "-O", "exit", "_"], capture_output=True, timeout=10,
+                   check=False)
+    assert _wait_gone(int(guard), timeout=15)  # and ends with its master
 
 
 def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -209,16 +209,20 @@ def _control(path: str, command: str) -> None:
 #: which runs the second step once it listens (on $2, as $SSH_AUTH_SOCK; pid
 #: $SSH_AGENT_PID): load the key and certificate ($4, and "$4-cert.pub") for $5
 #: seconds, rename $2 to $3 (the socket the master forwards, till then a
-#: gate), then ask the master ($1) every 10 s whether it still runs (a killed
-#: one fails the check too). On its way out it stops the agent and removes
-#: what it named. In its own session, so no terminal signal reaches it;
+#: gate), then ask the master ($1) every 10 s whether it still runs: the same
+#: answer as at once, which names its pid, or, if it was not up yet (tsh died
+#: before), as at the first check (a killed one fails the check; a new master
+#: on the same socket, after ours died, forwards its own agent). On its way
+#: out it stops the agent and removes what it named. In its own session, so
+#: no terminal signal reaches it;
 #: SIGTERM (the hop's master did not come up) stops it at once (``wait`` is
 #: interrupted, ``sleep`` would not be).
 _AGENT_GUARD = (
     """trap 'kill $SSH_AGENT_PID $! 2>/dev/null; rm -f "$2" "$3" "$4" "$4-cert.pub"' EXIT; """
     "trap 'exit' HUP TERM; "
     'ssh-add -q -t "$5" "$4" || exit; rm -f "$4" "$4-cert.pub"; mv -f "$2" "$3" || exit; '
-    'while sleep 10 & wait $!; ssh -S "$1" -O check _ 2>/dev/null; do :; done'
+    'm=$(ssh -S "$1" -O check _ 2>&1) || m=; '
+    'while sleep 10 & wait $!; a=$(ssh -S "$1" -O check _ 2>&1) && [ "${m:=$a}" = "$a" ]; do :; done'
 )
 #: The first step ($0: the second step's script).
 _AGENT_GUARD_WAIT = 'read -r _; exec ssh-agent -a "$2" sh -c "$0" tsh-agent-guard "$@"'
