@@ -539,12 +539,35 @@ def test_no_hop_rides_a_master_whose_agent_failed(rec, tmp_path) -> None:  # typ
 
 
 # --------------------------------------------------------------------------- login, logout
-def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path) -> None:
+def _refusing_user_config(tmp_path: Path) -> str:
+    """PATH with an ``ssh`` that fails each ``-O`` command without ``-F /dev/null``,
+    as OpenSSH does with a user's ssh_config it refuses (``UseKeychain yes``, from
+    a Mac, on Linux without ``IgnoreUnknown``) written after the masters started:
+    the ssh commands that started them had read it fine."""
+    import shutil
+
+    real = shutil.which("ssh")
+    assert real is not None
+    bin_dir = tmp_path / "refusing-bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        '#!/bin/sh\ncase " $* " in *" -O "*) case " $* " in *" -F /dev/null "*) ;; *)\n'
+        'echo "~/.ssh/config: line 1: Bad configuration option: usekeychain" >&2; exit 255;;\n'
+        f'esac;; esac\nexec {real} "$@"\n')  # fmt: skip
+    (bin_dir / "ssh").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize("user_config", ["fine", "refused"])
+def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path, user_config) -> None:  # type: ignore[no-untyped-def]
     from tests.integration._tsh import env_for, login, run_tsh
 
-    cluster.add_user("reuser", [LOGIN])
+    user = f"reuser-{user_config}"
+    cluster.add_user(user, [LOGIN])
     env = env_for(cluster)
-    assert login(cluster, "reuser", env).returncode == 0
+    if user_config == "refused":
+        env["PATH"] = _refusing_user_config(tmp_path)
+    assert login(cluster, user, env).returncode == 0
     store = ProfileStore(env["TELEPORT_HOME"])
     me = LoggedIn(store.home, store.paths_for(store.select(None)))
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
@@ -566,7 +589,7 @@ def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_p
     first = masters()
     old_files = hop_files()
     assert {n.rsplit(".", 1)[1] for n in old_files} == {"lock", "now"}  # (both forms' kinds)
-    r = login(cluster, "reuser", env)  # a new certificate
+    r = login(cluster, user, env)  # a new certificate
     assert r.returncode == 0, r.stderr
     assert all(_wait_gone(pid) for pid in first.values())
     assert not hop_files()  # the old certificate's went with its masters

@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "CONTROL_OPTIONS",
     "CONTROL_PATH_MAX",
     "close_masters",
     "PERSIST_SECONDS",
@@ -61,6 +62,10 @@ CONTROL_PATH_MAX = 103 - 17
 #: Seconds of clock difference tolerated between this host and the file system
 #: that stamps the all-OpenSSH form's "now" file (a network home directory).
 CLOCK_MARGIN_SECONDS = 300
+#: ``ssh -O`` to a master: ``-F /dev/null`` as the hops have (a user's ssh_config
+#: with an option this OpenSSH refuses, or a slow ``Match exec``, must not stop a
+#: logout from closing the masters); then ``-S`` and the control path.
+CONTROL_OPTIONS = ("-F", "/dev/null", "-S")
 #: Name of the tag file in ``keys/<proxy>/<user>-ssh/``.
 TAG_FILE = "reuse"
 #: Hex digits of the tag (64 bits: two certificates never meet by chance).
@@ -159,7 +164,7 @@ def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
         if name.endswith((".agent", ".id", ".id-cert.pub")):  # (the agent's guard removes those)
             continue
         try:
-            subprocess.run(["ssh", "-S", path, "-O", command, "_"], capture_output=True,
+            subprocess.run(["ssh", *CONTROL_OPTIONS, path, "-O", command, "_"], capture_output=True,
                            timeout=10, check=False)
         except (OSError, subprocess.SubprocessError):
             continue

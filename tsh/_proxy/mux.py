@@ -42,7 +42,7 @@ import os
 import time
 
 from .._agent.private import AgentGate
-from .._openssh.reuse import control_path, persist_seconds, read_tag
+from .._openssh.reuse import CONTROL_OPTIONS, control_path, persist_seconds, read_tag
 
 __all__ = ["Master", "master_for"]
 
@@ -194,7 +194,7 @@ def _control(path: str, command: str) -> None:
     """``ssh -S PATH -O COMMAND``, waited for; its output discarded."""
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawnp("ssh", ["ssh", "-S", path, "-O", command, "_"], dict(os.environ),
+        pid = os.posix_spawnp("ssh", ["ssh", *CONTROL_OPTIONS, path, "-O", command, "_"], dict(os.environ),
                               file_actions=[(os.POSIX_SPAWN_DUP2, devnull, n) for n in range(3)])
         os.waitpid(pid, 0)
     except OSError:
@@ -221,8 +221,9 @@ _AGENT_GUARD = (
     """trap 'kill $SSH_AGENT_PID $! 2>/dev/null; rm -f "$2" "$3" "$4" "$4-cert.pub"' EXIT; """
     "trap 'exit' HUP TERM; "
     'ssh-add -q -t "$5" "$4" || exit; rm -f "$4" "$4-cert.pub"; mv -f "$2" "$3" || exit; '
-    'm=$(ssh -S "$1" -O check _ 2>&1) || m=; '
-    'while sleep 10 & wait $!; a=$(ssh -S "$1" -O check _ 2>&1) && [ "${m:=$a}" = "$a" ]; do :; done'
+    'm=$(ssh -F /dev/null -S "$1" -O check _ 2>&1) || m=; '
+    'while sleep 10 & wait $!; a=$(ssh -F /dev/null -S "$1" -O check _ 2>&1) && [ "${m:=$a}" = "$a" ]; '
+    'do :; done'
 )
 #: The first step ($0: the second step's script).
 _AGENT_GUARD_WAIT = 'read -r _; exec ssh-agent -a "$2" sh -c "$0" tsh-agent-guard "$@"'
