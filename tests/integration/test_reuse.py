@@ -255,6 +255,42 @@ def test_a_hundred_parallel_hops_log_in_once(cluster, node, tmp_path) -> None:
     assert len(_sockets(me)) == 1
 
 
+def test_a_master_whose_proxy_went_silent_ends_and_hops_dial_afresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A proxy that stops answering (SIGSTOP here; for a laptop, sleep or another
+    network: packets that vanish) under masters that are up: each master ends
+    within some 20 s (its keep-alive), not after TCP's 15 minutes, and the hops
+    waiting on it dial afresh: the tsh form's by its retry (alone, this once),
+    the openssh form's as OpenSSH does when its master fails it (ControlMaster
+    auto: it becomes the new master)."""
+    cluster = launch_cluster(tmp_path / "silent")
+    node = None
+    try:
+        node = launch_node(cluster, "node1", tmp_path / "silent-node")
+        me = log_in(cluster, [LOGIN])
+        dest = f"{LOGIN}@{node.name}.{cluster.name}"
+        cfgs = {form: _config(tmp_path, me, node.port, form) for form in FORMS}
+        for form in FORMS:
+            assert _ssh(cfgs[form], dest, "true", env=me.env()).returncode == 0
+        masters = [_master_pid(sock) for sock in _sockets(me)]
+        assert len(masters) == 2
+        os.kill(cluster.proc.pid, signal.SIGSTOP)
+        try:
+            riders = {form: subprocess.Popen(
+                ["ssh", "-F", str(cfgs[form]), "-o", "BatchMode=yes", dest, "echo", "again"],
+                env=me.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True) for form in FORMS}  # fmt: skip
+            assert all(_wait_gone(pid, timeout=40) for pid in masters)
+        finally:
+            os.kill(cluster.proc.pid, signal.SIGCONT)
+        for rider in riders.values():
+            out, err = rider.communicate(timeout=60)
+            assert (rider.returncode, out) == (0, "again\n"), err
+    finally:
+        if node is not None:
+            node.stop()
+        cluster.stop()
+
+
 # --------------------------------------------------------------------------- recording proxy
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from .._core.names import (
 from .._exceptions import UsageError
 from .._proxy.dial import command_line, openssl_words
 from .hop import HOP_OPTIONS
-from .reuse import CONTROL_PATH_MAX, PERSIST_SECONDS
+from .reuse import CONTROL_PATH_MAX, MASTER_KEEPALIVE, PERSIST_SECONDS
 
 __all__ = [
     "BEGIN_MARKER",
@@ -204,7 +204,8 @@ _OPENSSH_HOP_SCRIPT = (
 #: and the hop runs with "ControlMaster auto" and ControlPersist at most the
 #: certificate's remaining validity: it rides the master listening there, or
 #: (none, or a dead one's socket, which OpenSSH unlinks) logs in and becomes
-#: the master itself, which then forks to the background. The remaining
+#: the master itself, which then forks to the background (with a keep-alive:
+#: tsh._openssh.reuse.MASTER_KEEPALIVE). The remaining
 #: validity comes from `date` only in a certificate's last quarter hour: until
 #: then the tag file's mtime (tsh._openssh.reuse.fresh_until) is newer than
 #: the "<socket>.now" file the hop has just written (a hop that cannot write
@@ -237,7 +238,7 @@ _OPENSSH_REUSE_SCRIPT = (
     "sleep 0.05; done; fi; fi </dev/null >/dev/null 2>&1; "
     "exec ssh -o ForwardAgent=yes HOP_OPTIONS "
     '-o "$4" -o "$5" -i "$6"IDENTITIES_ONLY '
-    '${c:+-S} ${c:+"$c"} ${c:+-oControlMaster=auto} ${c:+-oControlPersist=$p} '
+    '${c:+-S} ${c:+"$c"} ${c:+-oControlMaster=auto} ${c:+-oControlPersist=$p} KEEPALIVE'
     '-p "$9" -l "$1" -s "${10}" "proxy:$h:$3@${11}"'
 )
 
@@ -255,6 +256,7 @@ def _openssh_proxy_command(p: SSHConfigParams, cluster: str) -> str:
         .replace("IDENTITIES_ONLY", " -o IdentitiesOnly=yes" if p.identities_only else "")
         .replace("MAX_PATH", str(CONTROL_PATH_MAX))
         .replace("PERSIST", str(PERSIST_SECONDS))
+        .replace("KEEPALIVE", "".join(f"${{c:+-o{option}}} " for option in MASTER_KEEPALIVE))
     )
     if p.tls_ca_file:  # TLS routing: the hop reaches the web port through openssl s_client
         slot = "${13}" if reuse else "${12}"  # after the reuse tag file, when there is one

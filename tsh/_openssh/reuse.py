@@ -43,6 +43,7 @@ import os
 __all__ = [
     "CONTROL_OPTIONS",
     "CONTROL_PATH_MAX",
+    "MASTER_KEEPALIVE",
     "close_masters",
     "PERSIST_SECONDS",
     "TAG_FILE",
@@ -66,6 +67,12 @@ CLOCK_MARGIN_SECONDS = 300
 #: with an option this OpenSSH refuses, or a slow ``Match exec``, must not stop a
 #: logout from closing the masters); then ``-S`` and the control path.
 CONTROL_OPTIONS = ("-F", "/dev/null", "-S")
+#: A master's keep-alive: with no answer from the proxy for about 15 s it ends.
+#: A master outlives the network it logged in over (a laptop's sleep, another
+#: Wi-Fi, a VPN gone down: its packets vanish, and TCP gives up only after some
+#: 15 minutes), and every hop riding it would wait as long; a hop without a
+#: master dials afresh. (The hops' own 30 s is for one connection's session.)
+MASTER_KEEPALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
 #: Name of the tag file in ``keys/<proxy>/<user>-ssh/``.
 TAG_FILE = "reuse"
 #: Hex digits of the tag (64 bits: two certificates never meet by chance).

@@ -42,7 +42,7 @@ import os
 import time
 
 from .._agent.private import AgentGate
-from .._openssh.reuse import CONTROL_OPTIONS, control_path, persist_seconds, read_tag
+from .._openssh.reuse import CONTROL_OPTIONS, MASTER_KEEPALIVE, control_path, persist_seconds, read_tag
 
 __all__ = ["Master", "master_for"]
 
@@ -78,7 +78,9 @@ class Master:
         """``hop`` (ending ``-l LOGIN -s HOST SUBSYSTEM``) on this master's socket."""
         if self.persist is None:
             return [*hop[:-5], "-S", self.path, "-o", "ControlMaster=no", *hop[-5:]]
-        argv = [*hop[:-5], "-S", self.path, "-o", "ControlMaster=yes",
+        # The keep-alive first: for each option, ssh takes the first value given.
+        keepalive = [word for option in MASTER_KEEPALIVE for word in ("-o", option)]
+        argv = [hop[0], *keepalive, *hop[1:-5], "-S", self.path, "-o", "ControlMaster=yes",
                 "-o", f"ControlPersist={self.persist}", *hop[-5:]]  # fmt: skip
         return argv if self.agent is None else _with_forward_agent(argv, self.agent.sock)
 
