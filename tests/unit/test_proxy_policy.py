@@ -10,7 +10,14 @@ from tsh import InvalidNameError, UsageError
 from tsh._core.addr import SSH_PROXY_PORT
 from tsh._core.profile import Profile
 from tsh._proxy.dial import Dial, dial_for, ssh_dial_words
-from tsh._proxy.retry import MAX_ATTEMPTS, backoff_delays, failure_message, has_banner, is_drop
+from tsh._proxy.retry import (
+    MAX_ATTEMPTS,
+    backoff_delays,
+    failure_message,
+    has_banner,
+    is_drop,
+    without_mux_fallback,
+)
 from tsh._proxy.target import Target, parse_target
 
 # --- retry: is_drop -------------------------------------------------------------------------
@@ -192,3 +199,12 @@ def test_ssh_dial_words() -> None:
         ["-o", "ProxyCommand=x", "-p", "22"],
         "::1",
     )
+
+
+def test_without_mux_fallback_drops_only_openssh_lines_about_a_failed_master() -> None:
+    err = (b"mux_client_request_session: read from master failed: Broken pipe\r\n"
+           b"Warning: Permanently added 'x' to the list of known hosts.\n"
+           b"a line about mux_client_ that is not OpenSSH's\n")  # fmt: skip
+    assert without_mux_fallback(err) == (b"Warning: Permanently added 'x' to the list of known hosts.\n"
+                                         b"a line about mux_client_ that is not OpenSSH's\n")  # fmt: skip
+    assert without_mux_fallback(b"") == b""

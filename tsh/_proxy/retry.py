@@ -20,6 +20,7 @@ __all__ = [
     "has_banner",
     "is_drop",
     "tls_failure",
+    "without_mux_fallback",
 ]
 
 #: Attempts in all (first try included) for drops before the node speaks.
@@ -76,6 +77,18 @@ def is_drop(stderr_text: str) -> bool:
             "send disconnect: Broken pipe",
         )
     )
+
+
+def without_mux_fallback(stderr_bytes: bytes) -> bytes:
+    """A hop's stderr without OpenSSH's lines about a master that failed it
+    (``mux_client_request_session: read from master failed: Broken pipe``).
+
+    A hop riding a master whose connection died falls back to a connection of
+    its own, and says so; once the node has spoken through that one, the line
+    only alarms (the connection works).
+    """
+    lines = stderr_bytes.splitlines(keepends=True)
+    return b"".join(line for line in lines if not line.startswith(b"mux_client_"))
 
 
 def tls_failure(stderr_text: str) -> str | None:

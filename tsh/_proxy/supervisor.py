@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .._exceptions import SSHError, UsageError
 from .child import Child
 from .relay import CHUNK, end_input, grow_pipe, pump, write_all
-from .retry import MAX_ATTEMPTS, backoff_delays, failure_message, has_banner, is_drop
+from .retry import MAX_ATTEMPTS, backoff_delays, failure_message, has_banner, is_drop, without_mux_fallback
 
 __all__ = ["REPLAY_LIMIT", "HopSupervisor"]
 
@@ -171,6 +171,7 @@ class HopSupervisor:
         import threading
 
         self.sent.clear()
+        err = without_mux_fallback(err)
         if err:
             write_all(self.stderr, err)
         threads = [threading.Thread(target=pump, args=(child.stderr, self.stderr), daemon=True)]
