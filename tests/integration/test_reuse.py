@@ -6,11 +6,14 @@ logs each proxy authentication, so tests count them) and real sshd nodes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -147,7 +150,6 @@ def test_login_stamps_the_tag_so_that_the_openssh_form_needs_no_clock(cluster, n
 
 
 def _real(name: str) -> str:
-    import shutil
 
     found = shutil.which(name)
     assert found is not None
@@ -155,7 +157,6 @@ def _real(name: str) -> str:
 
 
 def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
-    import shutil
 
     me = log_in(cluster, [LOGIN])
     tag = me.paths.reuse_tag
@@ -255,42 +256,56 @@ def test_a_hundred_parallel_hops_log_in_once(cluster, node, tmp_path) -> None:
     assert len(_sockets(me)) == 1
 
 
-def test_a_master_whose_proxy_went_silent_ends_and_hops_dial_afresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_master_whose_proxy_went_silent_ends_and_hops_dial_afresh(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A proxy that stops answering (SIGSTOP here; for a laptop, sleep or another
-    network: packets that vanish) under masters that are up: each master ends
-    within some 20 s (its keep-alive), not after TCP's 15 minutes, and the hops
-    waiting on it dial afresh: the tsh form's by its retry (alone, this once),
+    network: packets that vanish) under a master that is up: the master ends
+    within 30-40 s (its keep-alive), not after TCP's 15 minutes, and the hop
+    waiting on it dials afresh: the tsh form's by its retry (alone, this once),
     the openssh form's as OpenSSH does when its master fails it (ControlMaster
-    auto: it becomes the new master)."""
-    cluster = launch_cluster(tmp_path / "silent")
-    node = None
+    auto: it becomes the new master). A cluster per form, each woken as soon
+    as its master is gone: the fresh dial waits 15 s at most (ConnectTimeout)."""
+    started: list = []
     try:
-        node = launch_node(cluster, "node1", tmp_path / "silent-node")
-        me = log_in(cluster, [LOGIN])
-        dest = f"{LOGIN}@{node.name}.{cluster.name}"
-        cfgs = {form: _config(tmp_path, me, node.port, form) for form in FORMS}
+        riders, masters, clusters = {}, {}, {}
         for form in FORMS:
-            assert _ssh(cfgs[form], dest, "true", env=me.env()).returncode == 0
-        masters = [_master_pid(sock) for sock in _sockets(me)]
-        assert len(masters) == 2
-        os.kill(cluster.proc.pid, signal.SIGSTOP)
-        try:
-            riders = {form: subprocess.Popen(
-                ["ssh", "-F", str(cfgs[form]), "-o", "BatchMode=yes", dest, "echo", "again"],
-                env=me.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True) for form in FORMS}  # fmt: skip
-            assert all(_wait_gone(pid, timeout=40) for pid in masters)
-        finally:
-            os.kill(cluster.proc.pid, signal.SIGCONT)
+            cluster = launch_cluster(tmp_path / f"silent-{form}")
+            started.append(cluster)
+            node = launch_node(cluster, "node1", tmp_path / f"silent-node-{form}")
+            started.append(node)
+            home = tempfile.mkdtemp(prefix="tsh-")  # short: a control path has 86 bytes at most
+            started.append(home)
+            monkeypatch.setenv("TELEPORT_HOME", home)
+            me = log_in(cluster, [LOGIN])
+            cfg = _config(tmp_path, me, node.port, form)
+            dest = f"{LOGIN}@{node.name}.{cluster.name}"
+            assert _ssh(cfg, dest, "true", env=me.env()).returncode == 0
+            (sock,) = _sockets(me)
+            masters[form], clusters[form] = _master_pid(sock), cluster
+            os.kill(cluster.proc.pid, signal.SIGSTOP)
+            riders[form] = subprocess.Popen(
+                ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, "echo", "again"], env=me.env(),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        silent = set(FORMS)
+        deadline = time.monotonic() + 60
+        while silent and time.monotonic() < deadline:
+            for form in [f for f in silent if not _alive(masters[f])]:
+                os.kill(clusters[form].proc.pid, signal.SIGCONT)
+                silent.discard(form)
+            time.sleep(0.02)
+        assert not silent  # each master ended by itself
         for form, rider in riders.items():
             out, err = rider.communicate(timeout=60)
             assert (rider.returncode, out) == (0, "again\n"), err
             if form == "tsh":  # (the openssh form shows OpenSSH's "read from master failed")
                 assert "mux_client" not in err, err
     finally:
-        if node is not None:
-            node.stop()
-        cluster.stop()
+        for thing in reversed(started):
+            if isinstance(thing, str):
+                shutil.rmtree(thing, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                os.kill(thing.proc.pid, signal.SIGCONT)
+            thing.stop()
 
 
 # --------------------------------------------------------------------------- recording proxy
@@ -310,7 +325,6 @@ def rec(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def _agent_with(me: LoggedIn, cluster: Cluster, ssh_agent) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The seed page's case: the user's agent holds key and certificate."""
-    import shutil
 
     key = me.home / "k"
     shutil.copy(me.paths.private_key, key)
@@ -387,7 +401,6 @@ def _ssh_add_once_the_master_is_up(tmp_path: Path, *, fails: bool = False) -> di
     socket, named by the key's link ``<socket>.<random>.id``, listens) and half a
     second more; then fails, or adds the key. Were the agent loaded before the hop
     started, it would wait in vain (and fail)."""
-    import shutil
 
     real = shutil.which("ssh-add")
     assert real is not None
@@ -428,7 +441,6 @@ def test_a_new_masters_agent_is_loaded_while_the_hop_logs_in(rec, tmp_path) -> N
 def test_a_new_masters_agent_starts_after_a_session_that_did_not_need_it(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A proxy that does not record never asks: ssh-agent and ssh-add run after the
     first session (not in its set-up), and the agent is in place for the next."""
-    import shutil
 
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
@@ -514,7 +526,6 @@ def test_a_master_that_comes_up_after_tsh_was_killed_keeps_its_agent(cluster, no
     comes up all the same, so the guard, which finds no master yet when it starts,
     must not take that for the master's end; it stops the agent only once the
     master it first sees is gone."""
-    import shutil
 
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
@@ -582,7 +593,6 @@ def _refusing_user_config(tmp_path: Path) -> str:
     as OpenSSH does with a user's ssh_config it refuses (``UseKeychain yes``, from
     a Mac, on Linux without ``IgnoreUnknown``) written after the masters started:
     the ssh commands that started them had read it fine."""
-    import shutil
 
     real = shutil.which("ssh")
     assert real is not None

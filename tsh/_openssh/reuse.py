@@ -67,12 +67,14 @@ CLOCK_MARGIN_SECONDS = 300
 #: with an option this OpenSSH refuses, or a slow ``Match exec``, must not stop a
 #: logout from closing the masters); then ``-S`` and the control path.
 CONTROL_OPTIONS = ("-F", "/dev/null", "-S")
-#: A master's keep-alive: with no answer from the proxy for about 15 s it ends.
+#: A master's keep-alive: with no answer from the proxy for 30-40 s it ends.
 #: A master outlives the network it logged in over (a laptop's sleep, another
 #: Wi-Fi, a VPN gone down: its packets vanish, and TCP gives up only after some
 #: 15 minutes), and every hop riding it would wait as long; a hop without a
-#: master dials afresh. (The hops' own 30 s is for one connection's session.)
-MASTER_KEEPALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
+#: master dials afresh. Shorter would free those hops sooner, but end every
+#: session on the master in a shorter outage (a train's, a Wi-Fi roam) that a
+#: session of its own (the hops' 30 s, three times) rides out.
+MASTER_KEEPALIVE = ("ServerAliveInterval=10", "ServerAliveCountMax=3")
 #: Name of the tag file in ``keys/<proxy>/<user>-ssh/``.
 TAG_FILE = "reuse"
 #: Hex digits of the tag (64 bits: two certificates never meet by chance).
