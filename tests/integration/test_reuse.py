@@ -136,13 +136,9 @@ def test_login_stamps_the_tag_so_that_the_openssh_form_needs_no_clock(cluster, n
     me = log_in(cluster, [LOGIN])
     valid_before = int(me.paths.reuse_tag.read_text().split()[0])
     assert me.paths.reuse_tag.stat().st_mtime == fresh_until(valid_before)
-    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
-    bin_dir.mkdir()
-    (bin_dir / "date").write_text("#!/bin/sh\nexit 1\n")  # a clock that would spoil the hop
-    (bin_dir / "date").chmod(0o755)
-    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n')
-    (bin_dir / "ssh").chmod(0o755)
-    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    log = tmp_path / "ssh-args"
+    env = me.env(PATH=_path_with(tmp_path / "bin", date="exit 1\n",  # a clock that would spoil the hop
+                                 ssh=f'echo "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n'))
     cfg = _config(tmp_path, me, node.port, "openssh")
     assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
     assert len(_sockets(me)) == 1
@@ -150,25 +146,29 @@ def test_login_stamps_the_tag_so_that_the_openssh_form_needs_no_clock(cluster, n
 
 
 def _real(name: str) -> str:
-
     found = shutil.which(name)
     assert found is not None
     return found
 
 
-def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
+def _path_with(bin_dir: Path, **scripts: str) -> str:
+    """PATH with ``bin_dir`` first, holding a ``sh`` script per name (its body)."""
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
 
+
+def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
     me = log_in(cluster, [LOGIN])
     tag = me.paths.reuse_tag
     valid_before, prefix = tag.read_text().split()
     soon = int(time.time()) + 42
     tag.write_text(f"{soon} {prefix}\n")  # as if the certificate had 42 s left
     cfg = _config(tmp_path, me, node.port, "openssh")
-    bin_dir, log = tmp_path / "bin", tmp_path / "ssh-args"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec {shutil.which("ssh")} "$@"\n')
-    (bin_dir / "ssh").chmod(0o755)
-    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    log = tmp_path / "ssh-args"
+    env = me.env(PATH=_path_with(tmp_path / "bin", ssh=f'echo "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n'))
     assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
     assert len(_sockets(me)) == 1
     persist = [int(w.split("=")[1]) for w in log.read_text().split()
@@ -401,20 +401,11 @@ def _ssh_add_once_the_master_is_up(tmp_path: Path, *, fails: bool = False) -> di
     socket, named by the key's link ``<socket>.<random>.id``, listens) and half a
     second more; then fails, or adds the key. Were the agent loaded before the hop
     started, it would wait in vain (and fail)."""
-
-    real = shutil.which("ssh-add")
-    assert real is not None
-    bin_dir = tmp_path / "slow-bin"
-    bin_dir.mkdir()
-    then = "exit 1" if fails else f'exec {real} "$@"'
-    (bin_dir / "ssh-add").write_text(
-        "#!/bin/sh\n"
+    then = "exit 1" if fails else f'exec {_real("ssh-add")} "$@"'
+    return {"PATH": _path_with(tmp_path / "slow-bin", **{"ssh-add": (
         'eval link=\\${$#}; master=${link%.*.id}; i=0\n'
         'until [ -S "$master" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.05; done\n'
-        f"sleep 0.5\n{then}\n"
-    )
-    (bin_dir / "ssh-add").chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        f"sleep 0.5\n{then}\n")})}  # fmt: skip
 
 
 def test_a_new_masters_agent_is_loaded_while_the_hop_logs_in(rec, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -441,19 +432,13 @@ def test_a_new_masters_agent_is_loaded_while_the_hop_logs_in(rec, tmp_path) -> N
 def test_a_new_masters_agent_starts_after_a_session_that_did_not_need_it(cluster, node, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A proxy that does not record never asks: ssh-agent and ssh-add run after the
     first session (not in its set-up), and the agent is in place for the next."""
-
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
     ended, mark = tmp_path / "session-ended", tmp_path / "ssh-add-ran"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh-add").write_text(
-        f'#!/bin/sh\n[ -e {ended} ] && echo after > {mark} || echo during > {mark}\n'
-        f'exec {shutil.which("ssh-add")} "$@"\n'
-    )
-    (bin_dir / "ssh-add").chmod(0o755)
-    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = me.env(PATH=_path_with(tmp_path / "bin", **{"ssh-add": (
+        f'[ -e {ended} ] && echo after > {mark} || echo during > {mark}\n'
+        f'exec {_real("ssh-add")} "$@"\n')}))  # fmt: skip
     before = cluster.proxy_authentications()
     r = _ssh(cfg, dest, "touch", str(ended), env=env)  # the node is this machine
     assert r.returncode == 0, r.stderr
@@ -526,18 +511,11 @@ def test_a_master_that_comes_up_after_tsh_was_killed_keeps_its_agent(cluster, no
     comes up all the same, so the guard, which finds no master yet when it starts,
     must not take that for the master's end; it stops the agent only once the
     master it first sees is gone."""
-
     me = log_in(cluster, [LOGIN])
     cfg = _config(tmp_path, me, node.port, "tsh")
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
-    real = shutil.which("ssh")
-    assert real is not None
-    bin_dir = tmp_path / "slow-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(  # the hop that becomes the master starts a second late
-        f'#!/bin/sh\ncase "$*" in *ControlMaster=yes*) sleep 1;; esac\nexec {real} "$@"\n')
-    (bin_dir / "ssh").chmod(0o755)
-    env = me.env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    late = f'case "$*" in *ControlMaster=yes*) sleep 1;; esac\nexec {_real("ssh")} "$@"\n'
+    env = me.env(PATH=_path_with(tmp_path / "slow-bin", ssh=late))  # the master's hop starts late
     first = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, "true"], env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -593,17 +571,10 @@ def _refusing_user_config(tmp_path: Path) -> str:
     as OpenSSH does with a user's ssh_config it refuses (``UseKeychain yes``, from
     a Mac, on Linux without ``IgnoreUnknown``) written after the masters started:
     the ssh commands that started them had read it fine."""
-
-    real = shutil.which("ssh")
-    assert real is not None
-    bin_dir = tmp_path / "refusing-bin"
-    bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(
-        '#!/bin/sh\ncase " $* " in *" -O "*) case " $* " in *" -F /dev/null "*) ;; *)\n'
+    return _path_with(tmp_path / "refusing-bin", ssh=(
+        'case " $* " in *" -O "*) case " $* " in *" -F /dev/null "*) ;; *)\n'
         'echo "~/.ssh/config: line 1: Bad configuration option: usekeychain" >&2; exit 255;;\n'
-        f'esac;; esac\nexec {real} "$@"\n')  # fmt: skip
-    (bin_dir / "ssh").chmod(0o755)
-    return f"{bin_dir}:{os.environ['PATH']}"
+        f'esac;; esac\nexec {_real("ssh")} "$@"\n'))  # fmt: skip
 
 
 @pytest.mark.parametrize("user_config", ["fine", "refused"])

@@ -51,6 +51,8 @@ _WAIT = 20.0
 #: Seconds the master's own agent may take to start.
 _AGENT_TIMEOUT = 10.0
 #: The socket name's separator for each (dial mode, upgrade) of tsh._proxy.dial.
+#: A new master's keep-alive options (tsh._openssh.reuse.MASTER_KEEPALIVE), as ssh words.
+_KEEPALIVE_WORDS = tuple(word for option in MASTER_KEEPALIVE for word in ("-o", option))
 _DIAL_SEPARATORS = {("tcp", None): "+", ("tls", None): "+t+", ("upgrade", "websocket"): "+w+",
                     ("upgrade", "legacy"): "+l+"}  # fmt: skip
 
@@ -79,8 +81,7 @@ class Master:
         if self.persist is None:
             return [*hop[:-5], "-S", self.path, "-o", "ControlMaster=no", *hop[-5:]]
         # The keep-alive first: for each option, ssh takes the first value given.
-        keepalive = [word for option in MASTER_KEEPALIVE for word in ("-o", option)]
-        argv = [hop[0], *keepalive, *hop[1:-5], "-S", self.path, "-o", "ControlMaster=yes",
+        argv = [hop[0], *_KEEPALIVE_WORDS, *hop[1:-5], "-S", self.path, "-o", "ControlMaster=yes",
                 "-o", f"ControlPersist={self.persist}", *hop[-5:]]  # fmt: skip
         return argv if self.agent is None else _with_forward_agent(argv, self.agent.sock)
 
@@ -223,10 +224,8 @@ _AGENT_GUARD = (
     """trap 'kill $SSH_AGENT_PID $! 2>/dev/null; rm -f "$2" "$3" "$4" "$4-cert.pub"' EXIT; """
     "trap 'exit' HUP TERM; "
     'ssh-add -q -t "$5" "$4" || exit; rm -f "$4" "$4-cert.pub"; mv -f "$2" "$3" || exit; '
-    'm=$(ssh -F /dev/null -S "$1" -O check _ 2>&1) || m=; '
-    'while sleep 10 & wait $!; a=$(ssh -F /dev/null -S "$1" -O check _ 2>&1) && [ "${m:=$a}" = "$a" ]; '
-    'do :; done'
-)
+    'm=$(CHECK) || m=; while sleep 10 & wait $!; a=$(CHECK) && [ "${m:=$a}" = "$a" ]; do :; done'
+).replace("CHECK", f'ssh {" ".join(CONTROL_OPTIONS)} "$1" -O check _ 2>&1')
 #: The first step ($0: the second step's script).
 _AGENT_GUARD_WAIT = 'read -r _; exec ssh-agent -a "$2" sh -c "$0" tsh-agent-guard "$@"'
 
