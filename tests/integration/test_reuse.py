@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -577,8 +578,32 @@ def _refusing_user_config(tmp_path: Path) -> str:
         f'esac;; esac\nexec {_real("ssh")} "$@"\n'))  # fmt: skip
 
 
+def _open_session(cfg: Path, dest: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """An ssh session through ``cfg`` that is at the node and waits for a line."""
+    p = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest,
+                          'echo ready; read x; echo "got $x"'],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert p.stdout is not None
+    seen, deadline = b"", time.monotonic() + 30
+    while not seen.endswith(b"\n") and time.monotonic() < deadline:
+        if select.select([p.stdout], [], [], 0.5)[0]:
+            chunk = os.read(p.stdout.fileno(), 64)
+            if not chunk:
+                break
+            seen += chunk
+    assert seen == b"ready\n", (seen, p.poll())
+    return p
+
+
+def _finish(p: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    out, err = p.communicate(b"on\n", timeout=30)
+    return p.returncode, out
+
+
 @pytest.mark.parametrize("user_config", ["fine", "refused"])
-def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_path, user_config) -> None:  # type: ignore[no-untyped-def]
+def test_relogin_and_logout_stop_the_profiles_masters(cluster, node, tmp_path, user_config) -> None:  # type: ignore[no-untyped-def]
+    """No new session rides them, the running ones finish (as with real tsh's
+    logout, which leaves open sessions alone), then the masters exit."""
     from tests.integration._tsh import env_for, login, run_tsh
 
     user = f"reuser-{user_config}"
@@ -590,14 +615,15 @@ def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_p
     store = ProfileStore(env["TELEPORT_HOME"])
     me = LoggedIn(store.home, store.paths_for(store.select(None)))
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
+    cfgs = {form: _config(tmp_path, me, node.port, form) for form in FORMS}
 
-    def masters() -> dict[str, int]:
-        for form in FORMS:
-            r = _ssh(_config(tmp_path, me, node.port, form), dest, "true", env=env)
+    def masters() -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
+        for cfg in cfgs.values():
+            r = _ssh(cfg, dest, "true", env=env)
             assert r.returncode == 0, r.stderr
         found = {p.name: _master_pid(p) for p in _sockets(me)}
         assert len(found) == 2  # one per form
-        return found
+        return found, [_open_session(cfg, dest, env) for cfg in cfgs.values()]
 
     def hop_files() -> set[str]:  # the hops' start-up locks and "now" stamps
         mux = me.home / "mux"
@@ -605,19 +631,26 @@ def test_relogin_stops_and_logout_ends_the_profiles_masters(cluster, node, tmp_p
             return set()
         return {p.name for p in mux.iterdir() if p.name.endswith((".lock", ".now"))}
 
-    first = masters()
+    def stopped(found: dict[str, int], sessions: list[subprocess.Popen[bytes]]) -> None:
+        assert not set(found) & {p.name for p in _sockets(me)}  # no new session rides them
+        assert not hop_files() & old_files
+        assert all(_alive(pid) for pid in found.values())  # while their sessions run
+        assert [_finish(p) for p in sessions] == [(0, b"got on\n")] * 2
+        assert all(_wait_gone(pid) for pid in found.values())
+
+    first, riding = masters()
     old_files = hop_files()
     assert {n.rsplit(".", 1)[1] for n in old_files} == {"lock", "now"}  # (both forms' kinds)
     r = login(cluster, user, env)  # a new certificate
     assert r.returncode == 0, r.stderr
-    assert all(_wait_gone(pid) for pid in first.values())
-    assert not hop_files()  # the old certificate's went with its masters
-    second = masters()
+    stopped(first, riding)
+    second, riding = masters()
     assert set(second).isdisjoint(first)  # the new certificate's own masters
-    assert hop_files() and hop_files().isdisjoint(old_files)
+    old_files = hop_files()
+    assert old_files
     r = run_tsh("logout", env=env)
     assert r.returncode == 0, r.stderr
-    assert all(_wait_gone(pid) for pid in second.values())
+    stopped(second, riding)
     assert not hop_files()
 
 

@@ -336,7 +336,7 @@ def _save(
         # The old certificate's masters take no new sessions (hop reuse, docs/protocol.md §19).
         from .._openssh.reuse import close_masters
 
-        close_masters(str(paths.mux_dir), "stop", old_tag)
+        close_masters(str(paths.mux_dir), old_tag)
     if added:
         # Committed: now the keys of the login this one replaces can go.
         try:

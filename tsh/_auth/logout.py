@@ -55,8 +55,8 @@ def logout_user(
     if not store.home.is_dir():
         return result
     paths = store.paths(proxy_host, user)
-    if paths.reuse_tag.is_file():  # the hop masters of this certificate end with it
-        close_masters(str(paths.mux_dir), "exit", paths.reuse_tag.read_text())
+    if paths.reuse_tag.is_file():  # its hop masters take no new session (running ones finish)
+        close_masters(str(paths.mux_dir), paths.reuse_tag.read_text())
     result.removed = store.remove_user(proxy_host, user) is not None
 
     def match(comment: str) -> bool:
@@ -78,7 +78,7 @@ def logout_all(store: ProfileStore, environ: Mapping[str, str] | None = None) ->
     result = LogoutResult(removed=False)
     if not store.home.is_dir():
         return result
-    close_masters(os.path.join(store.home, "mux"), "exit")  # before their sockets go
+    close_masters(os.path.join(store.home, "mux"))  # before their sockets go
     proxies = store.remove_all()
     result.removed = proxies is not None
 

@@ -137,11 +137,12 @@ def persist_seconds(valid_before: int, now: float) -> int:
     return max(0, min(PERSIST_SECONDS, int(valid_before - now)))
 
 
-def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
-    """Send ``ssh -O <command>`` to the masters of one certificate or of all.
+def close_masters(mux_dir: str, tag: str | None = None) -> int:
+    """Send ``ssh -O stop`` to the masters of one certificate or of all.
 
-    ``command``: ``"stop"`` (a re-login: running sessions finish, no new one
-    joins, then the master exits) or ``"exit"`` (logout: the master ends now).
+    A re-login and ``tsh logout`` both send it: a stopped master takes no new
+    session (its socket goes at once), lets the running ones finish (as real
+    tsh's logout leaves open sessions alone), then exits.
     ``tag``: the certificate's tag file text; None for every master in
     ``mux_dir``. Returns how many were told. The hops' ``.lock`` and ``.now``
     files of those masters go too: no hop of that certificate comes any more
@@ -173,7 +174,7 @@ def close_masters(mux_dir: str, command: str, tag: str | None = None) -> int:
         if name.endswith((".agent", ".id", ".id-cert.pub")):  # (the agent's guard removes those)
             continue
         try:
-            subprocess.run(["ssh", *CONTROL_OPTIONS, path, "-O", command, "_"], capture_output=True,
+            subprocess.run(["ssh", *CONTROL_OPTIONS, path, "-O", "stop", "_"], capture_output=True,
                            timeout=10, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
