@@ -70,6 +70,28 @@ def _ssh(cfg: Path, dest: str, *cmd: str, env: dict[str, str]) -> subprocess.Com
     return ssh_with_config("ssh", cfg, dest, *cmd, env=env)
 
 
+def _open_session(cfg: Path, dest: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """An ssh session through ``cfg`` that is at the node and waits for a line."""
+    p = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest,
+                          'echo ready; read x; echo "got $x"'],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert p.stdout is not None
+    seen, deadline = b"", time.monotonic() + 30
+    while not seen.endswith(b"\n") and time.monotonic() < deadline:
+        if select.select([p.stdout], [], [], 0.5)[0]:
+            chunk = os.read(p.stdout.fileno(), 64)
+            if not chunk:
+                break
+            seen += chunk
+    assert seen == b"ready\n", (seen, p.poll())
+    return p
+
+
+def _finish(p: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    out, err = p.communicate(b"on\n", timeout=30)
+    return p.returncode, out
+
+
 def _with_a_master(  # type: ignore[no-untyped-def]
     tmp_path: Path, cluster: Cluster, node, form: str
 ) -> tuple[LoggedIn, Path, str, Path, int]:
@@ -180,6 +202,7 @@ def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
 @pytest.mark.parametrize("form", FORMS)
 def test_an_expired_certificate_never_rides_an_old_master(cluster, node, tmp_path, form) -> None:
     me, cfg, dest, sock, pid = _with_a_master(tmp_path, cluster, node, form)
+    session = _open_session(cfg, dest, me.env())
     # The certificate "expires" (its tag says so; the proxy would still take it).
     tag = me.paths.reuse_tag
     _, prefix = tag.read_text().split()
@@ -187,9 +210,13 @@ def test_an_expired_certificate_never_rides_an_old_master(cluster, node, tmp_pat
     before = cluster.proxy_authentications()
     r = _ssh(cfg, dest, "true", env=me.env())
     assert r.returncode == 0, r.stderr
-    assert _wait_gone(pid), "the expired certificate's master still runs"
     assert cluster.proxy_authentications() - before == 1  # the hop logged in by itself
-    assert _sockets(me) == []
+    assert _sockets(me) == []  # no hop rides the master any more
+    # A session already open on it runs on, as real tsh's sessions outlive
+    # their certificate; then the master ends.
+    assert _alive(pid)
+    assert _finish(session) == (0, b"got on\n")
+    assert _wait_gone(pid), "the expired certificate's master still runs"
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -576,28 +603,6 @@ def _refusing_user_config(tmp_path: Path) -> str:
         'case " $* " in *" -O "*) case " $* " in *" -F /dev/null "*) ;; *)\n'
         'echo "~/.ssh/config: line 1: Bad configuration option: usekeychain" >&2; exit 255;;\n'
         f'esac;; esac\nexec {_real("ssh")} "$@"\n'))  # fmt: skip
-
-
-def _open_session(cfg: Path, dest: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """An ssh session through ``cfg`` that is at the node and waits for a line."""
-    p = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest,
-                          'echo ready; read x; echo "got $x"'],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert p.stdout is not None
-    seen, deadline = b"", time.monotonic() + 30
-    while not seen.endswith(b"\n") and time.monotonic() < deadline:
-        if select.select([p.stdout], [], [], 0.5)[0]:
-            chunk = os.read(p.stdout.fileno(), 64)
-            if not chunk:
-                break
-            seen += chunk
-    assert seen == b"ready\n", (seen, p.poll())
-    return p
-
-
-def _finish(p: subprocess.Popen[bytes]) -> tuple[int, bytes]:
-    out, err = p.communicate(b"on\n", timeout=30)
-    return p.returncode, out
 
 
 @pytest.mark.parametrize("user_config", ["fine", "refused"])

@@ -332,7 +332,7 @@ def test_openssh_reuse_script_decides_from_the_tag(
     else:
         assert "-S" not in hop and not any("ControlPersist" in w for w in hop)
         assert (mux / "0123456789abcdef-alice.lock").exists() is False
-    if case == "expired":  # the master, if any, is told to exit
-        assert calls[:-1] == ["date", f"ssh -S {socket} -O exit _"]
+    if case == "expired":  # the master, if any, is told to stop
+        assert calls[:-1] == ["date", f"ssh -F /dev/null -S {socket} -O stop _"]
     if case in ("unwritable", "odd validity"):
         assert calls == [calls[-1]]  # neither `date` nor a word to a master

@@ -218,8 +218,8 @@ _OPENSSH_HOP_SCRIPT = (
 #: no init reaps them, in some containers, a stale lock would hold every cold
 #: start for 15 s; its state is read from /proc with `read`, or where there is
 #: none from `ps`, 5 ms), so that only one of many started together logs in: the others
-#: wait for its socket. An expired certificate makes the master exit and the
-#: hop go alone.
+#: wait for its socket. An expired certificate stops the master (no new session
+#: rides it; open ones run on) and the hop goes alone.
 _OPENSSH_REUSE_SCRIPT = (
     'h=${2%%."$7"}; h=${h%%."$8"}; case $h in *:*) h="[$h]";; esac; c=; p=0; '
     'if [ -n "${12}" ] && read -r v c < "${12}"; then '
@@ -228,7 +228,7 @@ _OPENSSH_REUSE_SCRIPT = (
     'if [ -z "$c" ] || [ ${#c} -gt MAX_PATH ]; then c=; '
     'elif true > "$c.now"; then if [ "${12}" -nt "$c.now" ]; then p=PERSIST; '
     'else n=$(date +%%s); p=$((v-n)); [ $p -gt PERSIST ] && p=PERSIST; fi; else c=; fi; '
-    'if [ $p -le 0 ]; then [ -n "$c" ] && ssh -S "$c" -O exit _; c=; '
+    'if [ $p -le 0 ]; then [ -n "$c" ] && ssh -F /dev/null -S "$c" -O stop _; c=; '
     'else l=$c.lock; i=0; set -C; '
     'until [ -S "$c" ] || [ $i -ge 300 ]; do i=$((i+1)); '
     'echo $$ > "$l" && break; '

@@ -23,10 +23,11 @@ What keeps this safe (each with a test):
   against a file it has just written, instead of running ``date`` (1.5 ms per
   connection) on all but a certificate's last quarter hour.
 - A master's ``ControlPersist`` (idle time) is at most the certificate's
-  remaining validity; a hop whose certificate has expired tells the master to
-  exit and goes to the proxy itself (which refuses it), so an expired
-  certificate never rides an old master. A re-login stops the old masters
-  (sessions on them finish; no new ones join), a logout makes them exit.
+  remaining validity; a hop whose certificate has expired stops the master
+  and goes to the proxy itself (which refuses it), so an expired certificate
+  never rides an old master. A re-login and a logout stop the old masters
+  too. Stopped (:func:`stop_master`), never killed: no new session joins, the
+  open ones finish, as real tsh's sessions outlive certificate and logout.
 - The master forwards to the proxy an agent that lives as long as it does, so
   a recording proxy gets the agent on every reused session; the node gets one
   only when the user's own ssh asks (``-A``), as without reuse.
@@ -52,6 +53,7 @@ __all__ = [
     "parse_tag",
     "persist_seconds",
     "read_tag",
+    "stop_master",
     "tag_text",
 ]
 
@@ -137,19 +139,43 @@ def persist_seconds(valid_before: int, now: float) -> int:
     return max(0, min(PERSIST_SECONDS, int(valid_before - now)))
 
 
-def close_masters(mux_dir: str, tag: str | None = None) -> int:
-    """Send ``ssh -O stop`` to the masters of one certificate or of all.
+def stop_master(path: str, timeout: float = 10.0) -> bool:
+    """``ssh -O stop`` to the master at ``path``: its socket goes, no new
+    session joins, the open ones finish, then it exits.
 
-    A re-login and ``tsh logout`` both send it: a stopped master takes no new
-    session (its socket goes at once), lets the running ones finish (as real
-    tsh's logout leaves open sessions alone), then exits.
+    Waits up to ``timeout`` seconds for ssh (a frozen master never answers).
+    False if ssh could not be started. (posix_spawn, not subprocess: this
+    runs in `tsh proxy ssh` too, where every import is start-up time.)
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = os.posix_spawnp("ssh", ["ssh", *CONTROL_OPTIONS, path, "-O", "stop", "_"], dict(os.environ),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, n) for n in range(3)])
+    except OSError:
+        return False
+    finally:
+        os.close(devnull)
+    import time
+
+    deadline = time.monotonic() + timeout
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)  # SIGKILL (the signal module costs start-up time)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.002)
+    return True
+
+
+def close_masters(mux_dir: str, tag: str | None = None) -> int:
+    """:func:`stop_master` for the masters of one certificate or of all
+    (a re-login, ``tsh logout``).
+
     ``tag``: the certificate's tag file text; None for every master in
     ``mux_dir``. Returns how many were told. The hops' ``.lock`` and ``.now``
     files of those masters go too: no hop of that certificate comes any more
     (one already on its way at worst starts a master of its own).
     """
-    import subprocess
-
     prefix = ""
     if tag is not None:
         parsed = parse_tag(tag)
@@ -173,10 +199,5 @@ def close_masters(mux_dir: str, tag: str | None = None) -> int:
             continue
         if name.endswith((".agent", ".id", ".id-cert.pub")):  # (the agent's guard removes those)
             continue
-        try:
-            subprocess.run(["ssh", *CONTROL_OPTIONS, path, "-O", "stop", "_"], capture_output=True,
-                           timeout=10, check=False)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        told += 1
+        told += stop_master(path)
     return told

@@ -42,7 +42,14 @@ import os
 import time
 
 from .._agent.private import AgentGate
-from .._openssh.reuse import CONTROL_OPTIONS, MASTER_KEEPALIVE, control_path, persist_seconds, read_tag
+from .._openssh.reuse import (
+    CONTROL_OPTIONS,
+    MASTER_KEEPALIVE,
+    control_path,
+    persist_seconds,
+    read_tag,
+    stop_master,
+)
 
 __all__ = ["Master", "master_for"]
 
@@ -110,7 +117,7 @@ class Master:
             return
         self.agent.wanted()
         if not self.agent.wait_in_place(_AGENT_TIMEOUT):
-            _control(self.path, "stop")
+            stop_master(self.path)
             self.agent.stop()
         self.agent = None
 
@@ -141,7 +148,7 @@ def master_for(
     now = time.time()
     if valid_before <= now:
         if os.path.lexists(path):
-            _control(path, "exit")  # an expired certificate's master must not carry on
+            stop_master(path)  # no new session on an expired certificate (open ones run on)
         return None
     if _listening(path):
         return Master(path)
@@ -191,19 +198,6 @@ def _listening(path: str) -> bool:
         return False
     finally:
         sock.close()
-
-
-def _control(path: str, command: str) -> None:
-    """``ssh -S PATH -O COMMAND``, waited for; its output discarded."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        pid = os.posix_spawnp("ssh", ["ssh", *CONTROL_OPTIONS, path, "-O", command, "_"], dict(os.environ),
-                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, n) for n in range(3)])
-        os.waitpid(pid, 0)
-    except OSError:
-        pass
-    finally:
-        os.close(devnull)
 
 
 #: The master's own agent's guard, in two steps. It waits for EOF on its stdin
