@@ -18,7 +18,7 @@ Targets: warm set-up at most 1.05x direct; cold at most 1.03x alone (no
 worse than before reuse); warm throughput at least 0.95x alone. Set-up times
 are medians of ``--runs`` rounds, each round running every variant once in a
 shuffled order, with a 95% bootstrap interval of each ratio. Each timed run
-starts once no earlier hop's background work is left (see :func:`settle`;
+starts once no earlier hop's background work is left (see :func:`wait_for_tsh_hops`;
 the report says how often and how long it waited): that work, a new
 tsh-form master's agent set-up, is shared with whatever runs next.
 
@@ -67,7 +67,7 @@ def _tsh_hops_running() -> bool:
     return False
 
 
-def settle(timeout_s: float = 5.0) -> float:
+def wait_for_tsh_hops(timeout_s: float = 5.0) -> float:
     """Wait until no `tsh proxy ssh` runs; the seconds waited.
 
     A tsh-form hop that started a master puts the master's own agent in place
@@ -138,7 +138,7 @@ def main() -> None:
                     # master's teardown (the cluster's too) is not this one's cost.
                     exit_masters(mux)
                     time.sleep(0.3)
-                waits.append(settle())
+                waits.append(wait_for_tsh_hops())
                 t = time.perf_counter()
                 subprocess.run([*variants[name], cmd], env=env, check=True,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -160,7 +160,7 @@ def main() -> None:
             for _ in range(args.bulk_runs):
                 random.shuffle(bulk)
                 for name in bulk:
-                    settle()
+                    wait_for_tsh_hops()
                     t = time.perf_counter()
                     proc = subprocess.Popen([*variants[name], "cat > /dev/null"], env=env,
                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

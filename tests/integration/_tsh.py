@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyotp
 
 PASSWORD = "secret-pw"
+
+
+def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    """Bytes read from ``fd`` until they hold ``needle`` (or EOF); fails after ``timeout`` s."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {needle!r}; got {buf!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def path_with(bin_dir: Path, **scripts: str) -> str:
+    """PATH with ``bin_dir`` first, holding a ``sh`` script per name (its body):
+    wrappers in front of the real tools (``**{"ssh-agent": ...}`` for such names)."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
 def tsh_argv(*, installed: bool = True) -> list[str]:
@@ -91,14 +118,10 @@ def ssh_dropping_the_first_master(tmp_path: Path) -> tuple[dict[str, str], Path]
     that exists once the drop happened)."""
     import shutil
 
-    bin_dir, mark = tmp_path / "bin", tmp_path / "dropped"
-    bin_dir.mkdir()
-    fake = bin_dir / "ssh"
-    fake.write_text(
-        "#!/bin/sh\n"
+    mark = tmp_path / "dropped"
+    path = path_with(tmp_path / "bin", ssh=(
         'case " $* " in *" ControlMaster=yes "*) if [ ! -e "$MARK" ]; then : > "$MARK"; '
         'echo "kex_exchange_identification: read: Connection reset by peer" >&2; exit 255; fi;; esac\n'
         f'exec {shutil.which("ssh")} "$@"\n'
-    )
-    fake.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MARK": str(mark)}, mark
+    ))  # fmt: skip
+    return {"PATH": path, "MARK": str(mark)}, mark

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import tempfile
 import time
@@ -14,23 +13,9 @@ import pytest
 
 from tests.cluster import sshd as sshd_launcher
 from tests.integration._profiles import log_in, tsh
-from tests.integration._tsh import ssh_with_config, tsh_argv, tsh_config_file
+from tests.integration._tsh import read_until, ssh_with_config, tsh_argv, tsh_config_file
 
 pytestmark = pytest.mark.integration
-
-
-def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting for {needle!r}; got {buf!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
 
 
 def test_pipes_to_node_and_exits_when_server_closes_with_stdin_open(
@@ -45,7 +30,7 @@ def test_pipes_to_node_and_exits_when_server_closes_with_stdin_open(
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        banner = _read_until(proc.stdout.fileno(), b"\r\n", 30)
+        banner = read_until(proc.stdout.fileno(), b"\r\n", 30)
         assert banner.startswith(b"SSH-2.0-OpenSSH")  # only the node's bytes on stdout
         proc.stdin.write(b"this is not ssh\r\n")  # sshd answers by closing
         proc.stdin.flush()

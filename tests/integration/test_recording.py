@@ -27,7 +27,7 @@ import pytest
 
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
-from tests.integration._tsh import env_for, login, run_tsh, ssh_with_config, tsh_config_file
+from tests.integration._tsh import env_for, login, path_with, run_tsh, ssh_with_config, tsh_config_file
 from tsh._agent.private import LazyAgent
 
 pytestmark = pytest.mark.integration
@@ -511,23 +511,14 @@ def test_lazy_agent_prefers_the_users_agent_holding_the_certificate(
         assert lazy._agent is None  # relayed to the user's agent: no private one
 
 
-def _path_with(tmp_path: Path, name: str, script: str) -> str:
-    """PATH with a wrapper ``name`` (a shell script) in front of the real tools."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    wrapper = bin_dir / name
-    wrapper.write_text("#!/bin/sh\n" + script)
-    wrapper.chmod(0o755)
-    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-
-
 def test_an_agent_process_runs_only_for_a_recording_proxy(mode, openssh, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`-k no`, no agent: `tsh proxy ssh` alone (no hop reuse) starts ssh-agent only if the
     proxy asks for it. (A shared master always has its own: tests/integration/test_reuse.py.)"""
     cluster, node = mode
     marker = tmp_path / "ssh-agent-ran"
     env = env_for(cluster)
-    env["PATH"] = _path_with(tmp_path, "ssh-agent", f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n')
+    wrapper = f'echo >> "{marker}"\nexec "{openssh.ssh_agent}" "$@"\n'
+    env["PATH"] = path_with(tmp_path / "bin", **{"ssh-agent": wrapper})
     _echo_with_key_on_disk(cluster, node, openssh, env, tmp_path, "ok", "--no-reuse")
     recording_proxy = cluster.recording == "proxy"
     assert marker.exists() == recording_proxy
@@ -545,6 +536,6 @@ def test_openssh_without_forward_agent_path_falls_back(rec_cluster, rec_nodes, o
         f'exec "{openssh.ssh}" "$@"\n'
     )
     env = env_for(rec_cluster)
-    env["PATH"] = _path_with(tmp_path, "ssh", old_ssh)
+    env["PATH"] = path_with(tmp_path / "bin", ssh=old_ssh)
     _echo_with_key_on_disk(rec_cluster, node, openssh, env, tmp_path, "old-openssh")
     assert refused.exists()  # the first form was tried, and refused

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import shutil
 import signal
 import stat
@@ -24,7 +23,7 @@ import pytest
 from tests.cluster.launch import Cluster, launch_cluster
 from tests.conftest import LOGIN, launch_node
 from tests.integration._profiles import LoggedIn, log_in
-from tests.integration._tsh import ssh_with_config, tsh_config_file
+from tests.integration._tsh import path_with, read_until, ssh_with_config, tsh_config_file
 from tsh import ProfileStore
 
 pytestmark = pytest.mark.integration
@@ -76,14 +75,7 @@ def _open_session(cfg: Path, dest: str, env: dict[str, str]) -> subprocess.Popen
                           'echo ready; read x; echo "got $x"'],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert p.stdout is not None
-    seen, deadline = b"", time.monotonic() + 30
-    while not seen.endswith(b"\n") and time.monotonic() < deadline:
-        if select.select([p.stdout], [], [], 0.5)[0]:
-            chunk = os.read(p.stdout.fileno(), 64)
-            if not chunk:
-                break
-            seen += chunk
-    assert seen == b"ready\n", (seen, p.poll())
+    assert read_until(p.stdout.fileno(), b"\n", 30) == b"ready\n", p.poll()
     return p
 
 
@@ -160,7 +152,7 @@ def test_login_stamps_the_tag_so_that_the_openssh_form_needs_no_clock(cluster, n
     valid_before = int(me.paths.reuse_tag.read_text().split()[0])
     assert me.paths.reuse_tag.stat().st_mtime == fresh_until(valid_before)
     log = tmp_path / "ssh-args"
-    env = me.env(PATH=_path_with(tmp_path / "bin", date="exit 1\n",  # a clock that would spoil the hop
+    env = me.env(PATH=path_with(tmp_path / "bin", date="exit 1\n",  # a clock that would spoil the hop
                                  ssh=f'echo "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n'))
     cfg = _config(tmp_path, me, node.port, "openssh")
     assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
@@ -174,15 +166,6 @@ def _real(name: str) -> str:
     return found
 
 
-def _path_with(bin_dir: Path, **scripts: str) -> str:
-    """PATH with ``bin_dir`` first, holding a ``sh`` script per name (its body)."""
-    bin_dir.mkdir()
-    for name, body in scripts.items():
-        (bin_dir / name).write_text("#!/bin/sh\n" + body)
-        (bin_dir / name).chmod(0o755)
-    return f"{bin_dir}:{os.environ['PATH']}"
-
-
 def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
     me = log_in(cluster, [LOGIN])
     tag = me.paths.reuse_tag
@@ -191,7 +174,7 @@ def test_persist_is_capped_by_the_certificate(cluster, node, tmp_path) -> None:
     tag.write_text(f"{soon} {prefix}\n")  # as if the certificate had 42 s left
     cfg = _config(tmp_path, me, node.port, "openssh")
     log = tmp_path / "ssh-args"
-    env = me.env(PATH=_path_with(tmp_path / "bin", ssh=f'echo "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n'))
+    env = me.env(PATH=path_with(tmp_path / "bin", ssh=f'echo "$*" >> "{log}"\nexec {_real("ssh")} "$@"\n'))
     assert _ssh(cfg, f"{LOGIN}@{node.name}.{cluster.name}", "true", env=env).returncode == 0
     assert len(_sockets(me)) == 1
     persist = [int(w.split("=")[1]) for w in log.read_text().split()
@@ -430,7 +413,7 @@ def _ssh_add_once_the_master_is_up(tmp_path: Path, *, fails: bool = False) -> di
     second more; then fails, or adds the key. Were the agent loaded before the hop
     started, it would wait in vain (and fail)."""
     then = "exit 1" if fails else f'exec {_real("ssh-add")} "$@"'
-    return {"PATH": _path_with(tmp_path / "slow-bin", **{"ssh-add": (
+    return {"PATH": path_with(tmp_path / "slow-bin", **{"ssh-add": (
         'eval link=\\${$#}; master=${link%.*.id}; i=0\n'
         'until [ -S "$master" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.05; done\n'
         f"sleep 0.5\n{then}\n")})}  # fmt: skip
@@ -464,7 +447,7 @@ def test_a_new_masters_agent_starts_after_a_session_that_did_not_need_it(cluster
     cfg = _config(tmp_path, me, node.port, "tsh")
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
     ended, mark = tmp_path / "session-ended", tmp_path / "ssh-add-ran"
-    env = me.env(PATH=_path_with(tmp_path / "bin", **{"ssh-add": (
+    env = me.env(PATH=path_with(tmp_path / "bin", **{"ssh-add": (
         f'[ -e {ended} ] && echo after > {mark} || echo during > {mark}\n'
         f'exec {_real("ssh-add")} "$@"\n')}))  # fmt: skip
     before = cluster.proxy_authentications()
@@ -543,7 +526,7 @@ def test_a_master_that_comes_up_after_tsh_was_killed_keeps_its_agent(cluster, no
     cfg = _config(tmp_path, me, node.port, "tsh")
     dest = f"{LOGIN}@{node.name}.{cluster.name}"
     late = f'case "$*" in *ControlMaster=yes*) sleep 1;; esac\nexec {_real("ssh")} "$@"\n'
-    env = me.env(PATH=_path_with(tmp_path / "slow-bin", ssh=late))  # the master's hop starts late
+    env = me.env(PATH=path_with(tmp_path / "slow-bin", ssh=late))  # the master's hop starts late
     first = subprocess.Popen(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", dest, "true"], env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -599,7 +582,7 @@ def _refusing_user_config(tmp_path: Path) -> str:
     as OpenSSH does with a user's ssh_config it refuses (``UseKeychain yes``, from
     a Mac, on Linux without ``IgnoreUnknown``) written after the masters started:
     the ssh commands that started them had read it fine."""
-    return _path_with(tmp_path / "refusing-bin", ssh=(
+    return path_with(tmp_path / "refusing-bin", ssh=(
         'case " $* " in *" -O "*) case " $* " in *" -F /dev/null "*) ;; *)\n'
         'echo "~/.ssh/config: line 1: Bad configuration option: usekeychain" >&2; exit 255;;\n'
         f'esac;; esac\nexec {_real("ssh")} "$@"\n'))  # fmt: skip

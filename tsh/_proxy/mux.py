@@ -57,9 +57,9 @@ __all__ = ["Master", "master_for"]
 _WAIT = 20.0
 #: Seconds the master's own agent may take to start.
 _AGENT_TIMEOUT = 10.0
-#: The socket name's separator for each (dial mode, upgrade) of tsh._proxy.dial.
 #: A new master's keep-alive options (tsh._openssh.reuse.MASTER_KEEPALIVE), as ssh words.
 _KEEPALIVE_WORDS = tuple(word for option in MASTER_KEEPALIVE for word in ("-o", option))
+#: The socket name's separator for each (dial mode, upgrade) of tsh._proxy.dial.
 _DIAL_SEPARATORS = {("tcp", None): "+", ("tls", None): "+t+", ("upgrade", "websocket"): "+w+",
                     ("upgrade", "legacy"): "+l+"}  # fmt: skip
 
